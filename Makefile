@@ -1,0 +1,35 @@
+# Two commands that work on a fresh machine with Python 3.11 and redis-server installed:
+#   make demo   -- run adaptd on its embedded defaults
+#   make test   -- run the test suite (what CI runs)
+PY ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: venv demo test lint bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# The CPU build of torch first: an unpinned torch would pull a multi-GB CUDA build.
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[train,dev]'
+	touch $@
+
+venv: $(BIN)/.installed
+
+demo: venv
+	$(BIN)/adaptd demo
+
+test: venv
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+bench: venv
+	$(BIN)/python bench/ingest.py --quick
+	$(BIN)/python bench/drain.py --quick
+
+clean:
+	rm -rf $(VENV) .adaptd .mypy_cache .ruff_cache

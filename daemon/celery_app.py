@@ -1,0 +1,59 @@
+"""The Celery app and beat schedule. JSON only (no pickle), late acks, prefetch 1."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from daemon.settings import Settings
+from workers.context import WorkerContext
+
+QUEUES = ("ingest", "policy", "train")
+
+
+def worker_context(settings: Settings) -> WorkerContext:
+    return WorkerContext(
+        redis_url=settings.redis_url,
+        database_url=settings.database_url,
+        key_prefix=settings.key_prefix,
+        artifacts_dir=settings.artifacts_dir,
+        suite_ref=settings.suite,
+        drain_batch=settings.drain_batch,
+        drain_claim_idle_ms=settings.drain_claim_idle_ms,
+        drain_max_deliveries=settings.drain_max_deliveries,
+        train_lease_seconds=settings.train_lease_seconds,
+    )
+
+
+def make_celery(settings: Settings) -> Celery:
+    """A Celery app wired to ``settings``; tasks find their context on ``app.adaptd_context``."""
+    app = Celery("adaptd", broker=settings.redis_url)
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        event_serializer="json",
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_hijack_root_logger=False,
+        broker_connection_retry_on_startup=True,
+        # Broker keys live under the adaptd prefix so two deployments can share a Redis.
+        broker_transport_options={"global_keyprefix": f"{settings.key_prefix}celery:",
+                                  "visibility_timeout": settings.train_time_limit_seconds + 600},
+        task_default_queue="ingest",
+        task_routes={
+            "adaptd.ingest.*": {"queue": "ingest"},
+            "adaptd.policy.*": {"queue": "policy"},
+            "adaptd.train.*": {"queue": "train"},
+        },
+        task_time_limit=settings.train_time_limit_seconds,
+        beat_schedule={
+            "drain": {"task": "adaptd.ingest.drain", "schedule": settings.drain_interval_seconds,
+                      "options": {"expires": max(1.0, settings.drain_interval_seconds * 5)}},
+        },
+    )
+    app.adaptd_context = worker_context(settings)
+    import workers.tasks  # noqa: F401  (registers the tasks on this app)
+
+    return app

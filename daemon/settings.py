@@ -1,0 +1,81 @@
+"""Process settings: the one place adaptd reads its environment.
+
+Each entry point (API, worker, beat, CLI command) builds one :class:`Settings` and passes it
+down; nothing else reads ``os.environ``. Tests build ``Settings(...)`` directly.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9_.:-]{0,32}$")
+
+
+class Settings(BaseSettings):
+    """Every setting, its default and its environment name (``ADAPTD_<NAME>``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ADAPTD_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="ignore",
+    )
+
+    # Stores.
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis for the stream")
+    database_url: str = Field(
+        "sqlite:///./.adaptd/adaptd.db", description="SQLAlchemy URL (SQLite or PostgreSQL)"
+    )
+    artifacts_dir: Path = Field(Path("./.adaptd/artifacts"), description="adapter versions")
+    key_prefix: str = Field("adaptd:", description="prefix of every Redis key and channel")
+
+    # Task suite: a YAML path or builtin:<name>.
+    suite: str = Field("builtin:festive-zh", description="task suite file or builtin:<name>")
+
+    # Security.
+    webhook_secret: SecretStr = Field(
+        SecretStr("whsec_YWRhcHRkLWRlbW8tc2VjcmV0LWNoYW5nZS1tZQ=="),
+        description="Standard Webhooks secret (whsec_<base64>); several separated by spaces",
+    )
+    admin_token: SecretStr | None = Field(None, description="bearer token for admin endpoints")
+    webhook_tolerance_seconds: int = Field(300, ge=1, description="signature timestamp window")
+
+    # Ingest limits (DESIGN section 4).
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    max_batch_events: int = Field(1000, ge=1)
+    dedupe_ttl_seconds: int = Field(7 * 24 * 3600, ge=60, description="how long ids stay known")
+
+    # Drain.
+    drain_batch: int = Field(1000, ge=1, le=10_000, description="stream entries per read")
+    drain_interval_seconds: float = Field(1.0, gt=0, description="beat period of the drain")
+    drain_claim_idle_ms: int = Field(60_000, ge=100, description="reclaim pending after this")
+    drain_max_deliveries: int = Field(5, ge=1, description="then the entry is dead-lettered")
+
+    # Policy and training.
+    policy_interval_seconds: float = Field(30.0, gt=0)
+    train_time_limit_seconds: int = Field(3600, ge=10)
+    train_lease_seconds: int = Field(120, ge=5)
+
+    # Process.
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(8000, ge=1, le=65535)
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        if not _PREFIX_RE.match(value):
+            raise ValueError("key_prefix may hold only [A-Za-z0-9_.:-], at most 32 characters")
+        return value
+
+    def webhook_secrets(self) -> list[str]:
+        """The configured secrets; several (space-separated) allow key rotation."""
+        return self.webhook_secret.get_secret_value().split()
+
+    def admin_token_value(self) -> str | None:
+        return self.admin_token.get_secret_value() if self.admin_token else None

@@ -1,0 +1,187 @@
+"""Keyword-only CRUD functions over the SQL tables. Each takes a session; the caller owns the
+transaction. They raise plain Python errors; HTTP errors are made only at the API edge."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import func
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session, col, select
+
+from storage.models import (
+    Adapter,
+    Counter,
+    FeedbackEvent,
+    PolicyDecision,
+    RoutingEntry,
+    RoutingRevision,
+    Task,
+    TrainingExample,
+    TrainingJob,
+    now,
+)
+from storage.suite import Suite
+
+CounterKey = tuple[str, tuple[tuple[str, str], ...]]
+
+
+def _insert(session: Session, table: Any) -> Any:
+    """A dialect-specific INSERT that supports ON CONFLICT."""
+    if session.get_bind().dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)
+
+
+def insert_feedback(session: Session, *, rows: Sequence[Mapping[str, Any]]) -> set[str]:
+    """Insert feedback rows, skipping ids already stored; return the ids really inserted."""
+    if not rows:
+        return set()
+    table = FeedbackEvent.__table__  # type: ignore[attr-defined]
+    stmt = _insert(session, table).on_conflict_do_nothing(index_elements=["id"])
+    stmt = stmt.returning(table.c.id)
+    result = session.execute(stmt, list(rows))
+    return {row[0] for row in result}
+
+
+def insert_examples(session: Session, *, rows: Sequence[Mapping[str, Any]]) -> int:
+    """Insert derived training examples; an (event_id, kind) pair is stored once."""
+    if not rows:
+        return 0
+    table = TrainingExample.__table__  # type: ignore[attr-defined]
+    stmt = _insert(session, table).on_conflict_do_nothing(index_elements=["event_id", "kind"])
+    session.execute(stmt, list(rows))
+    return len(rows)
+
+
+def counter_key(name: str, labels: Mapping[str, str] | None = None) -> CounterKey:
+    return name, tuple(sorted((labels or {}).items()))
+
+
+def add_counters(session: Session, *, increments: Mapping[CounterKey, float]) -> None:
+    """Add to exactly-once counters in the caller's transaction."""
+    if not increments:
+        return
+    table = Counter.__table__  # type: ignore[attr-defined]
+    rows = [
+        {"name": name, "labels": json.dumps(dict(labels), sort_keys=True), "value": amount}
+        for (name, labels), amount in sorted(increments.items())
+    ]
+    stmt = _insert(session, table)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["name", "labels"], set_={"value": table.c.value + stmt.excluded.value}
+    )
+    session.execute(stmt, rows)
+
+
+def read_counters(session: Session) -> list[tuple[str, dict[str, str], float]]:
+    out = []
+    for row in session.execute(select(Counter)).scalars():
+        out.append((row.name, json.loads(row.labels), row.value))
+    return out
+
+
+def sync_suite(session: Session, *, suite: Suite) -> None:
+    """Create Task and Adapter rows for a suite; never move a task another run has moved."""
+    for adapter, members in suite.adapters.items():
+        if session.get(Adapter, adapter) is None:
+            session.add(Adapter(name=adapter, tasks=list(members)))
+    for name, spec in suite.tasks.items():
+        row = session.get(Task, name)
+        if row is None:
+            session.add(Task(name=name, risk=spec.risk, tone=spec.tone, adapter=suite.adapter_of(name)))
+        else:
+            row.risk, row.tone = spec.risk, spec.tone
+    session.flush()
+
+
+def list_tasks(session: Session) -> list[Task]:
+    return list(session.execute(select(Task).order_by(col(Task.name))).scalars())
+
+
+def task_names(session: Session) -> set[str]:
+    return set(session.execute(select(col(Task.name))).scalars())
+
+
+def buffered_counts(session: Session) -> dict[str, int]:
+    """Examples per task not yet consumed by a training run (the per-task buffers)."""
+    stmt = (
+        select(col(TrainingExample.task), func.count())
+        .where(col(TrainingExample.trained_in).is_(None))
+        .where(TrainingExample.kind != "seed")
+        .group_by(TrainingExample.task)
+    )
+    return {task: int(n) for task, n in session.execute(stmt)}
+
+
+def routing_table(session: Session) -> tuple[int, dict[str, dict[str, Any]]]:
+    """The current routing revision and routes (task -> adapter version)."""
+    revision = session.execute(select(func.max(RoutingRevision.id))).scalar() or 0
+    routes = {
+        row.task: {"adapter": row.adapter, "version": row.version, "path": row.path,
+                   "sha256": row.sha256}
+        for row in session.execute(select(RoutingEntry).order_by(col(RoutingEntry.task))).scalars()
+    }
+    return int(revision), routes
+
+
+def set_routes(
+    session: Session, *, routes: Mapping[str, Mapping[str, Any]], reason: str
+) -> int:
+    """Upsert routes and add a revision in the caller's transaction; return the revision."""
+    for task, route in routes.items():
+        row = session.get(RoutingEntry, task)
+        if row is None:
+            row = RoutingEntry(task=task, **route)
+        else:
+            for key, value in route.items():
+                setattr(row, key, value)
+            row.updated_at = now()
+        session.add(row)
+    rev = RoutingRevision(reason=reason)
+    session.add(rev)
+    session.flush()
+    assert rev.id is not None
+    return rev.id
+
+
+def record_decision(session: Session, **fields: Any) -> PolicyDecision:
+    decision = PolicyDecision(**fields)
+    session.add(decision)
+    session.flush()
+    return decision
+
+
+def list_decisions(session: Session, *, limit: int = 50) -> list[PolicyDecision]:
+    stmt = select(PolicyDecision).order_by(col(PolicyDecision.id).desc()).limit(limit)
+    return list(session.execute(stmt).scalars())
+
+
+def create_job(
+    session: Session, *, adapter: str, kind: str, params: Mapping[str, Any] | None = None,
+    decision_id: int | None = None,
+) -> TrainingJob:
+    job = TrainingJob(adapter=adapter, kind=kind, params=dict(params or {}),
+                      decision_id=decision_id)
+    session.add(job)
+    session.flush()
+    return job
+
+
+def active_jobs(session: Session) -> list[TrainingJob]:
+    stmt = select(TrainingJob).where(col(TrainingJob.status).in_(["queued", "running"]))
+    return list(session.execute(stmt).scalars())
+
+
+def count_feedback(session: Session) -> int:
+    return int(session.execute(select(func.count()).select_from(FeedbackEvent)).scalar() or 0)
+
+
+def ids_present(session: Session, *, ids: Iterable[str]) -> set[str]:
+    wanted = list(ids)
+    if not wanted:
+        return set()
+    stmt = select(col(FeedbackEvent.id)).where(col(FeedbackEvent.id).in_(wanted))
+    return set(session.execute(stmt).scalars())
