@@ -247,6 +247,26 @@ def create_app(settings: Settings, *, engine: Engine | None = None,
             rows = crud.list_decisions(session, limit=limit)
         return {"decisions": [r.model_dump() for r in rows]}
 
+    @app.get("/v1/adapters")
+    def get_adapters() -> dict[str, Any]:
+        """Adapters with their tasks and ratios, and every version with status and scores."""
+        with Session(engine) as session:
+            adapters: dict[str, dict[str, Any]] = {a.name: {"tasks": a.tasks, "ratios": a.ratios, "status": a.status,
+                                 "parent": a.parent, "versions": []}
+                        for a in crud.list_adapters(session)}
+            for v in crud.list_versions(session):
+                entry = adapters.setdefault(v.adapter, {"tasks": [], "ratios": {},
+                                                        "status": "unknown", "versions": []})
+                entry["versions"].append(v.model_dump(exclude={"path"}))
+        return {"adapters": adapters}
+
+    @app.get("/v1/jobs")
+    def get_jobs(limit: int = Query(50, ge=1, le=1000)) -> dict[str, Any]:
+        """Training jobs, newest first."""
+        with Session(engine) as session:
+            jobs = crud.list_jobs(session, limit=limit)
+        return {"jobs": [j.model_dump(exclude={"lease_owner"}) for j in jobs]}
+
     @app.post("/v1/tasks/{task}/{action}", status_code=202)
     def post_override(task: str, action: str, request: Request) -> dict[str, Any]:
         token = settings.admin_token_value()

@@ -37,6 +37,9 @@ def make_celery(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         worker_hijack_root_logger=False,
+        # Task events feed celery-exporter (deploy/prometheus); they carry no payloads.
+        worker_send_task_events=True,
+        task_send_sent_event=True,
         broker_connection_retry_on_startup=True,
         # Broker keys live under the adaptd prefix so two deployments can share a Redis.
         broker_transport_options={"global_keyprefix": f"{settings.key_prefix}celery:",

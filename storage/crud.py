@@ -13,6 +13,7 @@ from sqlmodel import Session, col, select
 
 from storage.models import (
     Adapter,
+    AdapterVersion,
     Counter,
     FeedbackEvent,
     PolicyDecision,
@@ -172,6 +173,23 @@ def create_job(
 
 def active_jobs(session: Session) -> list[TrainingJob]:
     stmt = select(TrainingJob).where(col(TrainingJob.status).in_(["queued", "running"]))
+    return list(session.execute(stmt).scalars())
+
+
+def list_versions(session: Session, *, adapter: str | None = None) -> list[AdapterVersion]:
+    """Adapter versions, newest first (optionally of one adapter)."""
+    stmt = select(AdapterVersion).order_by(col(AdapterVersion.id).desc())
+    if adapter is not None:
+        stmt = stmt.where(col(AdapterVersion.adapter) == adapter)
+    return list(session.execute(stmt).scalars())
+
+
+def list_adapters(session: Session) -> list[Adapter]:
+    return list(session.execute(select(Adapter).order_by(col(Adapter.name))).scalars())
+
+
+def list_jobs(session: Session, *, limit: int = 50) -> list[TrainingJob]:
+    stmt = select(TrainingJob).order_by(col(TrainingJob.id).desc()).limit(limit)
     return list(session.execute(stmt).scalars())
 
 

@@ -34,6 +34,9 @@ class FeedbackEvent(SQLModel, table=True):
     occurred_at: float
     received_at: float = Field(default_factory=now, index=True)
     meta: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    # Set once the policy engine has fed this event to its detectors (same transaction as
+    # the engine's state), so every event is observed exactly once.
+    observed: bool = Field(default=False, index=True)
 
 
 class TrainingExample(SQLModel, table=True):

@@ -72,7 +72,7 @@ def _row(event: dict[str, Any], received_at: float) -> dict[str, Any]:
         "rating": event.get("rating"), "correction": event.get("correction"),
         "crosstalk_source": event.get("crosstalk_source"),
         "occurred_at": float(event["occurred_at"]), "received_at": received_at,
-        "meta": event.get("meta"),
+        "meta": event.get("meta"), "observed": False,
     }
 
 

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-21 23:54:39.196975
+Create Date: 2026-11-22 00:01:30.869263
 """
 
 from __future__ import annotations
@@ -69,9 +69,11 @@ def upgrade() -> None:
     sa.Column('occurred_at', sa.Float(), nullable=False),
     sa.Column('received_at', sa.Float(), nullable=False),
     sa.Column('meta', sa.JSON(), nullable=True),
+    sa.Column('observed', sa.Boolean(), nullable=False),
     sa.PrimaryKeyConstraint('id')
     )
     with op.batch_alter_table('feedback_event', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_feedback_event_observed'), ['observed'], unique=False)
         batch_op.create_index(batch_op.f('ix_feedback_event_received_at'), ['received_at'], unique=False)
         batch_op.create_index(batch_op.f('ix_feedback_event_task'), ['task'], unique=False)
 
@@ -189,6 +191,7 @@ def downgrade() -> None:
     with op.batch_alter_table('feedback_event', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_feedback_event_task'))
         batch_op.drop_index(batch_op.f('ix_feedback_event_received_at'))
+        batch_op.drop_index(batch_op.f('ix_feedback_event_observed'))
 
     op.drop_table('feedback_event')
     op.drop_table('counter')
