@@ -251,9 +251,10 @@ def create_app(settings: Settings, *, engine: Engine | None = None,
     def get_adapters() -> dict[str, Any]:
         """Adapters with their tasks and ratios, and every version with status and scores."""
         with Session(engine) as session:
-            adapters: dict[str, dict[str, Any]] = {a.name: {"tasks": a.tasks, "ratios": a.ratios, "status": a.status,
-                                 "parent": a.parent, "versions": []}
-                        for a in crud.list_adapters(session)}
+            adapters: dict[str, dict[str, Any]] = {
+                a.name: {"tasks": a.tasks, "ratios": a.ratios, "status": a.status,
+                         "parent": a.parent, "versions": []}
+                for a in crud.list_adapters(session)}
             for v in crud.list_versions(session):
                 entry = adapters.setdefault(v.adapter, {"tasks": [], "ratios": {},
                                                         "status": "unknown", "versions": []})
@@ -285,6 +286,8 @@ def create_app(settings: Settings, *, engine: Engine | None = None,
             decision = crud.record_decision(
                 session, action=action, task=task, reason="operator override",
                 status="requested", origin="operator")
+            crud.add_counters(session, increments={crud.counter_key(
+                "adaptd_policy_decisions_total", {"action": action, "task": task}): 1})
         return {"decision": decision.id, "action": action, "task": task, "status": "requested"}
 
     @app.get("/healthz")

@@ -175,12 +175,15 @@ class StoreCollector(Collector):
                 select(AdapterVersion).where(col(AdapterVersion.adapter) == adapter,
                                              col(AdapterVersion.version) == version)
             ).scalar_one()
-            for task, res in (row.eval.get("candidate", {}) or {}).items():
+            # The trainer stores {"candidate": {"tasks": {task: {...}}, ...}, ...}; a task
+            # without held-out examples has quality None and gets no sample.
+            candidate = row.eval.get("candidate") or {}
+            for task, res in (candidate.get("tasks") or {}).items():
                 if not isinstance(res, dict):
                     continue
-                if "quality" in res:
+                if res.get("quality") is not None:
                     families["adaptd_eval_score"].add_metric([task, adapter], res["quality"])
-                if "crosstalk_rate" in res:
+                if res.get("crosstalk_rate") is not None:
                     families["adaptd_eval_crosstalk_rate"].add_metric(
                         [task, adapter], res["crosstalk_rate"])
 
