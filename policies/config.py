@@ -1,0 +1,164 @@
+"""Policy configuration: thresholds per risk level plus the anti-flapping knobs.
+
+Defaults follow DESIGN section 8: high-risk tasks get tighter thresholds (smaller drops and
+lower crosstalk rates count, fewer failed rebalances before a fork); low-risk tasks are never
+forked for degradation alone.  Both classes round-trip through JSON.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Self
+
+from policies.detectors import DEFAULT_THRESHOLD
+from policies.ratios import RatioConfig
+from policies.signals import RISK_LEVELS, Risk
+
+__all__ = ["DEFAULT_RISK", "PolicyConfig", "RiskPolicy"]
+
+
+@dataclass(frozen=True)
+class RiskPolicy:
+    """Thresholds for the tasks of one risk level."""
+
+    # Degradation detector: smallest drop in acceptance worth an alarm, and the mixture
+    # threshold (nats; DEFAULT_THRESHOLD gives ~0.8-0.9 false alarms per 100k events and the
+    # rate scales as exp(-threshold): -0.75 for high risk ≈ 2 per 100k, +0.75 for low ≈ 0.4).
+    min_drop: float = 0.03
+    detector_threshold: float = DEFAULT_THRESHOLD
+    # Crosstalk rate that turns "leaking" on, and the lower rate that turns it off again.
+    crosstalk_on: float = 0.05
+    crosstalk_off: float = 0.025
+    # Drop in eval score / live acceptance tolerated before it counts as a regression.
+    regression_tolerance: float = 0.02
+    # Fork after this many rebalances did not fix degradation/leak (None: never).
+    fork_after_rebalances: int | None = 2
+    # Fork after this many consecutive retrains regressed the task (None: never).
+    fork_after_regressions: int | None = 2
+    # Measured affinity below this is negative transfer: fork the harmed task.
+    max_negative_affinity: float = -0.03
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        names = {f.name for f in fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"unknown risk policy keys: {sorted(unknown)}")
+        return cls(**dict(data))
+
+
+DEFAULT_RISK: dict[Risk, RiskPolicy] = {
+    "low": RiskPolicy(
+        min_drop=0.05,
+        detector_threshold=DEFAULT_THRESHOLD + 0.75,
+        crosstalk_on=0.10,
+        crosstalk_off=0.05,
+        regression_tolerance=0.04,
+        fork_after_rebalances=None,
+        fork_after_regressions=3,
+        max_negative_affinity=-0.05,
+    ),
+    "medium": RiskPolicy(),
+    "high": RiskPolicy(
+        min_drop=0.02,
+        detector_threshold=DEFAULT_THRESHOLD - 0.75,
+        crosstalk_on=0.02,
+        crosstalk_off=0.01,
+        regression_tolerance=0.01,
+        fork_after_rebalances=1,
+        fork_after_regressions=2,
+        max_negative_affinity=-0.01,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """Everything the engine needs besides state and signals.  Times are seconds."""
+
+    risk: Mapping[Risk, RiskPolicy] = field(default_factory=lambda: dict(DEFAULT_RISK))
+    # After a training-inducing action or a promotion, the adapter is left alone this long
+    # so the new version can be measured before anyone reacts to it.
+    cooldown_s: float = 3600.0
+    # After a fork, merge or rollback the task is left alone this long (no flapping).
+    structural_cooldown_s: float = 6 * 3600.0
+    # A training action not followed by a promotion blocks new ones for at most this long
+    # (then the job is presumed lost and the policy may act again).
+    training_timeout_s: float = 6 * 3600.0
+    # A rebalance counts as "did not help" after its retrain was promoted, or after this.
+    rebalance_patience_s: float = 12 * 3600.0
+    # A task healthy this long forgets its failed rebalances and regressions.
+    healthy_reset_s: float = 3 * 86400.0
+    # An isolated task must be compatible with its old adapter this long before a merge,
+    # and isolated at least min_isolation_s.
+    merge_after_s: float = 7 * 86400.0
+    min_isolation_s: float = 86400.0
+    # Retrain an adapter once its tasks have buffered this many new examples.
+    min_new_examples: int = 200
+    max_concurrent_jobs: int = 1
+    # Fork/merge/rollback touching a high-risk task wait for an operator's approval.
+    propose_only_high_risk: bool = False
+    # Live comparison after a promotion (rollback): how long, how many events per side,
+    # and the one-sided z needed.
+    probation_s: float = 6 * 3600.0
+    probation_min_events: int = 200
+    rollback_z: float = 2.33
+    # Per-task rolling window.
+    window_size: int = 500
+    window_buckets: int = 10
+    crosstalk_min_events: int = 50
+    # Warm-up events to estimate a baseline when none is given at promotion.
+    warmup: int = 500
+    # Co-existence: affinity needed to call a pair compatible, risk gap allowed.
+    min_affinity_for_merge: float = 0.0
+    max_risk_gap: int = 1
+    ratios: RatioConfig = field(default_factory=RatioConfig)
+
+    def __post_init__(self) -> None:
+        missing = [r for r in RISK_LEVELS if r not in self.risk]
+        if missing:
+            raise ValueError(f"risk policy missing for {missing}")
+        if self.max_concurrent_jobs < 0:
+            raise ValueError("max_concurrent_jobs must be >= 0")
+
+    def for_risk(self, risk: Risk) -> RiskPolicy:
+        return self.risk[risk]
+
+    def max_negative(self) -> dict[Risk, float]:
+        return {r: self.risk[r].max_negative_affinity for r in RISK_LEVELS}
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "risk":
+                value = {r: self.risk[r].to_dict() for r in RISK_LEVELS}
+            elif f.name == "ratios":
+                value = self.ratios.to_dict()
+            out[f.name] = value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        """Partial dicts are fine: missing keys keep their defaults (also inside ``risk``)."""
+        names = {f.name for f in fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"unknown policy config keys: {sorted(unknown)}")
+        kwargs = {k: v for k, v in data.items() if k not in ("risk", "ratios")}
+        if "risk" in data:
+            risk: dict[Risk, RiskPolicy] = dict(DEFAULT_RISK)
+            for level, values in data["risk"].items():
+                if level not in RISK_LEVELS:
+                    raise ValueError(f"unknown risk level {level!r}")
+                base = DEFAULT_RISK[level].to_dict()
+                base.update(values)
+                risk[level] = RiskPolicy.from_dict(base)
+            kwargs["risk"] = risk
+        if "ratios" in data:
+            kwargs["ratios"] = RatioConfig.from_dict({**RatioConfig().to_dict(), **data["ratios"]})
+        return cls(**kwargs)

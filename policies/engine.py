@@ -1,0 +1,412 @@
+"""The decision engine: one pure function from (state, signals, time) to decisions.
+
+``decide`` is meant to run on a schedule (Celery beat).  Each run:
+
+1. housekeeping: finished probations expire, healthy tasks forget old failed rebalances,
+   isolated tasks track how long they have been compatible with their old adapter;
+2. candidates, in priority order rollback > fork > rebalance > merge > retrain (higher risk
+   first, then by name, so the result never depends on dict order):
+
+   - rollback: a freshly promoted version accepts significantly less live than the one
+     it replaced;
+   - fork (task in a shared adapter): still degraded or leaking after
+     ``fork_after_rebalances`` rebalances (by default high risk: 1, medium: 2, low: never),
+     or ``fork_after_regressions`` consecutive retrains regressed it, or measured negative
+     transfer from a co-task;
+   - rebalance (shared adapter): a task is degraded (detector alarm) or leaking crosstalk;
+   - merge: an isolated task compatible with its old adapter for ``merge_after_s``;
+   - retrain: the adapter's tasks buffered ``min_new_examples`` (half that when one of
+     them is degraded);
+3. gates: cool-downs, an adapter still waiting for its last job's promotion, the job cap and
+   one action per adapter per run; a blocked candidate becomes a ``hold`` (logged once per
+   reason, not every run); with ``propose_only_high_risk`` a fork/merge/rollback touching a
+   high-risk task becomes a ``proposed`` decision stored in ``state.pending``.
+
+Nothing happens, and nothing is logged, for tasks that are fine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from policies.actions import (
+    apply_fork,
+    apply_merge,
+    apply_rebalance,
+    apply_retrain,
+    apply_rollback,
+    task_numbers,
+)
+from policies.config import PolicyConfig
+from policies.decision import Action, Decision, TaskSignals
+from policies.signals import RISK_LEVELS, live_regression, pair_verdict
+from policies.state import PolicyState, TaskState
+
+__all__ = ["decide"]
+
+_PRIORITY: dict[Action, int] = {"rollback": 0, "fork": 1, "rebalance": 2, "merge": 3, "retrain": 4}
+_TRAINING: frozenset[Action] = frozenset({"rebalance", "retrain", "fork", "merge"})
+_STRUCTURAL: frozenset[Action] = frozenset({"fork", "merge", "rollback"})
+
+
+@dataclass
+class _Candidate:
+    action: Action
+    task: str  # primary task
+    adapter: str  # adapter acted on (fork: the shared adapter it leaves)
+    reason: str
+    signals: dict[str, Any]
+    tasks: list[str] = field(default_factory=list)  # every task concerned
+    high_risk: bool = False
+    target: str = ""  # merge target
+    to_version: int = 0  # rollback target
+
+    def sort_key(self, st: PolicyState) -> tuple[int, int, str, str]:
+        risk = max(RISK_LEVELS.index(st.tasks[t].profile.risk) for t in self.tasks)
+        return (_PRIORITY[self.action], -risk, self.adapter, self.task)
+
+
+def decide(
+    state: PolicyState,
+    signals: Mapping[str, TaskSignals],
+    *,
+    now: float,
+    config: PolicyConfig,
+    running_jobs: int = 0,
+    affinity: Mapping[tuple[str, str], float] | None = None,
+) -> tuple[PolicyState, list[Decision]]:
+    """Decide what to do now.  Returns an updated copy of ``state`` and the decisions.
+
+    ``signals``: per task, buffered new examples and data size (missing tasks: none new).
+    ``running_jobs``: training jobs already queued or running.  ``affinity``: TAG-style
+    lookahead measurements ``{(i, j): Z[i->j]}`` recorded by the trainer.
+    Applied decisions are already reflected in the returned state; enqueue the training
+    jobs named in each decision's ``train``.
+    """
+    st = state.copy()
+    aff = dict(affinity or {})
+    for t, s in signals.items():
+        if t in st.tasks and s.data_size is not None:
+            st.tasks[t].data_size = int(s.data_size)
+    _housekeeping(st, now, config, aff)
+    cands = [
+        *_rollbacks(st, now, config),
+        *_task_candidates(st, now, config, aff),
+        *_retrains(st, signals, config),
+    ]
+    cands.sort(key=lambda c: c.sort_key(st))
+    decisions: list[Decision] = []
+    slots = config.max_concurrent_jobs - running_jobs
+    touched: set[str] = set()  # adapters acted on in this run
+    acted: set[str] = set()  # tasks with an applied or proposed decision in this run
+    held: set[str] = set()  # tasks that already got their hold in this run
+    wanted: set[str] = set()  # tasks something was wanted for
+    for c in cands:
+        wanted.add(c.task)
+        if c.adapter in touched or c.target in touched or c.task in acted:
+            continue  # one action per adapter and task per run; the rest wait for the next
+        blocked = _blocked(st, c, now, config, slots)
+        if blocked is not None:
+            if c.task not in held:
+                held.add(c.task)
+                hold = _hold(st, c, blocked, now)
+                if hold is not None:
+                    decisions.append(hold)
+            continue
+        if config.propose_only_high_risk and c.action in _STRUCTURAL and c.high_risk:
+            decisions.append(_propose(st, c, now))
+            acted.update(c.tasks)
+            continue
+        decisions.append(_apply(st, c, now, config))
+        for t in c.tasks:
+            st.tasks[t].last_hold = None
+        acted.update(c.tasks)
+        touched.update({c.adapter, c.target} - {""})
+        if c.action in _TRAINING:
+            slots -= 1
+    for t, ts in st.tasks.items():
+        if t not in wanted:
+            ts.last_hold = None  # nothing wanted: a later block is news again
+    return st, decisions
+
+
+# -- housekeeping -------------------------------------------------------------------------
+
+
+def _housekeeping(
+    st: PolicyState, now: float, config: PolicyConfig, aff: Mapping[tuple[str, str], float]
+) -> None:
+    for ad in st.adapters.values():
+        if ad.probation is not None and now - ad.probation.since > config.probation_s:
+            ad.probation = None  # the new version held up: accepted
+        if ad.pending_since is not None and now - ad.pending_since > config.training_timeout_s:
+            ad.pending_since = None  # presumed lost; let the policy act again
+    for t, ts in st.tasks.items():
+        if ts.detector.degraded or ts.window.leaking:
+            ts.healthy_since = None
+        else:
+            ts.healthy_since = now if ts.healthy_since is None else ts.healthy_since
+            if now - ts.healthy_since >= config.healthy_reset_s:
+                ts.rebalances = 0
+        if _compatible_with_origin(st, t, config, aff):
+            ts.compatible_since = now if ts.compatible_since is None else ts.compatible_since
+        else:
+            ts.compatible_since = None
+
+
+def _compatible_with_origin(
+    st: PolicyState, task: str, config: PolicyConfig, aff: Mapping[tuple[str, str], float]
+) -> bool:
+    ts = st.tasks[task]
+    target = st.adapters.get(ts.forked_from or "")
+    if target is None or not target.tasks or len(st.adapters[ts.adapter].tasks) != 1:
+        return False
+    profiles = {t: st.tasks[t].profile for t in [*target.tasks, task]}
+    return all(
+        pair_verdict(
+            task, o, profiles, aff,
+            max_negative=config.max_negative(),
+            min_positive=config.min_affinity_for_merge,
+            max_risk_gap=config.max_risk_gap,
+        ).verdict == "compatible"
+        for o in target.tasks
+    )  # fmt: skip
+
+
+# -- candidates ---------------------------------------------------------------------------
+
+
+def _is_high(st: PolicyState, tasks: list[str]) -> bool:
+    return any(st.tasks[t].profile.risk == "high" for t in tasks)
+
+
+def _rollbacks(st: PolicyState, now: float, config: PolicyConfig) -> list[_Candidate]:
+    out = []
+    for name, ad in sorted(st.adapters.items()):
+        prob = ad.probation
+        if prob is None:
+            continue
+        worst: tuple[float, str, dict[str, Any]] | None = None
+        for t in sorted(prob.before):
+            if t not in ad.tasks:
+                continue
+            rp = config.for_risk(st.tasks[t].profile.risk)
+            a0, n0 = prob.before[t]
+            a1, n1 = prob.after.get(t, [0, 0])
+            cmp = live_regression(
+                (a0, n0), (a1, n1),
+                tolerance=rp.regression_tolerance,
+                z_crit=config.rollback_z,
+                min_events=config.probation_min_events,
+            )  # fmt: skip
+            if cmp.regressed and (worst is None or cmp.z > worst[0]):
+                worst = (cmp.z, t, cmp.to_dict())
+        if worst is not None:
+            z, t, nums = worst
+            reason = (
+                f"{name} v{prob.version} accepts {nums['after_rate']:.1%} of {t} live vs "
+                f"{nums['before_rate']:.1%} for v{prob.previous_version} (z={z:.2f})"
+            )
+            sig = {"live": nums, "version": prob.version, "to_version": prob.previous_version}
+            out.append(
+                _Candidate("rollback", t, name, reason, sig, list(ad.tasks),
+                           _is_high(st, ad.tasks), to_version=prob.previous_version)
+            )  # fmt: skip
+    return out
+
+
+def _settled(st: PolicyState, ts: TaskState, now: float, config: PolicyConfig) -> bool:
+    """Has the last rebalance had its chance (promoted since, or patience ran out)?"""
+    if ts.last_rebalance_at is None:
+        return False
+    promoted = st.adapters[ts.adapter].last_promotion_at
+    if promoted is not None and promoted > ts.last_rebalance_at:
+        return True
+    return now - ts.last_rebalance_at >= config.rebalance_patience_s
+
+
+def _trouble(ts: TaskState) -> str:
+    parts = []
+    if ts.detector.degraded:
+        est = ts.detector.estimated_rate
+        base = ts.detector.baseline
+        parts.append(
+            f"degraded (acceptance ~{est:.1%} vs baseline {base:.1%})"
+            if est is not None and base is not None
+            else "degraded"
+        )
+    if ts.window.leaking:
+        parts.append(
+            f"leaking {ts.window.crosstalk_rate:.1%} crosstalk from {ts.window.dominant_source or '?'}"
+        )
+    return " and ".join(parts)
+
+
+def _task_candidates(
+    st: PolicyState, now: float, config: PolicyConfig, aff: Mapping[tuple[str, str], float]
+) -> list[_Candidate]:
+    out: list[_Candidate] = []
+    rebalance: dict[str, list[str]] = {}
+    for t, ts in sorted(st.tasks.items()):
+        ad = st.adapters[ts.adapter]
+        rp = config.for_risk(ts.profile.risk)
+        high = ts.profile.risk == "high"
+        nums = {"tasks": {t: task_numbers(st, t)}}
+        troubled = ts.detector.degraded or ts.window.leaking
+        if len(ad.tasks) >= 2:
+            reason = None
+            limit = rp.fork_after_rebalances
+            if limit is not None and troubled and ts.rebalances >= limit and _settled(st, ts, now, config):
+                reason = (
+                    f"{ts.profile.risk}-risk task still {_trouble(ts)} after "
+                    f"{ts.rebalances} rebalance(s) of {ts.adapter}"
+                )
+            regs = rp.fork_after_regressions
+            if reason is None and regs is not None and ts.regressions >= regs:
+                reason = (
+                    f"regressed in {ts.regressions} consecutive retrains of {ts.adapter} "
+                    "that did not target it"
+                )
+            if reason is None:
+                reason = _negative_transfer(st, t, config, aff, nums)
+            if reason is not None:
+                out.append(_Candidate("fork", t, ts.adapter, reason, nums, [t], high))
+            elif troubled:
+                rebalance.setdefault(ts.adapter, []).append(t)
+        merge = _merge_candidate(st, t, now, config, nums)
+        if merge is not None:
+            out.append(merge)
+    for name, tasks in rebalance.items():
+        tasks.sort(key=lambda x: (-RISK_LEVELS.index(st.tasks[x].profile.risk), x))
+        reason = "; ".join(f"{x} {_trouble(st.tasks[x])}" for x in tasks)
+        out.append(_Candidate("rebalance", tasks[0], name, reason, {}, tasks, _is_high(st, tasks)))
+    return out
+
+
+def _negative_transfer(
+    st: PolicyState,
+    task: str,
+    config: PolicyConfig,
+    aff: Mapping[tuple[str, str], float],
+    nums: dict[str, Any],
+) -> str | None:
+    ts = st.tasks[task]
+    others = [o for o in st.adapters[ts.adapter].tasks if o != task]
+    profiles = {t: st.tasks[t].profile for t in [*others, task]}
+    for o in others:
+        v = pair_verdict(task, o, profiles, aff, max_negative=config.max_negative())
+        if v.verdict == "incompatible" and v.victim == task:
+            nums["affinity"] = {o: aff.get((o, task)), "limit": config.max_negative()[ts.profile.risk]}
+            return f"negative transfer: {v.reasons[0]}"
+    return None
+
+
+def _merge_candidate(
+    st: PolicyState, task: str, now: float, config: PolicyConfig, nums: dict[str, Any]
+) -> _Candidate | None:
+    ts = st.tasks[task]
+    if ts.compatible_since is None or ts.forked_from is None:
+        return None
+    compatible_for = now - ts.compatible_since
+    isolated_for = now - (ts.isolated_since if ts.isolated_since is not None else now)
+    if compatible_for < config.merge_after_s or isolated_for < config.min_isolation_s:
+        return None
+    if ts.detector.degraded or ts.window.leaking or ts.regressions:
+        return None
+    reason = (
+        f"compatible with {', '.join(st.adapters[ts.forked_from].tasks)} for "
+        f"{compatible_for / 86400:.1f} days (same tone, similar risk, positive affinity)"
+    )
+    sig = {**nums, "compatible_for_s": compatible_for, "isolated_for_s": isolated_for}
+    return _Candidate("merge", task, ts.adapter, reason, sig, [task],
+                      ts.profile.risk == "high", target=ts.forked_from)  # fmt: skip
+
+
+def _retrains(st: PolicyState, signals: Mapping[str, TaskSignals], config: PolicyConfig) -> list[_Candidate]:
+    out = []
+    for name, ad in sorted(st.adapters.items()):
+        if not ad.tasks:
+            continue
+        new = {t: signals[t].new_examples if t in signals else 0 for t in ad.tasks}
+        total = sum(new.values())
+        degraded = [t for t in ad.tasks if st.tasks[t].detector.degraded]
+        need = config.min_new_examples // 2 if degraded else config.min_new_examples
+        if total < max(need, 1):
+            continue
+        primary = max(sorted(new), key=lambda t: new[t])
+        reason = f"{total} new examples for {name} (threshold {need})"
+        if degraded:
+            reason += f"; degraded: {', '.join(degraded)}"
+        out.append(_Candidate("retrain", primary, name, reason, {"new_examples": new},
+                              list(ad.tasks)))  # fmt: skip
+    return out
+
+
+# -- gates and application ----------------------------------------------------------------
+
+
+def _blocked(
+    st: PolicyState, c: _Candidate, now: float, config: PolicyConfig, slots: int
+) -> tuple[str, str] | None:
+    """Why ``c`` cannot happen now, as (kind, explanation), or ``None``."""
+    for p in st.pending:
+        if p["action"] == c.action and p["task"] == c.task:
+            return ("proposal", f"awaiting operator approval of proposal #{p['seq']}")
+    if c.action == "rollback":
+        return None  # a bad promotion is undone at once, cool-down or not
+    if c.action in ("fork", "merge"):
+        until = st.tasks[c.task].cooldown_until
+        if until > now:
+            return ("task-cooldown", f"cool-down of {c.task} for another {until - now:.0f}s")
+    adapter = c.target or c.adapter
+    if c.action != "fork":
+        ad = st.adapters[adapter]
+        if ad.pending_since is not None:
+            return ("pending", f"{adapter} still waiting for the job started at "
+                    f"t={ad.pending_since:.0f} to be promoted")  # fmt: skip
+        if ad.cooldown_until > now:
+            return ("cooldown", f"cool-down of {adapter} for another "
+                    f"{ad.cooldown_until - now:.0f}s")  # fmt: skip
+    if c.action in _TRAINING and slots <= 0:
+        return ("job-cap", f"job cap: {config.max_concurrent_jobs} training job(s) at most")
+    return None
+
+
+def _hold(st: PolicyState, c: _Candidate, why: tuple[str, str], now: float) -> Decision | None:
+    # Log a blocked action once per (action, kind of block), not on every run.
+    kind, text = why
+    key = f"{c.action}:{kind}"
+    ts = st.tasks[c.task]
+    if ts.last_hold == key:
+        return None
+    ts.last_hold = key
+    sig = {**c.signals, "wanted": c.action, "blocked_by": kind}
+    reason = f"hold {c.action} ({c.reason}): {text}"
+    return Decision(st.next_seq(), now, "hold", c.task, c.adapter, reason, sig)
+
+
+def _propose(st: PolicyState, c: _Candidate, now: float) -> Decision:
+    sig = dict(c.signals)
+    adapter = c.adapter
+    if c.action == "merge":
+        adapter = c.target
+    if c.action == "rollback":
+        sig["to_version"] = c.to_version
+    d = Decision(st.next_seq(), now, c.action, c.task, adapter, c.reason, sig, status="proposed")
+    st.pending.append(d.to_dict())
+    return d
+
+
+def _apply(st: PolicyState, c: _Candidate, now: float, config: PolicyConfig) -> Decision:
+    kw: dict[str, Any] = {"now": now, "config": config, "reason": c.reason}
+    if c.action == "rollback":
+        return apply_rollback(st, c.adapter, c.task, c.to_version, signals=c.signals, **kw)
+    if c.action == "fork":
+        return apply_fork(st, c.task, signals=c.signals, **kw)
+    if c.action == "rebalance":
+        return apply_rebalance(st, c.adapter, c.tasks, **kw)
+    if c.action == "merge":
+        return apply_merge(st, c.task, c.target, signals=c.signals, **kw)
+    return apply_retrain(st, c.adapter, c.task, signals=c.signals, **kw)

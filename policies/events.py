@@ -1,0 +1,155 @@
+"""Feeding facts into the policy state: feedback events, promotions, eval results.
+
+``observe`` is the hot path (one call per feedback event) and updates the state **in place**
+(and returns it).  The others are rare and return an updated **copy**, leaving their input
+untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+
+from policies.config import PolicyConfig
+from policies.signals import eval_regressions
+from policies.state import PolicyState, Probation
+from policies.windows import Origin
+
+__all__ = ["clear_pending", "observe", "on_promotion", "record_eval"]
+
+
+def observe(
+    state: PolicyState,
+    task: str,
+    accepted: bool,
+    *,
+    crosstalk_source: str | None = None,
+    origin: Origin = "user",
+    adapter: str | None = None,
+    version: int | None = None,
+) -> PolicyState:
+    """Count one feedback event of ``task`` (in place; returns ``state``).
+
+    ``accepted`` is the verdict (an ``edit`` counts as not accepted).  ``crosstalk_source``
+    names the task whose style leaked into the output, flagged by the user or by the style
+    detector (``origin``).  ``adapter``/``version`` say what produced the output; when given,
+    events from anything but the task's current adapter version do not count towards the
+    live comparison that can trigger a rollback.
+
+    >>> from policies.config import PolicyConfig
+    >>> from policies.signals import TaskProfile
+    >>> from policies.state import init_state
+    >>> cfg = PolicyConfig()
+    >>> st = init_state({"shared": ["a", "b"]}, {"a": TaskProfile(), "b": TaskProfile()}, cfg)
+    >>> for _ in range(3):
+    ...     _ = observe(st, "a", False, crosstalk_source="b", origin="auto")
+    >>> st.tasks["a"].window.crosstalk_rate, st.tasks["a"].window.dominant_source
+    (1.0, 'b')
+    """
+    ts = state.tasks.get(task)
+    if ts is None:
+        raise KeyError(f"unknown task {task!r}")
+    if crosstalk_source == task:
+        crosstalk_source = None  # a task's own style is not crosstalk
+    ts.detector.update(accepted)
+    ts.window.update(accepted, crosstalk_source, origin)
+    ad = state.adapters.get(ts.adapter)
+    if ad is not None and ad.probation is not None:
+        same_adapter = adapter is None or adapter == ts.adapter
+        same_version = version is None or version == ad.probation.version
+        if same_adapter and same_version:
+            counts = ad.probation.after.setdefault(task, [0, 0])
+            counts[0] += bool(accepted)
+            counts[1] += 1
+    return state
+
+
+def on_promotion(
+    state: PolicyState,
+    adapter: str,
+    *,
+    version: int,
+    now: float,
+    config: PolicyConfig,
+    baselines: Mapping[str, float | None] | None = None,
+) -> PolicyState:
+    """A copy of ``state`` after ``adapter`` version ``version`` passed the eval gate.
+
+    Each task of the adapter gets a fresh detector against its baseline and a fresh window
+    (the new version is measured on its own).  ``baselines[task]`` sets the baseline (e.g.
+    the live acceptance the eval predicts); missing or ``None`` keeps the task's current
+    baseline, because the quality bar must not sink just because a version was promoted while
+    degraded, and a task without one warms up.  A probation compares the new version's live
+    acceptance with the old one's until ``config.probation_s`` has passed (rollback).
+    """
+    new = state.copy()
+    ad = new.adapters.get(adapter)
+    if ad is None:
+        raise KeyError(f"unknown adapter {adapter!r}")
+    base = dict(baselines or {})
+    prev = ad.version
+    if prev is not None and prev != version:
+        ad.probation = Probation(
+            since=now,
+            version=version,
+            previous_version=prev,
+            before={t: [new.tasks[t].window.accepted, new.tasks[t].window.n] for t in ad.tasks},
+        )
+    else:
+        ad.probation = None
+    ad.version = version
+    ad.pending_since = None
+    ad.last_promotion_at = now
+    ad.cooldown_until = max(ad.cooldown_until, now + config.cooldown_s)
+    for t in ad.tasks:
+        ts = new.tasks[t]
+        given = base.get(t)
+        ts.detector.reset(ts.detector.baseline if given is None else given)
+        ts.window.reset()
+        ts.last_hold = None
+    return new
+
+
+def record_eval(
+    state: PolicyState,
+    adapter: str,
+    *,
+    before: Mapping[str, float],
+    after: Mapping[str, float],
+    config: PolicyConfig,
+    targeted: Collection[str] = (),
+) -> tuple[PolicyState, dict[str, float]]:
+    """Record a retrain's eval (scores per task, higher is better) before and after.
+
+    Returns the updated copy and ``{task: drop}`` for the adapter's tasks the retrain made
+    worse beyond their risk level's tolerance although it was not aimed at them
+    (``targeted``: the decision's ``signals["targeted"]``).  Such a task's consecutive
+    regression count grows (enough of them fork it); a clean eval resets it.
+    """
+    new = state.copy()
+    ad = new.adapters.get(adapter)
+    if ad is None:
+        raise KeyError(f"unknown adapter {adapter!r}")
+    tol = {t: config.for_risk(new.tasks[t].profile.risk).regression_tolerance for t in ad.tasks}
+    regressed = eval_regressions(
+        {t: v for t, v in before.items() if t in tol},
+        {t: v for t, v in after.items() if t in tol},
+        targeted=targeted,
+        tolerance=tol,
+    )
+    for t in ad.tasks:
+        if t in targeted or t not in before or t not in after:
+            continue
+        ts = new.tasks[t]
+        ts.regressions = ts.regressions + 1 if t in regressed else 0
+    return new, regressed
+
+
+def clear_pending(state: PolicyState, adapter: str) -> PolicyState:
+    """A copy where ``adapter`` no longer waits for a promotion (its job failed or its
+    version was rejected by the eval gate), so the policy may act on it again."""
+    new = state.copy()
+    ad = new.adapters.get(adapter)
+    if ad is None:
+        raise KeyError(f"unknown adapter {adapter!r}")
+    ad.pending_since = None
+    return new

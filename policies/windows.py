@@ -1,0 +1,203 @@
+"""Rolling per-task window: acceptance and crosstalk, counted per source task and origin.
+
+A task's window holds its last ~``size`` events in ``buckets`` equal buckets, so the state
+stays a few small dicts (JSON-friendly) however long the stream, at the price of forgetting
+one bucket at a time instead of one event at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal, Self
+
+__all__ = ["ORIGINS", "CrosstalkWindow", "Origin"]
+
+Origin = Literal["user", "auto"]
+ORIGINS: tuple[Origin, ...] = ("user", "auto")
+_KIND = "crosstalk-window"
+
+
+def _new_bucket() -> dict[str, Any]:
+    # "xt" maps source task -> [user-flagged count, auto-detected count]
+    return {"n": 0, "acc": 0, "xt": {}}
+
+
+class CrosstalkWindow:
+    """Rolling acceptance and crosstalk rate of one task, with a latched ``leaking`` flag.
+
+    ``leaking`` turns on when at least ``min_events`` events are in the window and the
+    crosstalk rate reaches ``high``; it turns off only when the rate falls to ``low``
+    (hysteresis, so a rate hovering at the threshold does not flap).  ``drift_detected`` is
+    true on the update that turned ``leaking`` on (river's detector shape).
+
+    >>> w = CrosstalkWindow(size=100, buckets=4, high=0.10, min_events=20)
+    >>> for i in range(40):
+    ...     _ = w.update(i % 5 != 0, "greeting" if i % 5 == 0 else None, "auto")
+    >>> w.n, w.acceptance, w.crosstalk_rate, w.dominant_source, w.leaking
+    (40, 0.8, 0.2, 'greeting', True)
+    >>> w.source_counts()
+    {'greeting': {'user': 0, 'auto': 8}}
+    >>> CrosstalkWindow.from_dict(w.to_dict()).to_dict() == w.to_dict()
+    True
+    """
+
+    def __init__(
+        self,
+        *,
+        size: int = 500,
+        buckets: int = 10,
+        high: float = 0.05,
+        low: float | None = None,
+        min_events: int = 50,
+    ) -> None:
+        if buckets < 1 or size < buckets:
+            raise ValueError("need 1 <= buckets <= size")
+        if not 0.0 < high <= 1.0:
+            raise ValueError("high must be in (0, 1]")
+        self.size = int(size)
+        self.buckets = int(buckets)
+        self.high = float(high)
+        # Default hysteresis band: switch off at half the switch-on rate.
+        self.low = float(high / 2.0 if low is None else low)
+        if self.low > self.high:
+            raise ValueError("low must be <= high")
+        self.min_events = int(min_events)
+        self._buckets: list[dict[str, Any]] = [_new_bucket()]
+        self._leaking = False
+        self._drift = False
+
+    @property
+    def bucket_size(self) -> int:
+        return max(1, self.size // self.buckets)
+
+    def reset(self) -> None:
+        """Forget all events (e.g. a new adapter version is now serving) and unlatch."""
+        self._buckets = [_new_bucket()]
+        self._leaking = False
+        self._drift = False
+
+    def update(self, accepted: bool, crosstalk_source: str | None = None, origin: Origin = "user") -> Self:
+        """Count one event of this task; ``crosstalk_source`` is the task whose style leaked."""
+        if origin not in ORIGINS:
+            raise ValueError(f"origin must be one of {ORIGINS}, not {origin!r}")
+        self._drift = False
+        cur = self._buckets[-1]
+        if cur["n"] >= self.bucket_size:
+            cur = _new_bucket()
+            self._buckets.append(cur)
+            if len(self._buckets) > self.buckets:
+                del self._buckets[0]
+        cur["n"] += 1
+        cur["acc"] += bool(accepted)
+        if crosstalk_source is not None:
+            counts = cur["xt"].setdefault(crosstalk_source, [0, 0])
+            counts[ORIGINS.index(origin)] += 1
+        self._update_latch()
+        return self
+
+    def _update_latch(self) -> None:
+        n = self.n
+        rate = self.crosstalk_rate
+        if not self._leaking and n >= self.min_events and rate >= self.high:
+            self._leaking = True
+            self._drift = True
+        elif self._leaking and rate <= self.low:
+            self._leaking = False
+
+    # -- read-only view ------------------------------------------------------------------
+
+    @property
+    def n(self) -> int:
+        return sum(int(b["n"]) for b in self._buckets)
+
+    @property
+    def accepted(self) -> int:
+        return sum(int(b["acc"]) for b in self._buckets)
+
+    @property
+    def crosstalk(self) -> int:
+        return sum(sum(sum(c) for c in b["xt"].values()) for b in self._buckets)
+
+    @property
+    def acceptance(self) -> float | None:
+        """Accepted share of the window, ``None`` when empty."""
+        n = self.n
+        return self.accepted / n if n else None
+
+    @property
+    def crosstalk_rate(self) -> float:
+        n = self.n
+        return self.crosstalk / n if n else 0.0
+
+    def source_counts(self) -> dict[str, dict[str, int]]:
+        """Crosstalk events in the window per source task and origin (sorted by source)."""
+        out: dict[str, list[int]] = {}
+        for b in self._buckets:
+            for src, counts in b["xt"].items():
+                tot = out.setdefault(src, [0, 0])
+                tot[0] += counts[0]
+                tot[1] += counts[1]
+        return {s: dict(zip(ORIGINS, out[s], strict=True)) for s in sorted(out)}
+
+    @property
+    def dominant_source(self) -> str | None:
+        """Source task with the most crosstalk events (ties: alphabetical), if any."""
+        counts = self.source_counts()
+        if not counts:
+            return None
+        return max(sorted(counts), key=lambda s: sum(counts[s].values()))
+
+    @property
+    def leaking(self) -> bool:
+        return self._leaking
+
+    @property
+    def drift_detected(self) -> bool:
+        """True on the update that turned ``leaking`` on."""
+        return self._drift
+
+    # -- serialisation -------------------------------------------------------------------
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "size": self.size,
+            "buckets": self.buckets,
+            "high": self.high,
+            "low": self.low,
+            "min_events": self.min_events,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": _KIND,
+            "params": self.params(),
+            "buckets": [
+                {"n": b["n"], "acc": b["acc"], "xt": {s: list(c) for s, c in b["xt"].items()}}
+                for b in self._buckets
+            ],
+            "leaking": self._leaking,
+            "drift": self._drift,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        if data.get("kind") != _KIND:
+            raise ValueError(f"not a {_KIND} state: {data.get('kind')!r}")
+        win = cls(**data["params"])
+        win._buckets = [
+            {
+                "n": int(b["n"]),
+                "acc": int(b["acc"]),
+                "xt": {str(s): [int(c[0]), int(c[1])] for s, c in b["xt"].items()},
+            }
+            for b in data["buckets"]
+        ] or [_new_bucket()]
+        win._leaking = bool(data["leaking"])
+        win._drift = bool(data["drift"])
+        return win
+
+    def __repr__(self) -> str:
+        return (
+            f"CrosstalkWindow(n={self.n}, acceptance={self.acceptance}, "
+            f"crosstalk_rate={self.crosstalk_rate:.3f}, leaking={self._leaking})"
+        )
