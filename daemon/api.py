@@ -247,6 +247,21 @@ def create_app(settings: Settings, *, engine: Engine | None = None,
             rows = crud.list_decisions(session, limit=limit)
         return {"decisions": [r.model_dump() for r in rows]}
 
+    @app.get("/v1/status")
+    def get_status() -> dict[str, Any]:
+        """How far the loop has got: stored and not yet observed events, lag, jobs, routing."""
+        with Session(engine) as session:
+            revision, _ = crud.routing_table(session)
+            status: dict[str, Any] = {"events": crud.count_feedback(session),
+                      "unobserved": crud.count_unobserved(session),
+                      "jobs_active": len(crud.active_jobs(session)),
+                      "routing_revision": revision}
+        try:
+            status["ingest_lag"] = deps.stream.lag()
+        except redis.RedisError:
+            status["ingest_lag"] = None
+        return status
+
     @app.get("/v1/adapters")
     def get_adapters() -> dict[str, Any]:
         """Adapters with their tasks and ratios, and every version with status and scores."""

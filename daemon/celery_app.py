@@ -21,6 +21,11 @@ def worker_context(settings: Settings) -> WorkerContext:
         drain_claim_idle_ms=settings.drain_claim_idle_ms,
         drain_max_deliveries=settings.drain_max_deliveries,
         train_lease_seconds=settings.train_lease_seconds,
+        policy_mode=settings.policy_mode,
+        policy=dict(settings.policy),
+        train=dict(settings.train),
+        eval=dict(settings.eval),
+        train_device=settings.train_device,
     )
 
 
@@ -54,6 +59,8 @@ def make_celery(settings: Settings) -> Celery:
         beat_schedule={
             "drain": {"task": "adaptd.ingest.drain", "schedule": settings.drain_interval_seconds,
                       "options": {"expires": max(1.0, settings.drain_interval_seconds * 5)}},
+            "policy": {"task": "adaptd.policy.tick", "schedule": settings.policy_interval_seconds,
+                       "options": {"expires": max(1.0, settings.policy_interval_seconds * 2)}},
         },
     )
     app.adaptd_context = worker_context(settings)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -57,9 +57,17 @@ class Settings(BaseSettings):
     drain_max_deliveries: int = Field(5, ge=1, description="then the entry is dead-lettered")
 
     # Policy and training.
-    policy_interval_seconds: float = Field(30.0, gt=0)
+    policy_interval_seconds: float = Field(30.0, gt=0, description="beat period of the engine")
+    policy_mode: Literal["adaptive", "static", "uniform", "isolated"] = Field(
+        "adaptive", description="adaptive = the engine; the others are baselines (section 9)")
+    policy: dict[str, Any] = Field(
+        default_factory=dict, description="PolicyConfig overrides, e.g. {\"cooldown_s\": 600}")
+    train: dict[str, Any] = Field(
+        default_factory=dict, description="TrainConfig overrides, e.g. {\"steps\": 200}")
+    eval: dict[str, Any] = Field(default_factory=dict, description="EvalConfig overrides")
     train_time_limit_seconds: int = Field(3600, ge=10)
     train_lease_seconds: int = Field(120, ge=5)
+    train_device: Literal["auto", "cpu", "cuda"] = "auto"
 
     # Process.
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -197,6 +197,12 @@ def count_feedback(session: Session) -> int:
     return int(session.execute(select(func.count()).select_from(FeedbackEvent)).scalar() or 0)
 
 
+def count_unobserved(session: Session) -> int:
+    """Stored events the policy engine has not fed to its detectors yet."""
+    stmt = select(func.count()).select_from(FeedbackEvent).where(col(FeedbackEvent.observed).is_(False))
+    return int(session.execute(stmt).scalar() or 0)
+
+
 def ids_present(session: Session, *, ids: Iterable[str]) -> set[str]:
     wanted = list(ids)
     if not wanted:

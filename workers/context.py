@@ -34,7 +34,11 @@ class WorkerContext:
     drain_claim_idle_ms: int = 60_000
     drain_max_deliveries: int = 5
     train_lease_seconds: int = 120
+    policy_mode: str = "adaptive"
     policy: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+    eval: dict[str, Any] = field(default_factory=dict)
+    train_device: str = "auto"
 
     @cached_property
     def engine(self) -> Engine:

@@ -32,3 +32,41 @@ def drain(self: Task, follow_up: bool = True) -> dict[str, Any]:
     if follow_up and result.read >= ctx.drain_batch:
         self.apply_async(kwargs={"follow_up": True}, queue="ingest")
     return dataclasses.asdict(result)
+
+
+@shared_task(
+    name="adaptd.policy.tick", bind=True, autoretry_for=(RedisError, OperationalError),
+    retry_backoff=True, retry_backoff_max=60, max_retries=3, ignore_result=True,
+)
+def policy_tick(self: Task) -> dict[str, Any]:
+    """Run the policy engine once; hand new training jobs to the train queue."""
+    from policies import PolicyConfig
+    from workers.policy import policy_tick as tick
+
+    ctx = context_of(self.app)
+    result = tick(
+        engine=ctx.engine, client=ctx.redis, prefix=ctx.key_prefix, suite=ctx.suite,
+        config=PolicyConfig.from_dict(ctx.policy), mode=ctx.policy_mode,
+        enqueue=lambda job_id: train_job.apply_async(args=[job_id], queue="train"),
+    )
+    return {"observed": result.observed, "decisions": len(result.decisions),
+            "jobs": result.jobs, "skipped": result.skipped}
+
+
+@shared_task(
+    name="adaptd.train.run_job", bind=True, acks_late=True, ignore_result=True,
+    autoretry_for=(OperationalError,), retry_backoff=True, max_retries=3,
+)
+def train_job(self: Task, job_id: int) -> dict[str, Any]:
+    """Run one training job (the job row's lease makes a redelivery harmless)."""
+    from workers.training.config import EvalConfig, TrainConfig
+    from workers.training.job import run_training_job
+
+    ctx = context_of(self.app)
+    outcome = run_training_job(
+        int(job_id), engine=ctx.engine, redis_client=ctx.redis, key_prefix=ctx.key_prefix,
+        artifacts_dir=ctx.artifacts_dir, suite=ctx.suite, worker_id=ctx.consumer,
+        lease_seconds=ctx.train_lease_seconds, train_config=TrainConfig(**ctx.train),
+        eval_config=EvalConfig(**ctx.eval), device=ctx.train_device,
+    )
+    return outcome.to_dict()

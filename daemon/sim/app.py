@@ -1,0 +1,144 @@
+"""The production-app simulator: a client of the daemon through HTTP only.
+
+For each request it draws a task from the phase's traffic mix, builds a prompt, asks
+``/v1/routing`` (with ETag) which adapter version serves that task, generates with that
+version (sampling, as production does), judges the output and posts the verdict as signed
+feedback. New routes are picked up as soon as they are promoted.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+
+from daemon.sim.judge import judge
+from daemon.webhooks import signed_headers
+from storage.suite import Suite
+
+
+class Generator(Protocol):
+    """What the simulator needs of a model server (workers.training.generate.AdapterServer)."""
+
+    def generate(self, task: str, prompts: Sequence[str], *, adapter: str | None = None,
+                 version: int | None = None, path: Path | None = None,
+                 sha256: str | None = None, **kwargs: Any) -> list[str]: ...
+
+
+@dataclass
+class Tally:
+    events: int = 0
+    accepted: int = 0
+    crosstalk: int = 0
+
+    def as_report(self) -> dict[str, Any]:
+        return {"events": self.events,
+                "acceptance": round(self.accepted / self.events, 4) if self.events else None,
+                "crosstalk_rate": round(self.crosstalk / self.events, 4) if self.events else None}
+
+
+@dataclass
+class Routing:
+    """The app's copy of the routing table, refreshed with If-None-Match."""
+
+    etag: str | None = None
+    revision: int = 0
+    routes: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def refresh(self, http: httpx.Client, url: str) -> bool:
+        headers = {"If-None-Match": self.etag} if self.etag else {}
+        resp = http.get(f"{url}/v1/routing", headers=headers)
+        if resp.status_code == 304:
+            return False
+        resp.raise_for_status()
+        body = resp.json()
+        self.etag, self.revision, self.routes = resp.headers.get("etag"), body["revision"], body["routes"]
+        return True
+
+
+class AppSimulator:
+    """Draws requests, generates with the routed adapter, judges and posts feedback."""
+
+    def __init__(self, *, suite: Suite, url: str, secret: str, generator: Generator, seed: int,
+                 edit_share: float = 0.3, http: httpx.Client | None = None,
+                 on_route_change: Callable[[Routing], None] | None = None):
+        self.suite, self.url, self.secret, self.generator = suite, url, secret, generator
+        self.rng = random.Random(seed)
+        self.seed = seed
+        self.edit_share = edit_share
+        self.http = http or httpx.Client(timeout=60)
+        self.routing = Routing()
+        self.on_route_change = on_route_change
+        self.sent = 0
+        self.correction_pool = {t: suite.seed_examples(t, seed=seed + 1) for t in suite.tasks}
+
+    def step(self, traffic: dict[str, float], n: int, tallies: dict[str, Tally]) -> list[dict[str, Any]]:
+        """Serve ``n`` requests of a traffic mix; post their feedback; return the events."""
+        if self.routing.refresh(self.http, self.url) and self.on_route_change:
+            self.on_route_change(self.routing)
+        names = sorted(traffic)
+        tasks = self.rng.choices(names, weights=[traffic[t] for t in names], k=n)
+        by_task: dict[str, list[int]] = {}
+        for i, task in enumerate(tasks):
+            by_task.setdefault(task, []).append(i)
+        prompts = [self.suite.prompt_for(t, self.rng) for t in tasks]
+        outputs: list[str] = [""] * n
+        for task, idx in sorted(by_task.items()):
+            route = self.routing.routes.get(task)
+            kwargs: dict[str, Any] = {}
+            if route is not None:
+                kwargs = {"adapter": route["adapter"], "version": route["version"],
+                          "path": Path(route["path"]), "sha256": route["sha256"]}
+            texts = self.generator.generate(task, [prompts[i] for i in idx],
+                                            seed=self.rng.randrange(2**31), **kwargs)
+            for i, text in zip(idx, texts, strict=True):
+                outputs[i] = text
+        now = datetime.now(UTC).isoformat()
+        events = []
+        for task, prompt, output in zip(tasks, prompts, outputs, strict=True):
+            verdict = judge(self.suite, task, output)
+            route = self.routing.routes.get(task)
+            event: dict[str, Any] = {
+                "id": f"sim_{self.seed}_{self.sent}", "task": task, "prompt": prompt,
+                "output": output or "(empty)", "occurred_at": now,
+                "adapter": f"{route['adapter']}@{route['version']}" if route else None,
+                "verdict": "accept" if verdict.accepted else "reject",
+                "rating": 1.0 if verdict.accepted else 0.0,
+                "meta": {"judge": verdict.reason},
+            }
+            if verdict.crosstalk_source:
+                event["crosstalk_source"] = verdict.crosstalk_source
+            if not verdict.accepted and self.rng.random() < self.edit_share:
+                # Some users fix the output themselves: the most valuable training signal.
+                event["verdict"] = "edit"
+                event["correction"] = self.rng.choice(self.correction_pool[task]).response
+            if event["adapter"] is None:
+                del event["adapter"]
+            tally = tallies.setdefault(task, Tally())
+            tally.events += 1
+            tally.accepted += verdict.accepted
+            tally.crosstalk += verdict.crosstalk_source is not None
+            self.sent += 1
+            events.append(event)
+        self.post(events)
+        return events
+
+    def post(self, events: list[dict[str, Any]]) -> None:
+        body = json.dumps({"events": events}, ensure_ascii=False).encode()
+        headers = signed_headers(self.secret, f"msg_{uuid.uuid4().hex}", int(time.time()), body)
+        for attempt in range(5):  # a 503 means nothing was stored: retrying is safe
+            resp = self.http.post(f"{self.url}/v1/feedback", content=body, headers=headers)
+            if resp.status_code == 202:
+                return
+            if resp.status_code != 503:
+                raise RuntimeError(f"feedback refused: {resp.status_code} {resp.text[:500]}")
+            time.sleep(0.5 * (attempt + 1))
+        raise RuntimeError("feedback refused: the daemon kept answering 503")

@@ -1,0 +1,171 @@
+"""The policy tick against real SQL and Redis: feedback in, decisions and jobs out.
+
+Training is stood in for here by writing what a finished job writes (a promoted version and
+its routes); tests/test_loop.py runs the real trainer.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import redis
+from sqlalchemy.engine import Engine
+from sqlalchemy import update
+from sqlmodel import Session, col, select
+
+from daemon.settings import Settings
+from policies import PolicyConfig
+from storage import crud
+from storage.db import session_scope
+from storage.events import FeedbackEventV1
+from storage.models import (
+    Adapter,
+    AdapterVersion,
+    FeedbackEvent,
+    PolicyDecision,
+    TrainingExample,
+    TrainingJob,
+)
+from storage.stream import FeedbackStream
+from storage.suite import load_suite
+from tests.helpers import event
+from workers.ingest import drain_once
+from workers.policy import policy_tick
+
+FAST = PolicyConfig.from_dict({"cooldown_s": 0, "structural_cooldown_s": 0,
+                               "min_new_examples": 50, "max_concurrent_jobs": 2,
+                               "probation_min_events": 10**9})
+
+
+def feed(settings: Settings, engine: Engine, events: list[dict[str, Any]]) -> None:
+    client = redis.Redis.from_url(settings.redis_url)
+    stream = FeedbackStream(client, settings.key_prefix, dedupe_ttl=600, replay_ttl=600)
+    stream.append([(e["id"], json.dumps(FeedbackEventV1.model_validate(e).to_stream()))
+                   for e in events])
+    while drain_once(client=client, engine=engine, prefix=settings.key_prefix, consumer="t").read:
+        pass
+
+
+def finish(engine: Engine, job_id: int, *, promote: bool = True) -> None:
+    """What the trainer writes when a job ends."""
+    with session_scope(engine) as session:
+        job = session.get(TrainingJob, job_id)
+        assert job is not None
+        version = 1 + len(crud.list_versions(session, adapter=job.adapter))
+        tasks = job.params.get("tasks") or []
+        session.add(AdapterVersion(adapter=job.adapter, version=version, path=f"/a/{version}",
+                                   sha256="0" * 64, status="promoted" if promote else "rejected",
+                                   job_id=job_id, promoted_at=1.0))
+        job.status, job.result_version = ("succeeded" if promote else "rejected"), version
+        job.started_at, job.finished_at = 1.0, 2.0
+        session.execute(update(TrainingExample).where(col(TrainingExample.trained_in).is_(None))
+                        .values(trained_in=f"{job.adapter}@{version}"))
+        if promote:
+            crud.set_routes(session, reason="test", routes={t: {
+                "adapter": job.adapter, "version": version, "path": f"/a/{version}",
+                "sha256": "0" * 64} for t in tasks})
+
+
+def tick(settings: Settings, engine: Engine, sent: list[int], now: float,
+         mode: str = "adaptive", config: PolicyConfig = FAST) -> list[dict[str, Any]]:
+    client = redis.Redis.from_url(settings.redis_url)
+    result = policy_tick(engine=engine, client=client, prefix=settings.key_prefix,
+                         suite=load_suite(settings.suite), config=config, mode=mode, now=now,
+                         enqueue=sent.append)
+    return result.decisions
+
+
+def test_bootstrap_then_quiet(settings: Settings, engine: Engine) -> None:
+    sent: list[int] = []
+    decisions = tick(settings, engine, sent, now=1000.0)
+    assert [(d["action"], d["adapter"]) for d in decisions] == [("retrain", "shared")]
+    assert len(sent) == 1
+    # While the job runs nothing new starts, and the job is not re-sent yet.
+    assert tick(settings, engine, sent, now=1010.0) == []
+    assert len(sent) == 1
+    finish(engine, sent[0])
+    assert tick(settings, engine, sent, now=1020.0) == []
+
+
+def test_leaking_high_risk_task_rebalances_then_forks(settings: Settings, engine: Engine) -> None:
+    sent: list[int] = []
+    tick(settings, engine, sent, now=1000.0)
+    finish(engine, sent[0])
+    healthy = [event(f"h{i}", t) for i, t in enumerate(["greeting", "apology", "thanks"] * 200)]
+    feed(settings, engine, healthy)
+    retrain = tick(settings, engine, sent, now=2000.0)
+    assert [d["action"] for d in retrain] == ["retrain"]  # 600 new examples >= 50
+    finish(engine, sent[-1])
+    # Holiday: apologies start wishing a happy new year.
+    leak = [event(f"l{i}", "apology", "reject", crosstalk_source="greeting") for i in range(300)]
+    feed(settings, engine, leak)
+    decisions = tick(settings, engine, sent, now=3000.0)
+    actions = [(d["action"], d["task"]) for d in decisions]
+    assert ("rebalance", "apology") in actions, [d["reason"] for d in decisions]
+    rebalance = next(d for d in decisions if d["action"] == "rebalance")
+    assert rebalance["reason"] and rebalance["signals"]
+    with Session(engine) as session:
+        shared = session.get(Adapter, "shared")
+        assert shared is not None and shared.ratios["apology"] > 0
+        job = session.get(TrainingJob, sent[-1])
+        assert job is not None and job.kind == "rebalance" and job.params["ratios"] == shared.ratios
+    finish(engine, sent[-1])
+    tick(settings, engine, sent, now=4000.0)
+    # Still leaking after the rebalance: a high-risk task is forked into its own adapter.
+    feed(settings, engine, [event(f"m{i}", "apology", "reject", crosstalk_source="greeting")
+                            for i in range(300)])
+    decisions = tick(settings, engine, sent, now=5000.0)
+    forks = [d for d in decisions if d["action"] == "fork"]
+    assert forks and forks[0]["task"] == "apology", [(d["action"], d["task"]) for d in decisions]
+    with Session(engine) as session:
+        fork_adapter = session.get(Adapter, forks[0]["adapter"])
+        assert fork_adapter is not None and fork_adapter.tasks == ["apology"]
+        shared = session.get(Adapter, "shared")
+        assert shared is not None and "apology" not in shared.tasks
+        job = session.get(TrainingJob, sent[-1])
+        assert job is not None and job.kind == "fork" and job.adapter == fork_adapter.name
+        # Every event was observed exactly once and every decision is on record.
+        assert not session.execute(select(FeedbackEvent).where(
+            FeedbackEvent.observed == False)).first()  # noqa: E712
+        rows = session.execute(select(PolicyDecision)).scalars().all()
+        assert {"retrain", "rebalance", "fork"} <= {r.action for r in rows}
+    finish(engine, sent[-1])
+    with Session(engine) as session:
+        _, routes = crud.routing_table(session)
+    assert routes["apology"]["adapter"] == forks[0]["adapter"]
+    assert routes["greeting"]["adapter"] == "shared"
+
+
+def test_static_mode_retrains_on_schedule_and_never_forks(settings: Settings,
+                                                          engine: Engine) -> None:
+    sent: list[int] = []
+    tick(settings, engine, sent, now=1000.0, mode="static")
+    finish(engine, sent[0])
+    feed(settings, engine, [event(f"g{i}", "greeting") for i in range(40)]
+         + [event(f"l{i}", "apology", "reject", crosstalk_source="greeting") for i in range(300)])
+    decisions = tick(settings, engine, sent, now=2000.0, mode="static")
+    assert [d["action"] for d in decisions] == ["retrain"]
+    ratios = decisions[0]["signals"]["ratios"]
+    suite = load_suite(settings.suite)
+    assert abs(sum(ratios.values()) - 1) < 1e-9
+    # Data-proportional: greeting has its seed data plus 40 accepted outputs.
+    assert ratios["greeting"] > ratios["apology"]
+    assert len(ratios) == len(suite.tasks)
+
+
+def test_operator_override_is_applied_by_the_tick(settings: Settings, engine: Engine) -> None:
+    sent: list[int] = []
+    tick(settings, engine, sent, now=1000.0)
+    finish(engine, sent[0])
+    with session_scope(engine) as session:
+        crud.record_decision(session, action="fork", task="thanks", reason="operator override",
+                             status="requested", origin="operator")
+    decisions = tick(settings, engine, sent, now=2000.0)
+    assert [d["action"] for d in decisions] == ["fork"]
+    with Session(engine) as session:
+        row = session.execute(select(PolicyDecision).where(
+            PolicyDecision.origin == "operator")).scalars().one()
+        assert row.status == "applied"
+        job = session.get(TrainingJob, sent[-1])
+        assert job is not None and job.kind == "fork"

@@ -1,0 +1,379 @@
+"""One tick of the policy loop: feed new feedback to the detectors, learn what training did,
+ask the pure engine (``policies.decide``) what to do, and carry it out in SQL.
+
+Everything a tick changes — the engine's state, the events it marked observed, decisions,
+new training jobs, ratios, routes of a rollback, task gauges — commits in one transaction,
+so a tick killed half-way changes nothing and each event is observed exactly once. A Redis
+lock keeps ticks from overlapping; jobs are handed to the ``train`` queue after the commit
+(a lost hand-off is repaired by the next tick, which re-sends stale queued jobs).
+
+Modes (DESIGN section 9): ``adaptive`` runs the engine; ``static`` and ``uniform`` retrain
+each adapter on a schedule (enough new examples) with data-proportional or equal ratios and
+never fork; ``isolated`` is ``static`` over a suite with one adapter per task.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from sqlalchemy import func, update
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+import policies
+from policies import Decision, PolicyConfig, PolicyState, TaskProfile, TaskSignals
+from storage import crud
+from storage.models import (
+    Adapter,
+    AdapterVersion,
+    FeedbackEvent,
+    PolicyDecision,
+    PolicyStateRow,
+    Task,
+    TrainingExample,
+    TrainingJob,
+)
+from storage.suite import Suite
+
+log = logging.getLogger(__name__)
+MODES = ("adaptive", "static", "uniform", "isolated")
+STALE_QUEUED_S = 60.0
+
+
+@dataclass
+class TickResult:
+    observed: int = 0
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+    jobs: list[int] = field(default_factory=list)
+    skipped: str | None = None
+
+
+def _parse_adapter(value: str | None) -> tuple[str | None, int | None]:
+    """``shared@7`` -> ("shared", 7)."""
+    if not value or "@" not in value:
+        return value, None
+    name, _, ver = value.rpartition("@")
+    return name, int(ver) if ver.isdigit() else None
+
+
+def _load(session: Session, suite: Suite, config: PolicyConfig) -> tuple[PolicyState, dict[str, Any]]:
+    """The stored engine state (created from the SQL adapters on the first tick) and the
+    wrapper's bookkeeping: jobs already accounted for, events observed so far."""
+    row = session.get(PolicyStateRow, 1)
+    tasks = {t.name: t for t in crud.list_tasks(session)}
+    profiles = {n: TaskProfile(risk=t.risk, tone=t.tone) for n, t in tasks.items()}  # type: ignore[arg-type]
+    adapters = {a.name: list(a.tasks) for a in crud.list_adapters(session)
+                if a.status == "active" and a.tasks}
+    sizes = _data_sizes(session, suite)
+    if row is None or not row.state.get("engine"):
+        state = policies.init_state(adapters, profiles, config, data_sizes=sizes)
+        meta: dict[str, Any] = {"jobs_seen": 0, "observed_total": 0}
+    else:
+        state = PolicyState.from_dict(row.state["engine"])
+        state = policies.sync_state(state, {a: t for a, t in state_adapters(state).items()},
+                                    profiles, config, data_sizes=sizes)
+        meta = dict(row.state.get("meta") or {})
+    return state, meta
+
+
+def state_adapters(state: PolicyState) -> dict[str, list[str]]:
+    return {name: list(ad.tasks) for name, ad in state.adapters.items()}
+
+
+def _data_sizes(session: Session, suite: Suite) -> dict[str, int]:
+    """Training examples per task: the suite's seed data plus usable feedback examples."""
+    stmt = (select(col(TrainingExample.task), func.count())
+            .where(col(TrainingExample.kind).in_(["accepted", "correction"]))
+            .group_by(col(TrainingExample.task)))
+    fed = {t: int(n) for t, n in session.execute(stmt)}
+    return {t: suite.examples_per_task + fed.get(t, 0) for t in suite.tasks}
+
+
+def _observe_new_events(session: Session, state: PolicyState, limit: int) -> int:
+    rows = session.execute(
+        select(FeedbackEvent).where(col(FeedbackEvent.observed).is_(False))
+        .order_by(col(FeedbackEvent.received_at), col(FeedbackEvent.id)).limit(limit)
+    ).scalars().all()
+    for ev in rows:
+        if ev.task not in state.tasks:
+            continue
+        adapter, version = _parse_adapter(ev.adapter)
+        policies.observe(state, ev.task, ev.verdict == "accept",
+                         crosstalk_source=ev.crosstalk_source, origin="user",
+                         adapter=adapter, version=version)
+    ids = [ev.id for ev in rows]
+    for i in range(0, len(ids), 500):
+        session.execute(update(FeedbackEvent).where(col(FeedbackEvent.id).in_(ids[i:i + 500]))
+                        .values(observed=True))
+    return len(rows)
+
+
+def _account_finished_jobs(session: Session, state: PolicyState, meta: dict[str, Any],
+                           config: PolicyConfig, now: float) -> PolicyState:
+    """Tell the engine about promotions, rejections and failures since the last tick."""
+    seen = int(meta.get("jobs_seen", 0))
+    jobs = session.execute(
+        select(TrainingJob).where(col(TrainingJob.id) > seen)
+        .where(col(TrainingJob.status).in_(["succeeded", "rejected", "failed"]))
+        .order_by(col(TrainingJob.id))
+    ).scalars().all()
+    for job in jobs:
+        # Only advance past a contiguous prefix: a lower job still running is seen later.
+        if session.execute(select(func.count()).select_from(TrainingJob)
+                           .where(col(TrainingJob.id) < job.id, col(TrainingJob.id) > seen)
+                           .where(col(TrainingJob.status).in_(["queued", "running"]))).scalar():
+            break
+        seen = int(job.id or seen)
+        if job.adapter not in state.adapters:
+            continue
+        version = session.execute(
+            select(AdapterVersion).where(col(AdapterVersion.adapter) == job.adapter,
+                                         col(AdapterVersion.version) == job.result_version)
+        ).scalars().first()
+        if version is not None and version.eval:
+            before = _qualities(version.eval.get("production"))
+            after = _qualities(version.eval.get("candidate"))
+            if before and after:
+                targeted = tuple(job.params.get("targeted") or ())
+                state, _ = policies.record_eval(state, job.adapter, before=before, after=after,
+                                                config=config, targeted=targeted)
+        if job.status == "succeeded" and job.result_version is not None:
+            state = policies.on_promotion(state, job.adapter, version=job.result_version,
+                                          now=now, config=config)
+        else:
+            state = policies.clear_pending(state, job.adapter)
+    meta["jobs_seen"] = seen
+    return state
+
+
+def _qualities(side: Any) -> dict[str, float]:
+    tasks = (side or {}).get("tasks") or {}
+    return {t: float(r["quality"]) for t, r in tasks.items()
+            if isinstance(r, dict) and r.get("quality") is not None}
+
+
+def _promoted(session: Session, adapter: str) -> bool:
+    return session.execute(
+        select(func.count()).select_from(AdapterVersion)
+        .where(col(AdapterVersion.adapter) == adapter, col(AdapterVersion.status) == "promoted")
+    ).scalar_one() > 0
+
+
+def _schedule_ratios(mode: str, tasks: list[str], sizes: dict[str, int]) -> dict[str, float]:
+    """Baseline policies: data-proportional (static, isolated) or equal (uniform) ratios."""
+    if mode == "uniform":
+        return {t: 1.0 / len(tasks) for t in tasks}
+    total = sum(sizes.get(t, 0) for t in tasks) or 1
+    return {t: sizes.get(t, 0) / total for t in tasks}
+
+
+def _new_job(session: Session, *, adapter: str, kind: str, params: dict[str, Any],
+             decision_id: int | None, created: list[int]) -> None:
+    job = crud.create_job(session, adapter=adapter, kind=kind, params=params,
+                          decision_id=decision_id)
+    assert job.id is not None
+    created.append(job.id)
+
+
+def _record(session: Session, result: TickResult, at_event: int, **fields: Any) -> PolicyDecision:
+    row = crud.record_decision(session, at_event=at_event, **fields)
+    if fields.get("action") != "hold":
+        crud.add_counters(session, increments={crud.counter_key(
+            "adaptd_policy_decisions_total",
+            {"action": str(fields["action"]), "task": str(fields.get("task") or "")}): 1})
+    result.decisions.append(row.model_dump())
+    return row
+
+
+def _apply(session: Session, d: Decision, result: TickResult, at_event: int,
+           row: PolicyDecision | None = None) -> None:
+    """Record one engine decision (unless ``row`` already records it) and carry it out."""
+    if row is None:
+        row = _record(session, result, at_event, action=d.action, task=d.task,
+                      adapter=d.adapter, reason=d.reason, signals=dict(d.signals),
+                      status=d.status, at=d.at)
+    if d.status != "applied" or d.action == "hold":
+        return
+    if d.action == "fork":
+        source = session.get(Adapter, str(d.signals.get("from_adapter")))
+        if source is not None:
+            source.tasks = [t for t in source.tasks if t != d.task]
+        if session.get(Adapter, d.adapter) is None:
+            session.add(Adapter(name=d.adapter, tasks=[d.task],
+                                parent=source.name if source else None))
+    if d.action == "merge":
+        target = session.get(Adapter, d.adapter)
+        if target is not None and d.task not in target.tasks:
+            target.tasks = [*target.tasks, d.task]
+    if d.ratios and d.adapter:
+        adapter = session.get(Adapter, d.adapter)
+        if adapter is not None:
+            adapter.ratios = dict(d.ratios)
+            adapter.ratios_version = d.ratio_version or adapter.ratios_version + 1
+    if d.action == "rollback":
+        _rollback(session, d.adapter, int(d.signals["to_version"]))
+    for adapter_name in d.train:
+        adapter = session.get(Adapter, adapter_name)
+        params: dict[str, Any] = {"targeted": list(d.signals.get("targeted") or [d.task])}
+        if adapter is not None:
+            params["tasks"] = list(adapter.tasks)
+            params["ratios"] = dict(adapter.ratios)
+        _new_job(session, adapter=adapter_name, kind=d.action, params=params,
+                 decision_id=row.id, created=result.jobs)
+
+
+def _rollback(session: Session, adapter: str, to_version: int) -> None:
+    target = session.execute(select(AdapterVersion).where(
+        col(AdapterVersion.adapter) == adapter, col(AdapterVersion.version) == to_version)).scalars().first()
+    if target is None:
+        raise ValueError(f"rollback target {adapter}@{to_version} does not exist")
+    _, routes = crud.routing_table(session)
+    for r in session.execute(select(AdapterVersion).where(
+            col(AdapterVersion.adapter) == adapter, col(AdapterVersion.status) == "promoted",
+            col(AdapterVersion.version) > to_version)).scalars():
+        r.status = "rolled_back"
+    tasks = [t for t, r in routes.items() if r["adapter"] == adapter]
+    crud.set_routes(session, reason=f"rollback {adapter} to v{to_version}", routes={
+        t: {"adapter": adapter, "version": to_version, "path": target.path,
+            "sha256": target.sha256} for t in tasks})
+
+
+def _operator_requests(session: Session, state: PolicyState, config: PolicyConfig,
+                       now: float, result: TickResult, at_event: int) -> PolicyState:
+    """Apply overrides the API recorded (status ``requested``)."""
+    rows = session.execute(select(PolicyDecision).where(col(PolicyDecision.status) == "requested")
+                           .order_by(col(PolicyDecision.id))).scalars().all()
+    for req in rows:
+        try:
+            state, d = policies.override(state, str(req.task), req.action, now=now,
+                                         config=config)
+        except (KeyError, ValueError) as exc:
+            req.status, req.reason = "refused", f"operator override refused: {exc}"
+            continue
+        req.status, req.reason, req.adapter = "applied", d.reason, d.adapter
+        req.signals, req.at_event = dict(d.signals), at_event
+        result.decisions.append(req.model_dump())
+        _apply(session, d, result, at_event, row=req)
+    return state
+
+
+def _update_task_rows(session: Session, state: PolicyState) -> None:
+    summary = policies.summarize(state)
+    for name, s in summary.items():
+        row = session.get(Task, name)
+        if row is None:
+            continue
+        row.quality = s["quality"]
+        row.crosstalk_rate = s["crosstalk_rate"]
+        row.crosstalk_source = s["crosstalk_source"]
+        row.degraded = bool(s["degraded"])
+        row.ratio = float(s["ratio"] or 0.0)
+        row.updated_at = time.time()
+
+
+def _stale_jobs(session: Session, now: float) -> list[int]:
+    """Queued jobs nobody picked up for a while, or running jobs whose lease expired."""
+    rows = session.execute(select(TrainingJob).where(
+        col(TrainingJob.status).in_(["queued", "running"]))).scalars().all()
+    return [int(j.id) for j in rows if j.id is not None and (
+        (j.status == "queued" and now - j.created_at > STALE_QUEUED_S and j.lease_until is None)
+        or (j.status == "running" and (j.lease_until or 0) < now))]
+
+
+def policy_tick(*, engine: Engine, client: redis.Redis | None, prefix: str, suite: Suite,
+                config: PolicyConfig, mode: str = "adaptive", now: float | None = None,
+                enqueue: Callable[[int], None] | None = None, max_events: int = 50_000,
+                resend_after_s: float = 600.0) -> TickResult:
+    """Run one tick (see the module doc). ``enqueue`` hands a job id to the train queue."""
+    if mode not in MODES:
+        raise ValueError(f"policy mode {mode!r}: one of {MODES}")
+    lock = client.lock(f"{prefix}lock:policy", timeout=600, blocking_timeout=0) if client else None
+    if lock is not None and not lock.acquire(blocking=False):
+        return TickResult(skipped="another tick holds the lock")
+    try:
+        return _tick(engine, suite, config, mode, time.time() if now is None else now,
+                     enqueue, max_events, resend_after_s)
+    finally:
+        if lock is not None:
+            try:
+                lock.release()
+            except redis.exceptions.LockError:
+                log.warning("policy lock expired during the tick")
+
+
+def _tick(engine: Engine, suite: Suite, config: PolicyConfig, mode: str, now: float,
+          enqueue: Callable[[int], None] | None, max_events: int, resend_after_s: float) -> TickResult:
+    result = TickResult()
+    with Session(engine, expire_on_commit=False) as session:
+        state, meta = _load(session, suite, config)
+        # 1. What training did since the last tick: promotions (which reset the promoted
+        #    adapter's detectors and windows), eval regressions, failures.
+        state = _account_finished_jobs(session, state, meta, config, now)
+        # 2. Feed new feedback to the detectors and windows (exactly once: same commit).
+        result.observed = _observe_new_events(session, state, max_events)
+        meta["observed_total"] = int(meta.get("observed_total", 0)) + result.observed
+        at_event = meta["observed_total"]
+        # 3. Operator overrides recorded by the API.
+        state = _operator_requests(session, state, config, now, result, at_event)
+        active = crud.active_jobs(session)
+        busy = {j.adapter for j in active}
+        buffers = crud.buffered_counts(session)
+        sizes = _data_sizes(session, suite)
+        # 4. Adapters never trained get a first version before anything else.
+        for name, ad in sorted(state.adapters.items()):
+            if ad.tasks and name not in busy and not _promoted(session, name) \
+                    and len(active) + len(result.jobs) < max(1, config.max_concurrent_jobs):
+                ratios = (policies.prior_ratios({t: sizes.get(t, 0) for t in ad.tasks},
+                                                config.ratios)
+                          if mode == "adaptive" else _schedule_ratios(mode, list(ad.tasks), sizes))
+                row = _record(session, result, at_event, action="retrain", task=None,
+                              adapter=name, reason="bootstrap: no promoted version yet",
+                              signals={"tasks": list(ad.tasks), "ratios": ratios})
+                _new_job(session, adapter=name, kind="retrain", decision_id=row.id,
+                         params={"tasks": list(ad.tasks), "ratios": ratios}, created=result.jobs)
+                busy.add(name)
+        # 5. Decide.
+        running = len(active) + len(result.jobs)
+        if mode == "adaptive":
+            signals = {t: TaskSignals(new_examples=buffers.get(t, 0), data_size=sizes.get(t))
+                       for t in state.tasks}
+            state, decisions = policies.decide(state, signals, now=now, config=config,
+                                               running_jobs=running)
+            for d in decisions:
+                _apply(session, d, result, at_event)
+        else:
+            for name, ad in sorted(state.adapters.items()):
+                new = sum(buffers.get(t, 0) for t in ad.tasks)
+                if name in busy or new < config.min_new_examples or running >= config.max_concurrent_jobs:
+                    continue
+                ratios = _schedule_ratios(mode, list(ad.tasks), sizes)
+                row = _record(session, result, at_event, action="retrain", task=None,
+                              adapter=name, reason=f"schedule ({mode}): {new} new examples",
+                              signals={"new_examples": new, "ratios": ratios})
+                _new_job(session, adapter=name, kind="retrain", decision_id=row.id,
+                         params={"tasks": list(ad.tasks), "ratios": ratios}, created=result.jobs)
+                running += 1
+        # 6. Gauges, state, commit.
+        _update_task_rows(session, state)
+        sent: dict[str, float] = {k: v for k, v in (meta.get("sent") or {}).items()
+                                  if now - v < 86400}
+        resend = [j for j in _stale_jobs(session, now)
+                  if now - sent.get(str(j), 0.0) > resend_after_s and j not in result.jobs]
+        for job_id in [*result.jobs, *resend]:
+            sent[str(job_id)] = now
+        meta["sent"] = sent
+        stored = session.get(PolicyStateRow, 1) or PolicyStateRow(id=1)
+        stored.state = {"engine": state.to_dict(), "meta": meta, "mode": mode}
+        stored.updated_at = now
+        session.add(stored)
+        session.commit()
+    # 7. Hand new (and stale) jobs to the train queue only after the commit.
+    if enqueue is not None:
+        for job_id in [*result.jobs, *resend]:
+            enqueue(job_id)
+    return result
