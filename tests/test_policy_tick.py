@@ -10,8 +10,8 @@ import json
 from typing import Any
 
 import redis
-from sqlalchemy.engine import Engine
 from sqlalchemy import update
+from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from daemon.settings import Settings
