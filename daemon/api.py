@@ -63,13 +63,19 @@ class Deps:
             local[reason] = local.get(reason, 0.0) + amount
 
 
+def _printable(text: str) -> str:
+    """Text that encodes to UTF-8 (lone surrogates from JSON escapes become \\udXXX)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _event_errors(index: int, raw: Any, exc: ValidationError) -> dict[str, Any]:
     # Only loc/msg/type: the input itself may be huge or hold what the user typed.
     event_id = raw.get("id") if isinstance(raw, dict) and isinstance(raw.get("id"), str) else None
     return {
         "index": index,
-        "id": event_id[:128] if event_id else None,
-        "errors": [{"loc": [str(p) for p in e["loc"]], "msg": e["msg"], "type": e["type"]}
+        "id": _printable(event_id[:128]) if event_id else None,
+        "errors": [{"loc": [_printable(str(p)[:128]) for p in e["loc"]],
+                    "msg": _printable(e["msg"]), "type": e["type"]}
                    for e in exc.errors()[:20]],
     }
 
@@ -180,6 +186,12 @@ async def _read_capped(request: Request, limit: int) -> bytes:
             raise ApiError(413, f"body larger than {limit} bytes", reason="too_large")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory`` (several worker processes): settings from the
+    environment, like every entry point."""
+    return create_app(Settings())
 
 
 def create_app(settings: Settings, *, engine: Engine | None = None,

@@ -49,7 +49,8 @@ def _logging(level: str) -> None:
 
 @app.command()
 def serve(host: Annotated[str | None, typer.Option(help="bind address")] = None,
-          port: Annotated[int | None, typer.Option(help="port")] = None) -> None:
+          port: Annotated[int | None, typer.Option(help="port")] = None,
+          workers: Annotated[int, typer.Option(min=1, help="API processes")] = 1) -> None:
     """Run the HTTP API (webhook intake, routing, tasks, decisions, metrics)."""
     import uvicorn
 
@@ -58,11 +59,12 @@ def serve(host: Annotated[str | None, typer.Option(help="bind address")] = None,
     s = settings()
     _logging(s.log_level)
     try:
-        api = create_app(s)
+        api = create_app(s)  # also checks the suite and settings before binding
     except SuiteError as exc:
         fail(str(exc))
-    uvicorn.run(api, host=host or s.api_host, port=port or s.api_port,
-                log_level=s.log_level.lower(), access_log=False)
+    target: Any = api if workers == 1 else "daemon.api:app_from_env"
+    uvicorn.run(target, host=host or s.api_host, port=port or s.api_port, workers=workers,
+                factory=workers > 1, log_level=s.log_level.lower(), access_log=False)
 
 
 @app.command()
@@ -252,19 +254,52 @@ def task(name: Annotated[str, typer.Argument(help="task name")],
 
 
 @app.command()
+def simulate(
+    scenario: Annotated[str, typer.Option(help="scenario YAML or builtin:<name>")] = "builtin:smoke",
+    policy: Annotated[str, typer.Option(help="adaptive | static | uniform | isolated")] = "adaptive",
+    report: Annotated[Path, typer.Option(help="report JSON (PNG and HTML beside it)")] = Path(
+        ".adaptd/simulate/report.json"),
+    workdir: Annotated[Path | None, typer.Option(help="state and logs (default: beside the report)")] = None,
+    sync: Annotated[bool, typer.Option(help="wait for training after each chunk")] = True,
+    chunk: Annotated[int, typer.Option(min=1, max=1000, help="requests between waits")] = 50,
+    json_out: JsonFlag = False,
+) -> None:
+    """Run the whole loop on a scenario through the real API with a simulated app."""
+    from daemon.sim.run import POLICIES, run_simulation, summary_table
+    from storage.suite import SuiteError
+
+    if policy not in POLICIES:
+        fail(f"unknown policy {policy!r}; choose from {', '.join(POLICIES)}")
+    s = settings()
+    out = console if not json_out else Console(stderr=True)
+    try:
+        result = run_simulation(s, scenario, policy=policy, report_path=report,
+                                workdir=workdir or report.parent / f"state-{policy}",
+                                console=out, sync=sync, chunk=chunk,
+                                base_cache=report.parent / "base-cache")
+    except (RuntimeError, SuiteError, ValueError) as exc:
+        fail(str(exc))
+    if json_out:
+        print(json.dumps({k: v for k, v in result.items() if k != "series"}, ensure_ascii=False))
+        return
+    from daemon.sim.scenario import load_scenario
+
+    suite = load_scenario(scenario)[1]
+    out.print(summary_table(result, {t: spec.risk for t, spec in suite.tasks.items()}))
+    out.print(f"report: {report} (picture: {report.with_suffix('.png')}, "
+              f"{report.with_suffix('.html')}) in {result['seconds']:.0f}s")
+
+
+@app.command()
 def demo(
-    events: Annotated[int, typer.Option(min=10, help="sample events to send")] = 600,
+    scenario: Annotated[str, typer.Option(help="scenario YAML or builtin:<name>")] = "builtin:holiday-zh",
     workdir: Annotated[Path, typer.Option(help="where the demo keeps its state")] = Path(
         ".adaptd/demo"),
 ) -> None:
-    """Start Redis (if none answers), the API, a worker and beat on embedded defaults, send
-    sample feedback and print the per-task status."""
-    from daemon.demo import run_demo
-
-    try:
-        run_demo(settings(), events=events, workdir=workdir, console=console)
-    except (RuntimeError, SuiteError) as exc:
-        fail(str(exc))
+    """The whole product on embedded defaults: a private Redis if none answers, SQLite, API,
+    workers, beat and builtin:tiny, running the holiday scenario with the adaptive policy."""
+    simulate(scenario=scenario, policy="adaptive", report=workdir / "report.json",
+             workdir=workdir / "state", sync=True, chunk=50, json_out=False)
 
 
 def main() -> None:

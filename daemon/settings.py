@@ -81,6 +81,25 @@ class Settings(BaseSettings):
             raise ValueError("key_prefix may hold only [A-Za-z0-9_.:-], at most 32 characters")
         return value
 
+    @field_validator("webhook_secret")
+    @classmethod
+    def _check_secrets(cls, value: SecretStr) -> SecretStr:
+        import base64
+        import binascii
+
+        secrets = value.get_secret_value().split()
+        if not secrets:
+            raise ValueError("at least one webhook secret is needed")
+        for i, secret in enumerate(secrets):
+            body = secret.removeprefix("whsec_")
+            try:
+                key = base64.b64decode(body + "=" * (-len(body) % 4), validate=True)
+            except (binascii.Error, ValueError):
+                key = b""
+            if not secret.startswith("whsec_") or not key:
+                raise ValueError(f"webhook secret #{i + 1} must be whsec_<base64> (not shown)")
+        return value
+
     def webhook_secrets(self) -> list[str]:
         """The configured secrets; several (space-separated) allow key rotation."""
         return self.webhook_secret.get_secret_value().split()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -25,7 +26,15 @@ MAX_META_VALUES = 32
 
 
 def _utf8_len(text: str) -> int:
-    return len(text.encode("utf-8", errors="surrogatepass"))
+    """UTF-8 size of ``text``; refuses what no store can keep: lone surrogates and NUL."""
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ValueError("text is not valid Unicode (it holds a lone surrogate such as \\ud800)"
+                         ) from None
+    if "\x00" in text:
+        raise ValueError("text must not contain NUL (\\u0000)")
+    return size
 
 
 class FeedbackEventV1(BaseModel):
@@ -64,6 +73,11 @@ class FeedbackEventV1(BaseModel):
     def _meta_size(cls, value: dict[str, Scalar] | None) -> dict[str, Scalar] | None:
         if value is not None and len(value) > MAX_META_VALUES:
             raise ValueError(f"meta holds more than {MAX_META_VALUES} values")
+        for item in (value or {}).values():
+            if isinstance(item, str):
+                _utf8_len(item)
+            elif isinstance(item, float) and not math.isfinite(item):
+                raise ValueError("meta values must be finite numbers (no NaN or Infinity)")
         return value
 
     @field_validator("occurred_at")

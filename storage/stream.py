@@ -18,7 +18,7 @@ from typing import Any
 
 import redis
 
-ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}\Z")
 GROUP = "ingest"
 EVENT_FIELD = "e"
 

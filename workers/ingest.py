@@ -26,6 +26,7 @@ from typing import Any
 
 import redis
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DataError
 
 from storage import crud
 from storage.db import session_scope
@@ -192,14 +193,36 @@ def drain_once(
 
     # Step 4: SQL first (idempotent), then acknowledge.
     if events:
-        inserted, per_task = store_events(engine, events)
+        try:
+            inserted, per_task = store_events(engine, events)
+        except DataError:
+            # One event the database cannot take must not hold back the rest of its batch:
+            # store them one by one and dead-letter only those that still fail.
+            inserted, per_task = set(), Tally()
+            unstorable: list[Entry] = []
+            by_id = dict(zip(good, events, strict=True))
+            for entry_id, fields in [e for e in entries if e[0] in by_id]:
+                try:
+                    ids, tasks = store_events(engine, [by_id[entry_id]])
+                except DataError as exc:
+                    log.warning("entry %s cannot be stored: %s", entry_id, exc.orig)
+                    unstorable.append((entry_id, fields))
+                    continue
+                inserted |= ids
+                per_task.update(tasks)
+            _dead_letter(client, keys, unstorable, "unstorable")
+            result.dead_lettered += len(unstorable)
+            dead = {e for e, _ in unstorable}
+            events = [ev for e, ev in by_id.items() if e not in dead]
+            good = [e for e in good if e not in dead]
         result.inserted = len(inserted)
         result.duplicates = len(events) - len(inserted)
         result.tasks = dict(per_task)
         if after_commit is not None:  # fault injection for the crash tests
             after_commit()
-        pipe = client.pipeline(transaction=True)
-        pipe.xack(keys.stream, GROUP, *good)
-        pipe.xdel(keys.stream, *good)
-        pipe.execute()
+        if good:
+            pipe = client.pipeline(transaction=True)
+            pipe.xack(keys.stream, GROUP, *good)
+            pipe.xdel(keys.stream, *good)
+            pipe.execute()
     return result

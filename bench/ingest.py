@@ -1,0 +1,283 @@
+"""Ingest benchmark: signed POST /v1/feedback against a real `adaptd serve` subprocess.
+
+Phases (one run, one private redis-server, one SQLite file; the API only XADDs):
+
+1. batch: concurrent keep-alive clients post pre-signed batches of 100 events (closed loop);
+   events/s and request latency;
+2. ceiling: the same stream payloads XADD-ed straight to Redis, 100 per pipeline;
+   and, for the breakdown, the same batches through the accept Lua script without HTTP;
+3. single: one event per request at a fixed offered rate (open loop, default 1,000 req/s for
+   10 s), latency from each request's scheduled send time.
+
+Goals (DESIGN section 10 / bench brief): batch ingest >= 25 % of the ceiling; single-event
+p99 <= 10 ms at 1,000 req/s.
+
+    .venv/bin/python bench/ingest.py --quick
+    .venv/bin/python bench/ingest.py                      # full
+    .venv/bin/python bench/ingest.py --server uvicorn --workers 2 --pythonpath /opt/extra
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import redis
+
+from bench import common
+from storage.events import FeedbackEventV1
+from storage.stream import FeedbackStream
+
+GOAL_SHARE = 0.25
+GOAL_P99_MS = 10.0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="short run (< 60 s)")
+    ap.add_argument("--requests", type=int, help="batch requests (default 3000; quick 400)")
+    ap.add_argument("--batch", type=int, default=100, help="events per batch request")
+    ap.add_argument("--concurrency", type=int, default=8, help="concurrent batch clients")
+    ap.add_argument("--rate", type=float, default=1000.0, help="single-event offered req/s")
+    ap.add_argument("--single-seconds", type=float, help="single-event duration (10; quick 5)")
+    ap.add_argument("--server", choices=["adaptd", "uvicorn"], default="adaptd",
+                    help="`adaptd serve` as deployed, or the same app via the uvicorn CLI")
+    ap.add_argument("--workers", type=int, default=1, help="uvicorn workers (--server uvicorn)")
+    ap.add_argument("--http", default="auto", help="uvicorn --http (h11|httptools|auto)")
+    ap.add_argument("--loop", default="auto", help="uvicorn --loop (asyncio|uvloop|auto)")
+    ap.add_argument("--pythonpath", help="prepend to the server's PYTHONPATH (e.g. a dir with "
+                    "uvloop/httptools installed: uvicorn picks them up on 'auto')")
+    ap.add_argument("--profile", action="store_true", help="sample the server with py-spy "
+                    "(PY_SPY=path) during the batch and single phases; print where CPU goes")
+    ap.add_argument("--skip", default="", help="comma-separated phases to skip: batch,ceiling,single")
+    ap.add_argument("--output", default="ingest.json", help="file name under bench/results/")
+    return ap.parse_args(argv)
+
+
+def make_batches(n: int, size: int, run: str) -> list[list[dict[str, Any]]]:
+    return [[common.bench_event(b * size + j, run) for j in range(size)] for b in range(n)]
+
+
+def stream_payloads(batches: list[list[dict[str, Any]]]) -> list[list[tuple[str, str]]]:
+    """What the API puts on the stream for each event (validated, compact JSON)."""
+    return [[(e["id"], json.dumps(FeedbackEventV1.model_validate(e).to_stream(),
+                                  ensure_ascii=False)) for e in batch] for batch in batches]
+
+
+def ceiling(client: redis.Redis, prefix: str, payloads: list[list[tuple[str, str]]]) -> dict[str, Any]:
+    """XADD the same payloads straight to Redis, one pipeline per batch, one connection."""
+    stream = f"{prefix}events"
+    start = time.perf_counter()
+    for batch in payloads:
+        pipe = client.pipeline(transaction=False)
+        for _, payload in batch:
+            pipe.xadd(stream, {"e": payload})
+        pipe.execute()
+    elapsed = time.perf_counter() - start
+    n = sum(len(b) for b in payloads)
+    return {"events": n, "seconds": round(elapsed, 3), "events_per_s": round(n / elapsed, 1)}
+
+
+def _resp(*parts: bytes) -> bytes:
+    return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
+
+
+def raw_ceiling(redis_url: str, prefix: str, payloads: list[list[tuple[str, str]]]
+                ) -> dict[str, Any]:
+    """The same XADDs pre-encoded as RESP and written on a raw socket, 100 per round trip:
+    what Redis itself sustains when the client costs (almost) nothing."""
+    import socket
+    from urllib.parse import urlparse
+
+    u = urlparse(redis_url)
+    stream = f"{prefix}events".encode()
+    frames = [b"".join(_resp(b"XADD", stream, b"*", b"e", p.encode()) for _, p in batch)
+              for batch in payloads]
+    with socket.create_connection((u.hostname or "127.0.0.1", u.port or 6379)) as sock:
+        start = time.perf_counter()
+        for batch, frame in zip(payloads, frames, strict=True):
+            sock.sendall(frame)
+            need, buf = 2 * len(batch), b""  # each reply: $<n>\r\n<id>\r\n
+            while buf.count(b"\r\n") < need:
+                buf += sock.recv(65536)
+        elapsed = time.perf_counter() - start
+    n = sum(len(b) for b in payloads)
+    return {"events": n, "seconds": round(elapsed, 3), "events_per_s": round(n / elapsed, 1)}
+
+
+def lua_direct(client: redis.Redis, prefix: str, payloads: list[list[tuple[str, str]]]) -> dict[str, Any]:
+    """The accept Lua script (dedupe keys + XADD) per batch, without HTTP or validation."""
+    stream = FeedbackStream(client, prefix, dedupe_ttl=3600, replay_ttl=660)
+    start = time.perf_counter()
+    for i, batch in enumerate(payloads):
+        stream.append(batch, webhook_id=f"lua_{i}")
+    elapsed = time.perf_counter() - start
+    n = sum(len(b) for b in payloads)
+    return {"events": n, "seconds": round(elapsed, 3), "events_per_s": round(n / elapsed, 1)}
+
+
+def summarize(res: common.LoadResult, events_per_request: int) -> dict[str, Any]:
+    ok = res.statuses.get(202, 0)
+    return {
+        "requests": res.sent, "seconds": round(res.elapsed, 3), "statuses": res.statuses,
+        "transport_errors": res.errors, "requests_per_s": round(res.sent / res.elapsed, 1),
+        "events_per_s": round(ok * events_per_request / res.elapsed, 1),
+        "latency_ms": common.latency_ms(res.latencies), "late_starts": res.late_starts,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    n_requests = args.requests or (400 if args.quick else 3000)
+    single_seconds = args.single_seconds or (5.0 if args.quick else 10.0)
+    skip = set(filter(None, args.skip.split(",")))
+    work = common.workdir("bench-ingest")
+    db_url = f"sqlite:///{work / 'adaptd.db'}"
+    report: dict[str, Any] = {
+        "bench": "ingest", "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": common.machine(),
+        "config": {"requests": n_requests, "batch": args.batch, "concurrency": args.concurrency,
+                   "rate": args.rate, "single_seconds": single_seconds, "server": args.server,
+                   "workers": args.workers, "http": args.http, "loop": args.loop,
+                   "pythonpath": args.pythonpath, "quick": args.quick},
+        "goals": {"ingest_share_of_ceiling": GOAL_SHARE, "single_p99_ms": GOAL_P99_MS},
+    }
+    try:
+        with common.private_redis(work / "redis") as (_rproc, redis_url):
+            common.prepare_database(db_url)
+            extra = {}
+            if args.pythonpath:
+                extra["PYTHONPATH"] = os.pathsep.join([args.pythonpath, str(common.ROOT)])
+            env = common.adaptd_env(redis_url=redis_url, database_url=db_url, workdir=work,
+                                    extra=extra)
+            client = redis.Redis.from_url(redis_url)
+            print(f"generating {n_requests} x {args.batch} events and "
+                  f"{int(args.rate * single_seconds)} single events ...", flush=True)
+            batches = make_batches(n_requests, args.batch, "b")
+            warm_batches = make_batches(max(20, n_requests // 20), args.batch, "w")
+            with common.api_server(env, work / "api.log", server=args.server,
+                                   workers=args.workers, http=args.http, loop=args.loop,
+                                   ) as (proc, port):
+                def spy(phase: str) -> Any:
+                    if not args.profile:
+                        return contextlib.nullcontext()
+                    return common.profiled(proc.pid, work / f"pyspy-{phase}.txt")
+
+                host = f"127.0.0.1:{port}"
+                report["rss_mb_start"] = round(common.rss_bytes(proc.pid) / 2**20, 1)
+                if "batch" not in skip:
+                    warm = common.feedback_requests(warm_batches, host)
+                    asyncio.run(common.closed_loop("127.0.0.1", port, warm, args.concurrency))
+                    reqs = common.feedback_requests(batches, host)
+                    print(f"batch: {len(reqs)} requests x {args.batch} events, "
+                          f"{args.concurrency} clients ...", flush=True)
+                    with spy("batch"):
+                        res = asyncio.run(common.closed_loop("127.0.0.1", port, reqs,
+                                                             args.concurrency))
+                    report["batch"] = summarize(res, args.batch)
+                    report["batch"]["stream_len"] = int(client.xlen("adaptd:events"))
+                if "single" not in skip:
+                    client.flushdb()
+                    n_single = int(args.rate * single_seconds)
+                    warm = common.feedback_requests(
+                        [[common.bench_event(i, "ws")] for i in range(int(args.rate))], host)
+                    asyncio.run(common.open_loop("127.0.0.1", port, warm, args.rate))
+                    reqs = common.feedback_requests(
+                        [[common.bench_event(i, "s")] for i in range(n_single)], host)
+                    print(f"single: {n_single} requests at {args.rate:.0f}/s (open loop) ...",
+                          flush=True)
+                    with spy("single"):
+                        res = asyncio.run(common.open_loop("127.0.0.1", port, reqs, args.rate))
+                    report["single"] = summarize(res, 1)
+                    report["single"]["offered_rate"] = args.rate
+                report["rss_mb_end"] = round(common.rss_bytes(proc.pid) / 2**20, 1)
+            if "ceiling" not in skip:
+                payloads = stream_payloads(batches)
+                client.flushdb()
+                print("ceiling: pipelined XADD of the same payloads ...", flush=True)
+                report["ceiling"] = ceiling(client, "adaptd:", payloads)
+                client.flushdb()
+                report["raw_ceiling"] = raw_ceiling(redis_url, "adaptd:", payloads)
+                client.flushdb()
+                report["lua_direct"] = lua_direct(client, "adaptd:", payloads)
+                client.flushdb()
+        if args.profile:
+            report["profile_self_pct_by_package"] = {
+                phase: common.self_time_by_package(work / f"pyspy-{phase}.txt")
+                for phase in ("batch", "single") if (work / f"pyspy-{phase}.txt").exists()}
+            for phase in ("batch", "single"):
+                src = work / f"pyspy-{phase}.txt"
+                if src.exists():
+                    common.RESULTS.mkdir(parents=True, exist_ok=True)
+                    shutil.copy(src, common.RESULTS / f"ingest-pyspy-{phase}.txt")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    verdicts = render(report)
+    report["verdicts"] = verdicts
+    report["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    path = common.write_json(args.output, report)
+    print(f"wrote {path}")
+    return 0
+
+
+def render(report: dict[str, Any]) -> dict[str, Any]:
+    rows = []
+    verdicts: dict[str, Any] = {}
+    ceiling_rate = report.get("ceiling", {}).get("events_per_s")
+    if "batch" in report:
+        b = report["batch"]
+        share = b["events_per_s"] / ceiling_rate if ceiling_rate else float("nan")
+        verdicts["ingest_share_of_ceiling"] = round(share, 3)
+        verdicts["ingest_goal_met"] = bool(share >= GOAL_SHARE)
+        rows.append(["HTTP batch (100 ev/req)", b["events_per_s"], b["requests_per_s"],
+                     b["latency_ms"]["p50"], b["latency_ms"]["p99"],
+                     f"{100 * share:.1f} % of ceiling (goal >= 25 %)",
+                     "; ".join(f"{k}: {v}" for k, v in sorted(b["statuses"].items()))])
+    if "lua_direct" in report:
+        lua = report["lua_direct"]
+        rows.append(["accept Lua script, no HTTP", lua["events_per_s"], float("nan"),
+                     float("nan"), float("nan"),
+                     f"{100 * lua['events_per_s'] / ceiling_rate:.1f} % of ceiling", ""])
+    if ceiling_rate:
+        rows.append(["ceiling: XADD, redis-py pipeline", ceiling_rate, float("nan"),
+                     float("nan"), float("nan"), "100 %", ""])
+    if "raw_ceiling" in report:
+        raw = report["raw_ceiling"]["events_per_s"]
+        if "batch" in report:
+            verdicts["ingest_share_of_raw_ceiling"] = round(report["batch"]["events_per_s"] / raw, 3)
+        rows.append(["XADD pre-encoded RESP, raw socket", raw, float("nan"), float("nan"),
+                     float("nan"), f"{100 * raw / ceiling_rate:.0f} % of ceiling"
+                     if ceiling_rate else "", ""])
+    if "single" in report:
+        s = report["single"]
+        ok = s["latency_ms"]["p99"] <= GOAL_P99_MS and not s["transport_errors"]
+        verdicts["single_p99_ms"] = s["latency_ms"]["p99"]
+        verdicts["single_goal_met"] = bool(ok)
+        rows.append([f"HTTP single event @ {s['offered_rate']:.0f}/s", s["events_per_s"],
+                     s["requests_per_s"], s["latency_ms"]["p50"], s["latency_ms"]["p99"],
+                     f"p99 {'<=' if ok else '>'} {GOAL_P99_MS:.0f} ms goal",
+                     "; ".join(f"{k}: {v}" for k, v in sorted(s["statuses"].items()))])
+    cfg = report["config"]
+    common.print_table(
+        f"adaptd ingest ({cfg['server']}, workers={cfg['workers']}, http={cfg['http']}, "
+        f"loop={cfg['loop']}, pythonpath={cfg['pythonpath'] or '-'})",
+        ["path", "events/s", "req/s", "p50 ms", "p99 ms", "vs goal", "statuses"], rows)
+    for phase, rows in report.get("profile_self_pct_by_package", {}).items():
+        common.print_table(f"server CPU ({phase} phase): share of GIL-holding samples by the "
+                           "package of the innermost frame (py-spy)", ["package", "%"], rows)
+    return verdicts
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

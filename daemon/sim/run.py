@@ -1,0 +1,193 @@
+"""`adaptd simulate`: the whole loop, end to end, on a scenario.
+
+A local stack (API, workers, beat) runs the chosen policy; the app simulator sends the
+scenario's traffic through the real API and generates with whatever ``/v1/routing`` names.
+By default the simulation is *synchronous*: after each chunk of requests it waits until the
+daemon has drained, observed and trained, so the comparison between policies does not depend
+on how fast this machine trains. ``--no-sync`` lets traffic run on while training happens, as
+in production.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from daemon.settings import Settings
+from daemon.sim.app import AppSimulator, Tally
+from daemon.sim.scenario import load_scenario
+from daemon.stack import LocalStack
+from storage.suite import Suite
+
+POLICIES = ("adaptive", "static", "uniform", "isolated")
+
+# Time-based settings of the engine scaled down to a simulation that lasts minutes.
+SIM_POLICY: dict[str, Any] = {
+    "cooldown_s": 0, "structural_cooldown_s": 0, "training_timeout_s": 900,
+    "rebalance_patience_s": 120, "merge_after_s": 10**9, "min_isolation_s": 0,
+    "probation_s": 300, "probation_min_events": 100, "min_new_examples": 150,
+    "max_concurrent_jobs": 1, "window_size": 200, "crosstalk_min_events": 20, "warmup": 100,
+}
+SIM_TRAIN: dict[str, Any] = {"steps": 60, "checkpoint_every": 30}
+SIM_EVAL: dict[str, Any] = {"prompts_per_task": 8, "max_new_tokens": 40}
+
+
+def isolated_suite(suite: Suite, suite_ref: str, workdir: Path) -> str:
+    """The same suite with one adapter per task (the ``isolated`` policy)."""
+    data = suite.model_dump(mode="json", exclude={"base_dir"})
+    for task in data["tasks"].values():
+        if task.get("data"):
+            task["data"] = str((suite.base_dir / task["data"]).resolve())
+    if data.get("general_data"):
+        data["general_data"] = str((suite.base_dir / data["general_data"]).resolve())
+    data["adapters"] = {t: [t] for t in suite.tasks}
+    path = workdir / "isolated-suite.yaml"
+    path.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), "utf-8")
+    return str(path)
+
+
+def run_simulation(
+    settings: Settings, scenario_ref: str, *, policy: str, report_path: Path, workdir: Path,
+    console: Console, sync: bool = True, chunk: int = 50, base_cache: Path | None = None,
+    policy_overrides: dict[str, Any] | None = None, train_overrides: dict[str, Any] | None = None,
+    on_decision: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Run ``scenario_ref`` under ``policy``; write the report JSON (+ PNG and HTML)."""
+    from workers.training.generate import AdapterServer  # torch only on this path
+
+    if policy not in POLICIES:
+        raise ValueError(f"policy {policy!r}: one of {POLICIES}")
+    scenario, suite, suite_ref = load_scenario(scenario_ref)
+    workdir = workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    if policy == "isolated":
+        suite_ref = isolated_suite(suite, suite_ref, workdir)
+    mode = "static" if policy == "isolated" else policy
+    t_start = time.monotonic()
+    report: dict[str, Any] = {"scenario": str(scenario_ref), "policy": policy,
+                              "seed": scenario.seed, "suite": suite.name, "phases": []}
+    decisions: list[dict[str, Any]] = []
+    with LocalStack(settings, workdir, suite=suite_ref, policy_mode=mode,
+                    policy={**SIM_POLICY, **(policy_overrides or {})},
+                    train={**SIM_TRAIN, **(train_overrides or {})}, evaluation=SIM_EVAL,
+                    say=console.print, base_cache=base_cache) as stack:
+        assert stack.child is not None
+        http = httpx.Client(timeout=120)
+        seen_decision = 0
+
+        def poll_decisions(at_event: int) -> None:
+            nonlocal seen_decision
+            rows = http.get(f"{stack.url}/v1/decisions", params={"limit": 1000}).json()["decisions"]
+            for row in sorted(rows, key=lambda r: r["id"]):
+                if row["id"] <= seen_decision:
+                    continue
+                seen_decision = row["id"]
+                entry = {"at_event": at_event, "action": row["action"], "task": row["task"],
+                         "adapter": row["adapter"], "reason": row["reason"],
+                         "status": row["status"]}
+                decisions.append(entry)
+                if on_decision:
+                    on_decision(entry)
+                elif row["action"] != "hold":
+                    console.print(f"  [bold]{row['action']}[/] {row['task'] or row['adapter']}: "
+                                  f"{row['reason']}")
+
+        # Bootstrap: the first versions of every adapter must exist before traffic.
+        console.print(f"[{policy}] training the first adapter versions (builds the base model "
+                      "on first use)")
+        _wait_routes(stack, http, set(suite.tasks), timeout=1800)
+        poll_decisions(0)
+        server = AdapterServer(suite, stack.child.artifacts_dir)
+        sim = AppSimulator(suite=suite, url=stack.url, secret=settings.webhook_secrets()[0],
+                           generator=server, seed=scenario.seed, http=http)
+        series: list[dict[str, Any]] = []
+        with Progress(TextColumn("[{task.description}]"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=console) as progress:
+            bar = progress.add_task(policy, total=scenario.total_events)
+            for phase in scenario.phases:
+                tallies: dict[str, Tally] = {}
+                done = 0
+                while done < phase.events:
+                    n = min(chunk, phase.events - done)
+                    window: dict[str, Tally] = {}
+                    sim.step(phase.traffic, n, window)
+                    for task, t in window.items():
+                        agg = tallies.setdefault(task, Tally())
+                        agg.events += t.events
+                        agg.accepted += t.accepted
+                        agg.crosstalk += t.crosstalk
+                    done += n
+                    series.append({"at_event": sim.sent, "phase": phase.name,
+                                   "tasks": {k: v.as_report() for k, v in window.items()}})
+                    progress.advance(bar, n)
+                    if sync:
+                        stack.wait_settled(timeout=1800)
+                    poll_decisions(sim.sent)
+                report["phases"].append({"name": phase.name, "events": phase.events,
+                                         "tasks": {t: v.as_report()
+                                                   for t, v in sorted(tallies.items())}})
+        stack.wait_settled(timeout=1800)
+        poll_decisions(sim.sent)
+        report["routing"] = http.get(f"{stack.url}/v1/routing").json()["routes"]
+        adapters = http.get(f"{stack.url}/v1/adapters").json()["adapters"]
+        jobs = http.get(f"{stack.url}/v1/jobs", params={"limit": 1000}).json()["jobs"]
+    served = sorted({r["adapter"] for r in report["routing"].values()})
+    report["adapters"] = {name: {"tasks": sorted(t for t, r in report["routing"].items()
+                                                 if r["adapter"] == name),
+                                 "versions": len(adapters.get(name, {}).get("versions", []))}
+                          for name in served}
+    report["decisions"] = decisions
+    report["training_runs"] = [
+        {"adapter": j["adapter"], "version": j["result_version"],
+         "outcome": {"succeeded": "promoted"}.get(j["status"], j["status"]),
+         "seconds": round((j["finished_at"] or 0) - (j["started_at"] or 0), 2)
+         if j["finished_at"] and j["started_at"] else None}
+        for j in sorted(jobs, key=lambda j: j["id"])]
+    report["series"] = series
+    report["seconds"] = round(time.monotonic() - t_start, 1)
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    report_path.write_text(json.dumps(report, indent=2, ensure_ascii=False), "utf-8")
+    from daemon.sim.picture import write_pictures
+
+    write_pictures(report, report_path.with_suffix(".png"), report_path.with_suffix(".html"))
+    return report
+
+
+def _wait_routes(stack: LocalStack, http: httpx.Client, tasks: set[str], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        stack.check_alive()
+        routes = http.get(f"{stack.url}/v1/routing").json()["routes"]
+        if tasks <= set(routes):
+            return
+        jobs = http.get(f"{stack.url}/v1/jobs").json()["jobs"]
+        failed = [j for j in jobs if j["status"] == "failed"]
+        if failed:
+            raise RuntimeError(f"bootstrap training failed: {failed[0]['error']}; "
+                               f"logs in {stack.logs}")
+        time.sleep(1.0)
+    raise RuntimeError(f"no routes for all tasks within {timeout:.0f}s; logs in {stack.logs}")
+
+
+def summary_table(report: dict[str, Any], suite_risk: dict[str, str]) -> Table:
+    """Last phase per task: acceptance and crosstalk, with the serving adapter."""
+    last = report["phases"][-1]
+    table = Table(title=f"{report['policy']}: phase '{last['name']}'")
+    for col in ("task", "risk", "adapter", "events", "acceptance", "crosstalk"):
+        table.add_column(col, justify="right" if col in ("events", "acceptance", "crosstalk") else "left")
+    for task, r in last["tasks"].items():
+        route = report["routing"].get(task, {})
+        fmt = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+        table.add_row(task, suite_risk.get(task, "?"), f"{route.get('adapter', '-')}@"
+                      f"{route.get('version', '-')}", str(r["events"]), fmt(r["acceptance"]),
+                      fmt(r["crosstalk_rate"]))
+    return table

@@ -1,0 +1,120 @@
+"""A whole adaptd on one machine, as child processes: what `adaptd demo` and
+`adaptd simulate` run. Redis is the machine's if it answers (under a fresh key prefix) or a
+private one; SQL is a SQLite file in the work directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from daemon import procs
+from daemon.settings import Settings
+
+
+class LocalStack:
+    """Start with ``with LocalStack(...) as stack:``; everything stops on exit."""
+
+    def __init__(self, settings: Settings, workdir: Path, *, suite: str,
+                 policy_mode: str = "adaptive", policy: dict[str, Any] | None = None,
+                 train: dict[str, Any] | None = None, evaluation: dict[str, Any] | None = None,
+                 train_workers: int = 1, say: Any = print, base_cache: Path | None = None):
+        self.settings, self.workdir, self.say = settings, workdir.resolve(), say
+        self.suite, self.policy_mode = suite, policy_mode
+        self.policy, self.train, self.evaluation = policy or {}, train or {}, evaluation or {}
+        self.train_workers = train_workers
+        self.base_cache = base_cache
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.url = ""
+        self.child: Settings | None = None
+
+    def __enter__(self) -> LocalStack:
+        try:
+            self._start()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in reversed(self.procs):
+            procs.stop(proc)
+        self.procs.clear()
+
+    def _start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        redis_url = self.settings.redis_url
+        if not procs.redis_answers(redis_url):
+            port = procs.free_port()
+            self.say(f"no Redis at {redis_url}; starting a private one on port {port}")
+            self.procs.append(procs.start_redis(port, self.workdir / "redis"))
+            redis_url = f"redis://127.0.0.1:{port}/0"
+        artifacts = self.workdir / "artifacts"
+        artifacts.mkdir(parents=True, exist_ok=True)
+        if self.base_cache is not None:  # share built base models between runs
+            self.base_cache.mkdir(parents=True, exist_ok=True)
+            link = artifacts / "_base"
+            if not link.exists():
+                link.symlink_to(self.base_cache.resolve(), target_is_directory=True)
+        port = procs.free_port()
+        env = {
+            **os.environ,
+            "ADAPTD_REDIS_URL": redis_url,
+            "ADAPTD_DATABASE_URL": f"sqlite:///{self.workdir / 'adaptd.db'}",
+            "ADAPTD_ARTIFACTS_DIR": str(artifacts),
+            "ADAPTD_KEY_PREFIX": f"adaptd-{int(time.time() * 1000) % 10**10}:",
+            "ADAPTD_SUITE": self.suite,
+            "ADAPTD_API_PORT": str(port),
+            "ADAPTD_WEBHOOK_SECRET": self.settings.webhook_secret.get_secret_value(),
+            "ADAPTD_DRAIN_INTERVAL_SECONDS": "0.5",
+            "ADAPTD_POLICY_INTERVAL_SECONDS": "1",
+            "ADAPTD_POLICY_MODE": self.policy_mode,
+            "ADAPTD_POLICY": json.dumps(self.policy),
+            "ADAPTD_TRAIN": json.dumps(self.train),
+            "ADAPTD_EVAL": json.dumps(self.evaluation),
+            "ADAPTD_LOG_LEVEL": "INFO",
+        }
+        env.pop("ADAPTD_ADMIN_TOKEN", None)
+        self.child = Settings(redis_url=redis_url, database_url=env["ADAPTD_DATABASE_URL"],
+                              key_prefix=env["ADAPTD_KEY_PREFIX"], api_port=port,
+                              artifacts_dir=artifacts, suite=self.suite,
+                              webhook_secret=self.settings.webhook_secret)
+        logs = self.workdir / "logs"
+        self.logs = logs
+        init = procs.spawn(["init"], env, logs / "init.log")
+        if init.wait(300) != 0:
+            raise RuntimeError(f"adaptd init failed; see {logs / 'init.log'}")
+        api = procs.spawn(["serve", "--port", str(port)], env, logs / "api.log")
+        self.procs.append(api)
+        self.procs.append(procs.spawn(["worker", "--queues", "ingest,policy"], env,
+                                      logs / "worker.log"))
+        for i in range(self.train_workers):
+            self.procs.append(procs.spawn(["worker", "--queues", "train"], env,
+                                          logs / f"train-{i}.log"))
+        self.procs.append(procs.spawn(["beat"], env, logs / "beat.log"))
+        self.url = f"http://127.0.0.1:{port}"
+        procs.wait_http(f"{self.url}/healthz", proc=api)
+
+    def status(self) -> dict[str, Any]:
+        return dict(httpx.get(f"{self.url}/v1/status", timeout=30).json())
+
+    def check_alive(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is not None:
+                raise RuntimeError(f"a daemon process exited ({proc.args!r}); logs in {self.logs}")
+
+    def wait_settled(self, *, timeout: float, jobs: bool = True, poll: float = 0.3) -> None:
+        """Until every posted event is drained and observed (and no job runs, if ``jobs``)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check_alive()
+            s = self.status()
+            if s["ingest_lag"] == 0 and s["unobserved"] == 0 and (not jobs or s["jobs_active"] == 0):
+                return
+            time.sleep(poll)
+        raise RuntimeError(f"the daemon did not settle within {timeout:.0f}s: {self.status()}")
