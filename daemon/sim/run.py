@@ -59,7 +59,7 @@ def run_simulation(
     settings: Settings, scenario_ref: str, *, policy: str, report_path: Path, workdir: Path,
     console: Console, sync: bool = True, chunk: int = 50, base_cache: Path | None = None,
     policy_overrides: dict[str, Any] | None = None, train_overrides: dict[str, Any] | None = None,
-    on_decision: Callable[[dict[str, Any]], None] | None = None,
+    on_decision: Callable[[dict[str, Any]], None] | None = None, seed: int | None = None,
 ) -> dict[str, Any]:
     """Run ``scenario_ref`` under ``policy``; write the report JSON (+ PNG and HTML)."""
     from workers.training.generate import AdapterServer  # torch only on this path
@@ -67,6 +67,8 @@ def run_simulation(
     if policy not in POLICIES:
         raise ValueError(f"policy {policy!r}: one of {POLICIES}")
     scenario, suite, suite_ref = load_scenario(scenario_ref)
+    if seed is not None:
+        scenario = scenario.model_copy(update={"seed": seed})
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     if policy == "isolated":

@@ -1,0 +1,121 @@
+"""The holiday scenario under all four policies, same seeds, one table.
+
+    python bench/loop.py                       # holiday-zh, seeds 7 11 13, all policies
+    python bench/loop.py --seeds 7 --quick     # one seed, the short smoke scenario
+
+Goals (issue "Close the loop"): for adaptive, final-phase crosstalk <= 2% on every high-risk
+task, acceptance on every task within 2 points of isolated, fewer adapters than tasks,
+compatible tasks still sharing; static must show the problem (high-risk crosstalk >= 3x
+adaptive's). Prints mean and spread over seeds; writes bench/results/loop.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from daemon.settings import Settings
+from daemon.sim.run import POLICIES, run_simulation
+from daemon.sim.scenario import load_scenario
+
+
+def final_phase(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return dict(report["phases"][-1]["tasks"])
+
+
+def summarize(report: dict[str, Any], risk: dict[str, str]) -> dict[str, Any]:
+    last = final_phase(report)
+    high = [t for t, r in risk.items() if r == "high" and t in last]
+    return {
+        "high_risk_crosstalk": max((last[t]["crosstalk_rate"] or 0.0) for t in high) if high else 0.0,
+        "acceptance": {t: r["acceptance"] for t, r in last.items()},
+        "mean_acceptance": statistics.mean(r["acceptance"] for r in last.values()),
+        "adapters": len(report["adapters"]),
+        "forks": sum(d["action"] == "fork" for d in report["decisions"]),
+        "training_runs": len(report["training_runs"]),
+        "seconds": report["seconds"],
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--scenario", default="builtin:holiday-zh")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[7, 11, 13])
+    ap.add_argument("--policies", nargs="+", default=list(POLICIES), choices=POLICIES)
+    ap.add_argument("--quick", action="store_true", help="the smoke scenario, one seed")
+    ap.add_argument("--out", type=Path, default=Path("bench/results/loop.json"))
+    ap.add_argument("--workdir", type=Path, default=Path(".adaptd/bench-loop"))
+    args = ap.parse_args()
+    if args.quick:
+        args.scenario, args.seeds = "builtin:smoke", args.seeds[:1]
+    console = Console()
+    _, suite, _ = load_scenario(args.scenario)
+    risk = {t: spec.risk for t, spec in suite.tasks.items()}
+    settings = Settings()
+    runs: dict[str, list[dict[str, Any]]] = {p: [] for p in args.policies}
+    t0 = time.monotonic()
+    for seed in args.seeds:
+        for policy in args.policies:
+            console.rule(f"{policy}, seed {seed}")
+            work = args.workdir / f"{policy}-{seed}"
+            report = run_simulation(settings, args.scenario, policy=policy, seed=seed,
+                                    report_path=work / "report.json", workdir=work / "state",
+                                    console=console, base_cache=args.workdir / "base-cache")
+            runs[policy].append(summarize(report, risk))
+    table = Table(title=f"{args.scenario}, seeds {args.seeds} (final phase; mean ± spread)")
+    for col in ("policy", "high-risk crosstalk", "mean acceptance", "min Δacc vs isolated",
+                "adapters", "forks", "runs", "seconds"):
+        table.add_column(col, justify="left" if col == "policy" else "right")
+
+    def ms(values: list[float], pct: bool = True) -> str:
+        m = statistics.mean(values)
+        spread = (max(values) - min(values)) / 2 if len(values) > 1 else 0.0
+        return f"{100 * m:.1f}% ± {100 * spread:.1f}" if pct else f"{m:.1f} ± {spread:.1f}"
+
+    rows: dict[str, Any] = {}
+    for policy, rs in runs.items():
+        gaps: list[float] = []
+        if "isolated" in runs and policy != "isolated":
+            for r, iso in zip(rs, runs["isolated"], strict=True):
+                gaps.append(min(r["acceptance"][t] - iso["acceptance"].get(t, 0.0)
+                                for t in r["acceptance"]))
+        rows[policy] = {"runs": rs, "min_acceptance_gap_vs_isolated": gaps}
+        table.add_row(policy, ms([r["high_risk_crosstalk"] for r in rs]),
+                      ms([r["mean_acceptance"] for r in rs]), ms(gaps) if gaps else "-",
+                      ms([float(r["adapters"]) for r in rs], pct=False),
+                      ms([float(r["forks"]) for r in rs], pct=False),
+                      ms([float(r["training_runs"]) for r in rs], pct=False),
+                      ms([float(r["seconds"]) for r in rs], pct=False))
+    console.print(table)
+    goals: dict[str, Any] = {}
+    if "adaptive" in runs:
+        ad = runs["adaptive"]
+        goals["adaptive_high_risk_crosstalk_le_2pct"] = all(r["high_risk_crosstalk"] <= 0.02 for r in ad)
+        goals["adaptive_fewer_adapters_than_tasks"] = all(r["adapters"] < len(risk) for r in ad)
+        if rows["adaptive"]["min_acceptance_gap_vs_isolated"]:
+            goals["adaptive_within_2pts_of_isolated"] = all(
+                g >= -0.02 for g in rows["adaptive"]["min_acceptance_gap_vs_isolated"])
+        if "static" in runs:
+            a = statistics.mean(r["high_risk_crosstalk"] for r in ad)
+            s = statistics.mean(r["high_risk_crosstalk"] for r in runs["static"])
+            goals["static_shows_problem_3x"] = s >= 3 * max(a, 1e-9) and s > 0
+    console.print(goals)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"scenario": args.scenario, "seeds": args.seeds,
+                                    "policies": rows, "goals": goals,
+                                    "seconds": round(time.monotonic() - t0, 1)}, indent=2))
+    console.print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,200 @@
+"""The job runner end to end on SQLite: claim/lease, promote, reject, publish, list, eval."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from sqlmodel import Session, col
+
+from storage.artifacts import read_meta, verify_version
+from storage.crud import create_job, routing_table, sync_suite
+from storage.models import AdapterVersion, TrainingExample, TrainingJob
+from storage.suite import Suite
+from workers.training.config import GateConfig
+from workers.training.job import claim_job, evaluate_version, list_versions, run_training_job
+
+LENIENT = GateConfig(tolerance={"high": 1.0, "medium": 1.0, "low": 1.0},
+                     general_loss_tolerance=100.0)
+
+
+def _seed_db(engine: Any, suite: Suite) -> None:
+    with Session(engine) as session:
+        sync_suite(session, suite=suite)
+        session.add_all([
+            TrainingExample(task="apology", kind="accepted", prompt="订单出了问题，帮我给王总写一句道歉",
+                            response="王总，非常抱歉，这次订单出错给您添了麻烦，我们会立即改正。",
+                            event_id="e1"),
+            TrainingExample(task="apology", kind="correction", prompt="帮我跟小陈说声对不起，报告耽误了",
+                            response="小陈，实在对不起，报告的问题是我们的失误，今后一定严格把关。",
+                            negative="小陈，新年好！恭喜发财~", event_id="e2"),
+            TrainingExample(task="greeting", kind="accepted", prompt="帮我给李老师拜个年",
+                            response="给李老师拜年啦！愿您新春大吉，万事如意~", event_id="e3"),
+        ])
+        session.commit()
+
+
+def _job(engine: Any, **params: Any) -> int:
+    with Session(engine) as session:
+        job = create_job(session, adapter="shared", kind="retrain", params=params)
+        session.commit()
+        assert job.id is not None
+        return job.id
+
+
+def test_promote_then_reject_and_read_side(engine: Any, suite: Suite, artifacts: Path,
+                                           fake_redis: Any, train_cfg: Any,
+                                           eval_cfg: Any) -> None:
+    _seed_db(engine, suite)
+    kwargs = dict(engine=engine, redis_client=fake_redis, key_prefix="adaptd:",
+                  artifacts_dir=artifacts, suite=suite, worker_id="w1", lease_seconds=30,
+                  train_config=train_cfg(), eval_config=eval_cfg, device="cpu")
+    # 1. First version: compared with the bare base model; a lenient gate promotes it.
+    job1 = _job(engine)
+    out = run_training_job(job1, gate_config=LENIENT, **kwargs)
+    assert out.status == "promoted", out.error
+    assert out.version == 1 and out.revision is not None
+    assert set(out.affinity) == set(suite.tasks)
+    with Session(engine) as session:
+        row = session.execute(select(AdapterVersion)).scalar_one()
+        assert row.status == "promoted" and row.job_id == job1
+        verify_version(Path(row.path), row.sha256)
+        revision, routes = routing_table(session)
+        assert {t: (r["adapter"], r["version"]) for t, r in routes.items()} == {
+            t: ("shared", 1) for t in suite.tasks}
+        assert {e.trained_in for e in session.execute(select(TrainingExample)).scalars()} == {
+            "shared@1"}
+        job = session.get(TrainingJob, job1)
+        assert job is not None
+        assert (job.status, job.result_version, job.lease_owner) == ("succeeded", 1, None)
+    channel, message = fake_redis.published[-1]
+    assert channel == "adaptd:routing"
+    assert json.loads(message) == {"revision": revision, "routes": routes}
+    meta = read_meta(Path(row.path))
+    for key in ("base_model", "tasks", "ratios", "data_hashes", "parent_version", "eval",
+                "train_config", "job_id"):
+        assert key in meta
+    assert not (artifacts / "shared" / ".work" / f"job-{job1}").exists()
+    # 2. A finished job is never run (or promoted) again.
+    assert run_training_job(job1, gate_config=LENIENT, **kwargs).status == "not_claimed"
+    # 3. Planted regression: the scorer marks the candidate's outputs (scored first) as bad.
+    calls = {"n": 0}
+
+    def planted(task: str, prompt: str, output: str, refs: Any) -> float:
+        calls["n"] += 1
+        return 0.0 if calls["n"] <= 6 else 1.0  # the candidate's first task (apology) only
+
+    job2 = _job(engine, targeted=["greeting"])
+    out2 = run_training_job(job2, scorer=planted, **kwargs)
+    assert out2.status == "rejected" and out2.version == 2
+    assert out2.reasons["apology"].startswith("regressed")
+    with Session(engine) as session:
+        v2 = session.execute(select(AdapterVersion).where(col(AdapterVersion.version) == 2)).scalar_one()
+        assert v2.status == "rejected" and "apology" in v2.reason
+        assert v2.eval["gate"]["reasons"]["apology"].startswith("regressed")
+        assert v2.parent_version == 1
+        _, routes2 = routing_table(session)
+        assert {r["version"] for r in routes2.values()} == {1}  # routing untouched
+        job = session.get(TrainingJob, job2)
+        assert job is not None and (job.status, job.result_version) == ("rejected", 2)
+    assert read_meta(Path(v2.path))["init_from"].endswith("/shared/v1")
+    # 4. Read side for the CLI.
+    listed = list_versions(engine, "shared")
+    assert [(v["version"], v["status"]) for v in listed] == [(2, "rejected"), (1, "promoted")]
+    assert listed[1]["serving"] == sorted(suite.tasks)
+    report = evaluate_version(engine, artifacts_dir=artifacts, suite=suite, adapter="shared",
+                              version=1, eval_config=eval_cfg, device="cpu")
+    assert set(report["eval"]["tasks"]) == set(suite.tasks)
+    assert report["eval"]["general_loss"] is not None
+
+
+def test_claim_is_exclusive_until_the_lease_expires(engine: Any) -> None:
+    job_id = _job(engine)
+    with Session(engine) as s:
+        assert claim_job(s, job_id, "w1", 60)
+        assert not claim_job(s, job_id, "w2", 60)
+        job = s.get(TrainingJob, job_id)
+        assert job is not None
+        job.lease_until = time.time() - 1  # w1 died: its lease ran out
+        s.add(job)
+        s.commit()
+        assert claim_job(s, job_id, "w2", 60)
+        s.expire_all()
+        job = s.get(TrainingJob, job_id)
+        assert job is not None and (job.lease_owner, job.attempts) == ("w2", 2)
+
+
+def test_bad_base_model_fails_the_job_clearly(engine: Any, suite: Suite, artifacts: Path,
+                                              fake_redis: Any) -> None:
+    bad = suite.model_copy(update={"base_model": "no-such-org/missing-model"})
+    job_id = _job(engine)
+    out = run_training_job(job_id, engine=engine, redis_client=fake_redis, key_prefix="x:",
+                           artifacts_dir=artifacts, suite=bad, worker_id="w1", lease_seconds=30)
+    assert out.status == "failed" and "no-such-org/missing-model" in (out.error or "")
+    with Session(engine) as session:
+        job = session.get(TrainingJob, job_id)
+        assert job is not None and job.status == "failed" and "missing-model" in (job.error or "")
+    assert not fake_redis.published
+
+
+class _Crash(BaseException):
+    """Stands for SIGKILL at an exact point (not an Exception: nothing may catch it)."""
+
+
+def _expire_lease(engine: Any, job_id: int) -> None:
+    with Session(engine) as session:
+        job = session.get(TrainingJob, job_id)
+        assert job is not None and job.status == "running"
+        job.lease_until = time.time() - 1
+        session.add(job)
+        session.commit()
+
+
+@pytest.mark.parametrize("crash_point", ["after_rename", "after_candidate_row"])
+def test_crash_between_write_and_commit_adopts_the_version(
+    crash_point: str, engine: Any, suite: Suite, artifacts: Path, fake_redis: Any,
+    train_cfg: Any, eval_cfg: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import workers.training.job as job_mod
+
+    kwargs = dict(engine=engine, redis_client=fake_redis, key_prefix="adaptd:",
+                  artifacts_dir=artifacts, suite=suite, lease_seconds=30,
+                  train_config=train_cfg(steps=8), eval_config=eval_cfg, gate_config=LENIENT,
+                  device="cpu")
+    job_id = _job(engine)
+    real_write, real_finalize = job_mod.write_version, job_mod.finalize
+
+    def write_then_die(*a: Any, **k: Any) -> Any:
+        real_write(*a, **k)
+        raise _Crash
+
+    def die(*a: Any, **k: Any) -> Any:
+        raise _Crash
+
+    if crash_point == "after_rename":
+        monkeypatch.setattr(job_mod, "write_version", write_then_die)
+    else:
+        monkeypatch.setattr(job_mod, "finalize", die)
+    with pytest.raises(_Crash):
+        run_training_job(job_id, worker_id="w1", **kwargs)
+    monkeypatch.setattr(job_mod, "write_version", real_write)
+    monkeypatch.setattr(job_mod, "finalize", real_finalize)
+    with Session(engine) as session:
+        assert routing_table(session)[1] == {}  # nothing promoted by the dead attempt
+    _expire_lease(engine, job_id)
+
+    def no_training(*a: Any, **k: Any) -> Any:
+        raise AssertionError("the written version must be adopted, not retrained")
+
+    monkeypatch.setattr(job_mod, "train_adapter", no_training)
+    out = run_training_job(job_id, worker_id="w2", **kwargs)
+    assert (out.status, out.version) == ("promoted", 1), out.error
+    with Session(engine) as session:
+        rows = list(session.execute(select(AdapterVersion)).scalars())
+        assert [(r.version, r.status, r.job_id) for r in rows] == [(1, "promoted", job_id)]
+        job = session.get(TrainingJob, job_id)
+        assert job is not None and (job.status, job.attempts) == ("succeeded", 2)

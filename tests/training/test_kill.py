@@ -1,0 +1,157 @@
+"""SIGKILL the training process at random moments: never a promoted partial version, and the
+job completes on retry (one version, resumed from checkpoints or adopted, never duplicated)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlmodel import Session
+
+from storage.artifacts import ArtifactError, verify_version
+from storage.crud import create_job, routing_table, sync_suite
+from storage.models import AdapterVersion, TrainingJob
+from storage.suite import Suite
+
+HERE = Path(__file__).parent
+REPO = HERE.parent.parent
+LEASE = 2
+
+
+def _check_invariants(engine: Any, artifacts: Path) -> list[AdapterVersion]:
+    """Whatever moment the kill hit: everything promoted or routed is complete and intact."""
+    with Session(engine) as session:
+        rows = list(session.execute(select(AdapterVersion)).scalars())
+        _, routes = routing_table(session)
+    for row in rows:
+        if row.status in ("promoted", "candidate"):
+            verify_version(Path(row.path), row.sha256)
+    for route in routes.values():
+        verify_version(Path(route["path"]), route["sha256"])
+        assert ".tmp-" not in route["path"]
+    return rows
+
+
+def _wait_lease_expired(engine: Any, job_id: int) -> None:
+    while True:
+        with Session(engine) as session:
+            job = session.get(TrainingJob, job_id)
+            assert job is not None
+            if job.status != "running" or (job.lease_until or 0) < time.time():
+                return
+        time.sleep(0.1)
+
+
+def _spawn(args: list[str]) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1",
+           "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, str(HERE / "job_runner.py"), *args], cwd=REPO,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _kill_when(proc: subprocess.Popen[bytes], cond: Callable[[], bool], deadline: float) -> bool:
+    """SIGKILL as soon as ``cond()`` holds (polled), or at ``deadline``; False if it exited."""
+    while proc.poll() is None:
+        if cond() or time.monotonic() >= deadline:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_sigkill_at_random_moments(engine: Any, db_url: str, suite: Suite, artifacts: Path,
+                                   train_cfg: Any) -> None:
+    with Session(engine) as session:
+        sync_suite(session, suite=suite)
+        job = create_job(session, adapter="shared", kind="retrain")
+        session.commit()
+        job_id = job.id
+    assert job_id is not None
+    cfg = train_cfg(steps=40, checkpoint_every=3).model_dump_json()
+    rng = random.Random(int(os.environ.get("ADAPTD_KILL_SEED", "20261121")))
+    work = artifacts / "shared" / ".work" / f"job-{job_id}"
+    shared = artifacts / "shared"
+
+    def claimed_by(worker: str) -> Callable[[], bool]:
+        def check() -> bool:
+            with Session(engine) as session:
+                row = session.get(TrainingJob, job_id)
+                return row is not None and row.lease_owner == worker
+        return check
+
+    def has_checkpoint() -> bool:
+        return (work / "ckpt.json").is_file()
+
+    def has_version_files() -> bool:
+        return shared.is_dir() and any(p.name.startswith((".tmp-v", "v")) for p in
+                                       shared.iterdir() if p.name != ".work")
+
+    # Three attempts, each killed at a random moment after an observable point: after the
+    # claim (loading, data, early training), after a checkpoint (training, resume path), and
+    # once a version directory (temporary or final) shows up (write/commit path).
+    plan: list[tuple[str, float]] = [("claimed", 1.0), ("checkpoint", 0.3), ("version", 0.05)]
+    killed = 0
+    phases: list[str] = []
+    for i, (point, spread) in enumerate(plan):
+        worker = f"worker-{i}"
+        trigger = {"claimed": claimed_by(worker), "checkpoint": has_checkpoint,
+                   "version": has_version_files}[point]
+        extra = rng.uniform(0.0, spread)
+        proc = _spawn([db_url, str(artifacts), str(HERE / "suite.yaml"), str(job_id), worker,
+                       str(LEASE), cfg])
+        start = time.monotonic()
+        hit: list[float] = []
+
+        def fire(trigger: Callable[[], bool] = trigger, extra: float = extra,
+                 hit: list[float] = hit) -> bool:
+            if not hit and trigger():
+                hit.append(time.monotonic())
+            return bool(hit) and time.monotonic() - hit[0] >= extra
+
+        if _kill_when(proc, fire, start + 120):
+            killed += 1
+            phases.append(f"kill {i} ({point}+{extra:.2f}s) after "
+                          f"{time.monotonic() - start:.1f}s: checkpoint={has_checkpoint()} "
+                          f"version_files={has_version_files()}")
+        else:
+            phases.append(f"attempt {i} ({point}) finished before the kill")
+        _check_invariants(engine, artifacts)
+        _wait_lease_expired(engine, job_id)
+    # The retry after the last kill finishes the job (or, if the last kill landed after the
+    # commit, finds nothing to do: a finished job is never run or promoted again).
+    with Session(engine) as session:
+        before = session.get(TrainingJob, job_id)
+        done_before = before is not None and before.status == "succeeded"
+    proc = _spawn([db_url, str(artifacts), str(HERE / "suite.yaml"), str(job_id), "worker-final",
+                   str(LEASE), cfg])
+    out, err = proc.communicate(timeout=240)
+    print("\n".join(phases))  # shown with -s: where the kills landed
+    rows = _check_invariants(engine, artifacts)
+    with Session(engine) as session:
+        job_row = session.get(TrainingJob, job_id)
+        assert job_row is not None
+    last = json.loads(out.decode().strip().splitlines()[-1])
+    assert last["status"] == ("not_claimed" if done_before else "promoted"), err.decode()[-3000:]
+    assert job_row.status == "succeeded", (job_row.status, job_row.error, err.decode()[-2000:])
+    assert job_row.result_version == 1
+    assert [(r.version, r.status) for r in rows] == [(1, "promoted")]  # one version, ever
+    assert not [p for p in shared.iterdir() if p.name.startswith(".tmp-")]
+    assert not work.exists()
+    assert killed >= 2, phases  # the claim and checkpoint kills always land mid-job
+    # Every kill after a claim costs an attempt; the version kill can land before the claim
+    # when an earlier attempt already wrote the version.
+    assert 2 <= job_row.attempts <= killed + (0 if done_before else 1)
+    try:
+        verify_version(shared / "v1")
+    except ArtifactError as exc:  # pragma: no cover - the assertion message is the point
+        raise AssertionError(f"final version corrupted: {exc}") from exc

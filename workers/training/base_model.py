@@ -1,0 +1,192 @@
+"""Resolve, build (``builtin:tiny``) and load base models, strictly offline.
+
+``base_model`` is ``builtin:tiny`` (built from the suite's data and cached under
+``<artifacts>/_base/tiny-<content hash>/``), a local directory holding a causal LM, or a
+Hugging Face id already in the local cache. Nothing ever touches the network: loads pass
+``local_files_only=True``, and a bad id raises :class:`BaseModelError` naming it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import uuid
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from storage.suite import Suite
+
+
+@contextlib.contextmanager
+def quiet_peft() -> Iterator[None]:
+    """peft probes an attribute transformers 5 deprecated on every adapter load: harmless,
+    noisy. (A local filter, because test runners reset module-level warning filters.)"""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+        yield
+
+
+class BaseModelError(RuntimeError):
+    """The base model cannot be found or loaded; the message names it."""
+
+
+@dataclass
+class BaseBundle:
+    model: Any  # a transformers PreTrainedModel (causal LM)
+    tokenizer: Any  # a transformers tokenizer with a pad token
+    path: Path  # directory the model was loaded from (or the hub cache snapshot)
+    ref: str  # the suite's base_model string
+    device: torch.device
+
+
+def pick_device(choice: str = "auto") -> tuple[torch.device, torch.dtype]:
+    """CUDA with bf16 when available (and asked for), else CPU with fp32."""
+    if choice in ("auto", "cuda") and torch.cuda.is_available():
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+        return torch.device("cuda"), dtype
+    if choice == "cuda":
+        raise BaseModelError("device 'cuda' requested but CUDA is not available")
+    return torch.device("cpu"), torch.float32
+
+
+def tiny_cache_key(suite: Suite) -> str:
+    """Content hash of everything the tiny base is built from."""
+    from workers.training.tiny import TINY_SPEC, suite_texts
+
+    tasks, general = suite_texts(suite)
+    blob = json.dumps(
+        {"spec": TINY_SPEC, "tasks": tasks, "general": general}, ensure_ascii=False
+    ).encode()
+    return hashlib.sha256(blob).hexdigest()[:20]
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)  # one builder per base; others wait, then reuse
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def ensure_base(
+    suite: Suite, artifacts_dir: Path, *, log: Callable[[str], None] | None = None
+) -> Path:
+    """Return the local directory of the suite's base model, building ``builtin:tiny`` once."""
+    ref = suite.base_model
+    if ref.startswith("builtin:"):
+        name = ref.removeprefix("builtin:")
+        if name != "tiny":
+            raise BaseModelError(f"base model {ref!r}: unknown builtin (have: builtin:tiny)")
+        root = Path(artifacts_dir) / "_base"
+        target = root / f"tiny-{tiny_cache_key(suite)}"
+        if (target / "config.json").is_file():
+            return target
+        with _file_lock(root / f".{target.name}.lock"):
+            if (target / "config.json").is_file():
+                return target
+            from workers.training.tiny import build_tiny
+
+            tmp = root / f".tmp-{target.name}-{uuid.uuid4().hex[:8]}"
+            tmp.mkdir(parents=True)
+            try:
+                build_tiny(suite, tmp, log=log)
+                _fsync_tree(tmp)
+                os.rename(tmp, target)  # atomic: a reader sees all of it or nothing
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        return target
+    local = Path(ref).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise BaseModelError(f"base model {ref!r}: directory has no config.json")
+        return local
+    return _hub_snapshot(ref)
+
+
+def _hub_snapshot(ref: str) -> Path:
+    """A hub id that is already in the local cache; never downloads."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(ref, local_files_only=True))
+    except Exception as exc:  # the hub raises many types; all mean "not here"
+        raise BaseModelError(
+            f"base model {ref!r} is neither builtin:tiny, a local directory, nor a Hugging Face "
+            f"id in the local cache (adaptd never downloads): {type(exc).__name__}"
+        ) from None
+
+
+def load_base(
+    suite: Suite, artifacts_dir: Path, *, device: str = "auto",
+    log: Callable[[str], None] | None = None,
+) -> BaseBundle:
+    """Load the suite's base model and tokenizer onto the chosen device (eval mode)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = ensure_base(suite, artifacts_dir, log=log)
+    dev, dtype = pick_device(device)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        model: Any = AutoModelForCausalLM.from_pretrained(
+            path, local_files_only=True, dtype=dtype
+        )
+    except Exception as exc:
+        raise BaseModelError(
+            f"base model {suite.base_model!r} at {path} cannot be loaded: {exc}"
+        ) from None
+    if tokenizer.pad_token_id is None:
+        # Decoder-only models often ship without a pad token; EOS is the usual stand-in.
+        tokenizer.pad_token = tokenizer.eos_token
+    model.to(dev)
+    model.eval()
+    return BaseBundle(model=model, tokenizer=tokenizer, path=path, ref=suite.base_model, device=dev)
+
+
+def find_lora_targets(model: torch.nn.Module) -> list[str]:
+    """Names (leaf suffixes) of the Linear/Conv1D layers inside attention and MLP blocks."""
+    linear_types: tuple[type, ...] = (torch.nn.Linear,)
+    with contextlib.suppress(ImportError):
+        from transformers.pytorch_utils import Conv1D
+
+        linear_types = (torch.nn.Linear, Conv1D)
+    getter: Any = getattr(model, "get_output_embeddings", None)
+    output = getter() if callable(getter) else None
+    names: set[str] = set()
+    for full, module in model.named_modules():
+        if not isinstance(module, linear_types) or module is output:
+            continue
+        parts = full.split(".")
+        # Only layers inside repeated blocks ("layers.3.self_attn.q_proj", "h.0.mlp.c_fc"):
+        # a numeric path component marks the block stack; heads and poolers have none.
+        if any(p.isdigit() for p in parts):
+            names.add(parts[-1])
+    if not names:
+        raise BaseModelError("no Linear layers found inside attention/MLP blocks for LoRA")
+    return sorted(names)
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fd = os.open(dirpath, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

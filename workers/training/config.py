@@ -1,0 +1,126 @@
+"""Training, evaluation and gate configuration (pydantic, saved into each version's adaptd.json).
+
+No torch here: the job runner and the CLI read and validate configs without loading models.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+StageKind = Literal["mixed", "per_task", "hard"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LoraSettings(_Model):
+    """LoRA shape. ``target_modules=None`` finds the attention/MLP Linear layers automatically."""
+
+    r: int = Field(8, ge=1, le=256)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)  # 0 keeps CPU runs bit-repeatable
+    target_modules: list[str] | None = None
+
+
+class Stage(_Model):
+    """One stage of the schedule.
+
+    ``mixed``: every batch drawn by the mixture ratios. ``per_task``: one block of batches per
+    task, block lengths proportional to the ratios (so totals still follow the ratios).
+    ``hard``: batches drawn from the tasks whose running loss is at or above the median.
+    ``fraction`` is this stage's share of ``TrainConfig.steps``; ``lr_scale`` multiplies the LR.
+    """
+
+    kind: StageKind
+    fraction: float = Field(gt=0.0, le=1.0)
+    lr_scale: float = Field(1.0, gt=0.0, le=10.0)
+
+
+def _default_stages() -> list[Stage]:
+    return [
+        Stage(kind="mixed", fraction=0.7, lr_scale=1.0),
+        Stage(kind="per_task", fraction=0.15, lr_scale=0.5),
+        Stage(kind="hard", fraction=0.15, lr_scale=0.3),
+    ]
+
+
+class TrainConfig(_Model):
+    """One training run of an adapter."""
+
+    steps: int = Field(120, ge=1, le=1_000_000)
+    batch_examples: int = Field(16, ge=1, le=4096)  # examples per optimizer micro-step
+    grad_accum: int = Field(1, ge=1, le=1024)
+    lr: float = Field(2e-3, gt=0.0, le=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    warmup_steps: int = Field(5, ge=0)
+    max_len: int = Field(128, ge=8, le=32768)  # tokens per example (longer ones are dropped)
+    # Tokens per packed row; None: automatic (see trainer.auto_pack_len). On CPU attention is
+    # dense over a row, so short rows (about 1.5 examples' worth) are fastest there.
+    pack_len: int | None = Field(None, ge=8, le=65536)
+    packing: bool = True  # False: length-grouped rows padded to the longest in the batch
+    seed: int = 0
+    stages: list[Stage] = Field(default_factory=_default_stages)
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    unlikelihood_weight: float = Field(0.1, ge=0.0, le=10.0)
+    negative_share: float = Field(0.1, ge=0.0, le=0.5)  # of a task's draws, when it has any
+    general_share: float | None = Field(None, ge=0.0, lt=1.0)  # None: the suite's value
+    checkpoint_every: int = Field(20, ge=1)
+    affinity_measurements: int = Field(3, ge=0, le=100)  # TAG lookahead probes per run
+    log_every: int = Field(10, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @model_validator(mode="after")
+    def _stages_sum(self) -> TrainConfig:
+        total = sum(s.fraction for s in self.stages)
+        if not self.stages or abs(total - 1.0) > 1e-6:
+            raise ValueError(f"stage fractions must sum to 1 (got {total:.3f})")
+        return self
+
+    def stage_steps(self) -> list[tuple[Stage, int]]:
+        """Steps per stage; rounding goes to the first stage so the total is exact."""
+        counts = [int(s.fraction * self.steps) for s in self.stages]
+        counts[0] += self.steps - sum(counts)
+        return list(zip(self.stages, counts, strict=True))
+
+
+class RatioConfig(_Model):
+    """Default mixture: temperature sampling over data sizes, clipped to [floor, cap]."""
+
+    temperature: float = Field(2.0, ge=1.0, le=100.0)
+    floor: float = Field(0.05, ge=0.0, lt=1.0)
+    cap: float = Field(0.8, gt=0.0, le=1.0)
+
+
+class DataConfig(_Model):
+    """How training data is assembled and cleaned."""
+
+    heldout_fraction: float = Field(0.15, ge=0.0, lt=1.0)
+    heldout_min: int = Field(4, ge=0)  # at least this many held-out examples per task
+    max_chars: int = Field(2000, ge=1)  # longer prompts/responses are dropped
+    max_rows_per_task: int = Field(5000, ge=1)  # newest SQL rows first
+
+
+class EvalConfig(_Model):
+    """Evaluation cost knobs: small by design, eval runs inside every training job."""
+
+    prompts_per_task: int = Field(16, ge=1, le=1024)
+    max_new_tokens: int = Field(48, ge=1, le=4096)
+    general_examples: int = Field(32, ge=0)
+    batch_size: int = Field(16, ge=1)
+    crosstalk_margin: float = Field(2.0, ge=0.0)  # log-odds the detector needs to flag a leak
+
+
+class GateConfig(_Model):
+    """Per-risk tolerances: how much a task's quality may drop (or crosstalk rise)."""
+
+    tolerance: dict[str, float] = Field(
+        default_factory=lambda: {"high": 0.02, "medium": 0.05, "low": 0.08}
+    )
+    targeted_tolerance: float = Field(0.0, ge=0.0)  # targeted tasks must not get worse
+    # A task with no production version yet is compared with the bare base model: the first
+    # adapter must not make it much worse, but small differences are no reason to serve none.
+    bootstrap_tolerance: float = Field(0.15, ge=0.0)
+    general_loss_tolerance: float = Field(0.10, ge=0.0)  # relative rise of general-data loss

@@ -1,0 +1,186 @@
+"""Training data per task: SQL ``TrainingExample`` rows + the suite's seed data, cleaned and
+split into train and a deterministic held-out set.
+
+No torch here. Cleaning drops empty and over-long texts and exact and near duplicates (same
+text after Unicode NFKC, case folding and whitespace collapsing); when duplicates disagree on
+kind the most valuable one is kept (correction > accepted > seed). The held-out split hashes
+each example's normalized text, so an example stays on the same side of the split as data
+grows and candidate and production are always compared on the same prompts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import unicodedata
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+from sqlmodel import Session, col
+
+from storage.models import TrainingExample
+from storage.suite import Suite
+from workers.training.config import DataConfig
+
+KIND_PRIORITY = {"correction": 0, "accepted": 1, "seed": 2}
+_WS = re.compile(r"\s+")
+
+
+@dataclass(frozen=True)
+class Sample:
+    task: str
+    prompt: str
+    response: str
+    kind: str = "seed"  # seed | accepted | correction | negative
+    example_id: int | None = None
+
+
+@dataclass
+class TaskData:
+    task: str
+    train: list[Sample]
+    heldout: list[Sample]
+    negatives: list[Sample]  # response = the rejected output
+
+
+@dataclass
+class DataBundle:
+    tasks: dict[str, TaskData]
+    general_train: list[Sample]
+    general_heldout: list[Sample]
+    example_ids: list[int] = field(default_factory=list)  # SQL rows read (to mark trained_in)
+    dropped: dict[str, int] = field(default_factory=dict)  # reason -> count
+
+    def sizes(self) -> dict[str, int]:
+        return {t: len(d.train) for t, d in self.tasks.items()}
+
+    def hashes(self) -> dict[str, str]:
+        """sha256 per task (and ``_general``) over the training samples, order-independent."""
+        out = {t: _hash_samples(d.train + d.negatives) for t, d in self.tasks.items()}
+        out["_general"] = _hash_samples(self.general_train)
+        return out
+
+
+def norm_key(text: str) -> str:
+    """Near-duplicate key: NFKC, case-folded, whitespace collapsed and stripped."""
+    return _WS.sub(" ", unicodedata.normalize("NFKC", text)).casefold().strip()
+
+
+def _hash_samples(samples: Iterable[Sample]) -> str:
+    lines = sorted(json.dumps([s.prompt, s.response, s.kind], ensure_ascii=False) for s in samples)
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def _bucket(task: str, sample: Sample) -> float:
+    """Stable pseudo-random number in [0, 1) from the example's normalized content."""
+    key = f"{task}\x00{norm_key(sample.prompt)}\x00{norm_key(sample.response)}"
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
+
+
+def clean(samples: Sequence[Sample], *, max_chars: int, dropped: dict[str, int]) -> list[Sample]:
+    """Drop empty/over-long texts and exact/near duplicates; keep the most valuable kind."""
+    best: dict[tuple[str, str], Sample] = {}
+    for s in samples:
+        prompt, response = s.prompt.strip(), s.response.strip()
+        if not prompt or not response:
+            dropped["empty"] = dropped.get("empty", 0) + 1
+            continue
+        if len(prompt) > max_chars or len(response) > max_chars:
+            dropped["too_long"] = dropped.get("too_long", 0) + 1
+            continue
+        key = (norm_key(prompt), norm_key(response))
+        s = Sample(s.task, prompt, response, s.kind, s.example_id)
+        old = best.get(key)
+        if old is None:
+            best[key] = s
+            continue
+        dropped["duplicate"] = dropped.get("duplicate", 0) + 1
+        if KIND_PRIORITY.get(s.kind, 9) < KIND_PRIORITY.get(old.kind, 9):
+            best[key] = s
+    return list(best.values())
+
+
+def split(
+    task: str, samples: list[Sample], cfg: DataConfig
+) -> tuple[list[Sample], list[Sample]]:
+    """Deterministic (train, heldout): by content hash, topped up to ``heldout_min``."""
+    ranked = sorted(samples, key=lambda s: _bucket(task, s))
+    n_held = sum(1 for s in ranked if _bucket(task, s) < cfg.heldout_fraction)
+    n_held = max(n_held, min(cfg.heldout_min, len(ranked) // 4))
+    n_held = min(n_held, max(len(ranked) - 1, 0))  # never hold out a task's only example
+    return ranked[n_held:], ranked[:n_held]
+
+
+def sql_rows(session: Session, tasks: Sequence[str], limit: int) -> list[TrainingExample]:
+    """The newest ``limit`` rows per task (all kinds)."""
+    rows: list[TrainingExample] = []
+    for task in tasks:
+        stmt = (
+            select(TrainingExample)
+            .where(col(TrainingExample.task) == task)
+            .order_by(col(TrainingExample.id).desc())
+            .limit(limit)
+        )
+        rows.extend(session.execute(stmt).scalars())
+    return rows
+
+
+def assemble(
+    suite: Suite, tasks: Sequence[str], *, session: Session | None = None,
+    cfg: DataConfig | None = None,
+) -> DataBundle:
+    """Everything one training run of an adapter over ``tasks`` needs, cleaned and split."""
+    cfg = cfg or DataConfig()
+    dropped: dict[str, int] = {}
+    positives: dict[str, list[Sample]] = {t: [] for t in tasks}
+    negatives: dict[str, list[Sample]] = {t: [] for t in tasks}
+    for task in tasks:
+        positives[task] += [Sample(task, e.prompt, e.response, "seed") for e in
+                            suite.seed_examples(task)]
+    example_ids: list[int] = []
+    if session is not None:
+        for row in sql_rows(session, tasks, cfg.max_rows_per_task):
+            if row.id is not None and row.trained_in is None:
+                example_ids.append(row.id)
+            if row.kind == "negative":
+                text = row.negative or row.response
+                negatives[row.task].append(Sample(row.task, row.prompt, text, "negative", row.id))
+                continue
+            positives[row.task].append(Sample(row.task, row.prompt, row.response, row.kind, row.id))
+            if row.kind == "correction" and row.negative:
+                # The output the user corrected is a rejected output of the same prompt.
+                negatives[row.task].append(
+                    Sample(row.task, row.prompt, row.negative, "negative", row.id)
+                )
+    data: dict[str, TaskData] = {}
+    for task in tasks:
+        kept = clean(positives[task], max_chars=cfg.max_chars, dropped=dropped)
+        train, heldout = split(task, kept, cfg)
+        good = {norm_key(s.response) for s in kept}
+        # A "negative" that equals an accepted output would fight the CE term: drop it.
+        negs = [n for n in clean(negatives[task], max_chars=cfg.max_chars, dropped=dropped)
+                if norm_key(n.response) not in good]
+        data[task] = TaskData(task, train, heldout, negs)
+    general = clean(
+        [Sample("_general", e.prompt, e.response, "seed") for e in suite.general_examples()],
+        max_chars=cfg.max_chars, dropped=dropped,
+    )
+    g_train, g_held = split("_general", general, cfg)
+    return DataBundle(data, g_train, g_held, sorted(example_ids), dropped)
+
+
+def accepted_texts(session: Session, tasks: Sequence[str], limit: int = 500) -> dict[str, list[str]]:
+    """Newest accepted outputs and corrections per task (style detector training data)."""
+    out: dict[str, list[str]] = {}
+    for task in tasks:
+        stmt = (
+            select(col(TrainingExample.response))
+            .where(col(TrainingExample.task) == task)
+            .where(col(TrainingExample.kind).in_(["accepted", "correction"]))
+            .order_by(col(TrainingExample.id).desc())
+            .limit(limit)
+        )
+        out[task] = [r for r in session.execute(stmt).scalars() if r]
+    return out

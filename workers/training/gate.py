@@ -1,0 +1,82 @@
+"""The promotion gate: a pure function over two eval dicts (see ``evaluate.py``).
+
+Promote only if no task regresses beyond its risk level's tolerance (quality drop or
+crosstalk rise), the targeted tasks do not get worse at all (``targeted_tolerance``, default
+0), and general-data loss does not rise by more than ``general_loss_tolerance`` (relative).
+A task that has no production version yet (its baseline is the bare base model, marked
+``"baseline": "base"`` by the evaluation) uses the looser ``bootstrap_tolerance``.
+Every task gets a reason, starting with ``ok`` or ``regressed``; general retention is
+reported under the key ``_general`` (not a valid task name, so it cannot collide).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from workers.training.config import GateConfig
+
+GENERAL_KEY = "_general"
+
+
+@dataclass(frozen=True)
+class GateResult:
+    promote: bool
+    reasons: dict[str, str] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        bad = {k: v for k, v in self.reasons.items() if not v.startswith("ok")}
+        if self.promote:
+            return "promoted: no task regressed"
+        return "rejected: " + "; ".join(f"{k}: {v}" for k, v in sorted(bad.items()))
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def gate(
+    candidate: Mapping[str, Any], production: Mapping[str, Any], *, risks: Mapping[str, str],
+    targeted: Iterable[str] = (), config: GateConfig | None = None,
+) -> GateResult:
+    cfg = config or GateConfig()
+    targeted = set(targeted)
+    reasons: dict[str, str] = {}
+    promote = True
+    cand_tasks = candidate.get("tasks", {})
+    prod_tasks = production.get("tasks", {})
+    for task in sorted(cand_tasks):
+        c, p = cand_tasks[task], prod_tasks.get(task, {})
+        cq, pq = c.get("quality"), p.get("quality")
+        cx, px = c.get("crosstalk_rate"), p.get("crosstalk_rate")
+        risk = risks.get(task, "high")  # unknown risk: be strict
+        tol = cfg.targeted_tolerance if task in targeted else cfg.tolerance.get(risk, 0.0)
+        kind = "targeted" if task in targeted else f"{risk} risk"
+        if p.get("baseline") == "base":
+            tol, kind = cfg.bootstrap_tolerance, f"{kind}, first version vs base model"
+        what = (f"quality {_fmt(pq)} -> {_fmt(cq)}, crosstalk {_fmt(px)} -> {_fmt(cx)} "
+                f"({kind}, tolerance {tol:.2f})")
+        if cq is None:
+            reasons[task] = f"ok: not evaluated (no held-out data); {what}"
+            continue
+        problems = []
+        if pq is not None and cq < pq - tol - 1e-9:
+            problems.append(f"quality dropped by {pq - cq:.3f}")
+        if cx is not None and px is not None and cx > px + tol + 1e-9:
+            problems.append(f"crosstalk rose by {cx - px:.3f}")
+        if problems:
+            promote = False
+            reasons[task] = f"regressed: {', '.join(problems)}; {what}"
+        else:
+            reasons[task] = f"ok: {what}"
+    cg, pg = candidate.get("general_loss"), production.get("general_loss")
+    if cg is not None and pg is not None:
+        limit = pg * (1 + cfg.general_loss_tolerance)
+        what = f"general loss {pg:.3f} -> {cg:.3f} (limit {limit:.3f})"
+        if cg > limit:
+            promote = False
+            reasons[GENERAL_KEY] = f"regressed: {what}"
+        else:
+            reasons[GENERAL_KEY] = f"ok: {what}"
+    return GateResult(promote=promote, reasons=reasons)

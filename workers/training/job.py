@@ -1,0 +1,360 @@
+"""One training job, end to end: claim -> data -> train -> eval -> write -> gate -> commit.
+
+Crash safety (a SIGKILL can land anywhere):
+- training checkpoints go to ``<artifacts>/<adapter>/.work/job-<id>/``; the next claim (after
+  the lease expired) resumes from there;
+- a version is written to a temporary sibling and renamed; leftovers of this job are removed
+  at the start of its next attempt, and any temporary directory older than a day as well;
+- a complete version whose SQL row is missing, or a ``candidate`` row of this job, is adopted
+  by the next attempt (verified by sha256, not retrained);
+- promotion, routing, job result and example marking are one transaction that first checks
+  the job is still ours and has no result, so a job never promotes twice.
+The routing table is published on Redis after the commit (best effort).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col
+
+from storage.artifacts import (
+    ArtifactError,
+    adapter_dir,
+    check_adapter_name,
+    cleanup_temp,
+    read_meta,
+    verify_version,
+    write_version,
+)
+from storage.artifacts import list_versions as disk_versions
+from storage.crud import routing_table
+from storage.models import Adapter, AdapterVersion, TrainingJob
+from storage.suite import Suite, SuiteError
+from workers.training.base_model import BaseModelError, load_base, quiet_peft
+from workers.training.config import DataConfig, EvalConfig, GateConfig, TrainConfig
+from workers.training.data import accepted_texts, assemble
+from workers.training.eval_run import side_by_side
+from workers.training.evaluate import Scorer, build_detector
+from workers.training.gate import gate
+from workers.training.lease import Heartbeat, claim_job
+from workers.training.promote import LeaseLost, finalize, mark_failed, publish_routing
+from workers.training.sampler import default_ratios
+from workers.training.trainer import Progress, TrainingAborted, train_adapter
+from workers.training.versions import evaluate_version, list_versions
+
+__all__ = ["JobOutcome", "claim_job", "evaluate_version", "list_versions", "run_training_job"]
+log = logging.getLogger("adaptd.training")
+
+
+@dataclass
+class JobOutcome:
+    job_id: int
+    adapter: str | None
+    status: str  # promoted | rejected | failed | not_claimed | lease_lost
+    version: int | None = None
+    reasons: dict[str, str] = field(default_factory=dict)
+    eval: dict[str, Any] = field(default_factory=dict)
+    affinity: dict[str, dict[str, float]] = field(default_factory=dict)
+    seconds: float = 0.0
+    error: str | None = None
+    revision: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def run_training_job(
+    job_id: int, *, engine: Engine, redis_client: Any, key_prefix: str, artifacts_dir: Path,
+    suite: Suite, worker_id: str, lease_seconds: int = 120, progress: Progress | None = None,
+    train_config: TrainConfig | None = None, eval_config: EvalConfig | None = None,
+    gate_config: GateConfig | None = None, scorer: Scorer | None = None, max_attempts: int = 5,
+    device: str = "auto", show_bar: bool = False,
+) -> JobOutcome:
+    """Run job ``job_id`` if it can be claimed. Never raises for job-level failures: they are
+    recorded on the row (status ``failed``, ``error``) and returned."""
+    t0 = time.monotonic()
+    artifacts_dir = Path(artifacts_dir)
+    with Session(engine) as session:
+        if not claim_job(session, job_id, worker_id, lease_seconds):
+            job = session.get(TrainingJob, job_id)
+            status = "not_claimed" if job is not None else "failed"
+            if job is not None and job.status not in ("queued", "running"):
+                # Finished, but the worker may have died before removing its checkpoints.
+                shutil.rmtree(_work_dir(artifacts_dir, job.adapter, job_id), ignore_errors=True)
+            return JobOutcome(job_id, job.adapter if job else None, status,
+                              error=None if job else f"job {job_id} does not exist")
+        job = session.get(TrainingJob, job_id)
+        assert job is not None
+        adapter, attempts = job.adapter, job.attempts
+    if attempts > max_attempts:
+        msg = f"gave up after {attempts - 1} interrupted attempts"
+        mark_failed(engine, job_id=job_id, worker_id=worker_id, error=msg, requeue=False)
+        return JobOutcome(job_id, adapter, "failed", error=msg)
+    with Heartbeat(engine, job_id, worker_id, lease_seconds) as beat:
+        try:
+            outcome = _run(
+                job_id, engine=engine, artifacts_dir=artifacts_dir, suite=suite,
+                worker_id=worker_id, should_stop=beat.lost.is_set, progress=progress,
+                tcfg=train_config or TrainConfig(), ecfg=eval_config or EvalConfig(),
+                gcfg=gate_config or GateConfig(), scorer=scorer, device=device,
+                show_bar=show_bar,
+            )
+        except (TrainingAborted, LeaseLost) as exc:
+            return JobOutcome(job_id, adapter, "lease_lost", error=str(exc),
+                              seconds=time.monotonic() - t0)
+        except (BaseModelError, ArtifactError, SuiteError, ValueError, KeyError,
+                RuntimeError, OSError) as exc:
+            log.exception("job %s failed", job_id)
+            msg = f"{type(exc).__name__}: {exc}"
+            mark_failed(engine, job_id=job_id, worker_id=worker_id, error=msg, requeue=False)
+            return JobOutcome(job_id, adapter, "failed", error=msg, seconds=time.monotonic() - t0)
+    if outcome.status in ("promoted", "rejected"):
+        publish_routing(engine, redis_client, key_prefix)
+        shutil.rmtree(_work_dir(artifacts_dir, adapter, job_id), ignore_errors=True)
+    outcome.seconds = round(time.monotonic() - t0, 3)
+    return outcome
+
+
+def _work_dir(artifacts_dir: Path, adapter: str, job_id: int) -> Path:
+    return adapter_dir(artifacts_dir, adapter) / ".work" / f"job-{job_id}"
+
+
+def _run(
+    job_id: int, *, engine: Engine, artifacts_dir: Path, suite: Suite, worker_id: str,
+    should_stop: Callable[[], bool], progress: Progress | None, tcfg: TrainConfig,
+    ecfg: EvalConfig, gcfg: GateConfig, scorer: Scorer | None, device: str, show_bar: bool,
+) -> JobOutcome:
+    from peft import PeftModel
+
+    # 1. What to train: the adapter's tasks, ratios, targeted tasks, config overrides.
+    with Session(engine) as session:
+        job = session.get(TrainingJob, job_id)
+        assert job is not None
+        adapter = check_adapter_name(job.adapter)
+        params = dict(job.params or {})
+        kind = job.kind
+        row = session.get(Adapter, adapter)
+        tasks = _tasks(params, row, suite, adapter)
+        if params.get("train"):
+            tcfg = TrainConfig.model_validate({**tcfg.model_dump(), **params["train"]})
+        # 2. Data: SQL rows + suite seeds, cleaned and split; the style detector's texts.
+        data = assemble(suite, tasks, session=session, cfg=DataConfig())
+        detector = build_detector(suite, accepted_texts(session, list(suite.tasks)))
+        _, all_routes = routing_table(session)
+        routes = {t: r for t, r in all_routes.items() if t in tasks}
+        init, parent = _init_source(params, row, adapter, all_routes, kind)
+        ratios = _ratios(params, row, data.sizes(), tasks)
+        candidate = _adoptable(session, artifacts_dir, adapter, job_id)  # may commit
+    risks = {t: suite.tasks[t].risk for t in tasks}
+    targeted = [t for t in params.get("targeted", [params.get("task")]) if t in tasks]
+    tag = f"job{job_id}"
+    cleanup_temp(artifacts_dir, adapter, tag=tag)
+    cleanup_temp(artifacts_dir, adapter, older_than=86400)
+    _sweep_work_dirs(engine, artifacts_dir, adapter)
+    # 3. Base model (built once for builtin:tiny) on the chosen device.
+    bundle = load_base(suite, artifacts_dir, device=device)
+    general_share = tcfg.general_share if tcfg.general_share is not None else suite.general_share
+    train_summary: dict[str, Any] = {}
+    if candidate is not None:
+        # 4a. A previous attempt already wrote this job's version: evaluate it, don't retrain.
+        version_id, version, vpath = candidate
+        with quiet_peft():
+            model = PeftModel.from_pretrained(bundle.model, str(vpath))
+        train_summary = read_meta(vpath).get("train", {})
+    else:
+        # 4b. Train (resuming from this job's checkpoint if a previous attempt left one).
+        result = train_adapter(
+            bundle, data, ratios=ratios, config=tcfg, general_share=general_share,
+            init_adapter=init, checkpoint_dir=_work_dir(artifacts_dir, adapter, job_id),
+            progress=progress, should_stop=should_stop, show_bar=show_bar,
+        )
+        model = result.model
+        train_summary = {"steps": result.steps, "tokens": result.tokens,
+                         "seconds": round(result.seconds, 3), "task_loss": result.task_loss,
+                         "affinity": result.affinity, "drawn": result.drawn,
+                         "resumed_from": result.resumed_from, "history": result.history[-20:]}
+    for _ in range(3):
+        # 5. Candidate vs production, side by side, then the gate.
+        ev = side_by_side(model, bundle.tokenizer, data, suite, tasks=tasks, routes=routes,
+                          detector=detector, cfg=ecfg, scorer=scorer)
+        verdict = gate(ev["candidate"], ev["production"], risks=risks, targeted=targeted,
+                       config=gcfg)
+        if candidate is None:
+            # 6. Write the version atomically, then record it as a candidate.
+            meta = {
+                "base_model": suite.base_model, "tasks": tasks, "ratios": ratios,
+                "general_share": general_share, "data_hashes": data.hashes(),
+                "data_sizes": data.sizes(), "parent_version": parent, "init_from": str(init or ""),
+                "job_id": job_id, "job_kind": kind, "targeted": targeted,
+                "eval": {k: ev[k] for k in ("candidate", "production", "compare")},
+                "train_config": tcfg.model_dump(mode="json"),
+                "eval_config": ecfg.model_dump(mode="json"),
+                "gate_config": gcfg.model_dump(mode="json"), "train": train_summary,
+                "created_at": time.time(),
+            }
+            candidate = _write_candidate(engine, artifacts_dir, adapter, model, meta, job_id,
+                                         ratios, parent, tag)
+        version_id, version, vpath = candidate
+        # 7. One transaction: promote/reject, routing + revision, job result, examples.
+        ev["gate"] = {"promote": verdict.promote, "reasons": verdict.reasons}
+        ev["train"] = {k: v for k, v in train_summary.items() if k != "history"}
+        done = finalize(
+            engine, job_id=job_id, worker_id=worker_id, version_id=version_id,
+            promote=verdict.promote, tasks=tasks,
+            baseline_routes={t: (r["adapter"], int(r["version"])) for t, r in routes.items()},
+            eval_result=ev, reason=verdict.summary(), example_ids=data.example_ids,
+        )
+        if done is not None:
+            return JobOutcome(job_id, adapter, "promoted" if done.promoted else "rejected",
+                              version=version, reasons=verdict.reasons, eval=ev,
+                              affinity=train_summary.get("affinity", {}), revision=done.revision)
+        # Production changed while we evaluated (another job promoted): compare again.
+        with Session(engine) as session:
+            routes = {t: r for t, r in routing_table(session)[1].items() if t in tasks}
+    raise RuntimeError("production kept changing during evaluation; giving up")
+
+
+def _sweep_work_dirs(engine: Engine, artifacts_dir: Path, adapter: str) -> None:
+    """Remove checkpoint directories of this adapter's jobs that are finished."""
+    root = adapter_dir(artifacts_dir, adapter) / ".work"
+    if not root.is_dir():
+        return
+    with Session(engine) as session:
+        for path in root.iterdir():
+            name = path.name.removeprefix("job-")
+            job = session.get(TrainingJob, int(name)) if name.isdigit() else None
+            if job is None or job.status not in ("queued", "running"):
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def _tasks(params: Mapping[str, Any], row: Adapter | None, suite: Suite, adapter: str) -> list[str]:
+    tasks = params.get("tasks") or (row.tasks if row is not None else None) \
+        or suite.adapters.get(adapter)
+    if not tasks:
+        raise ValueError(f"adapter {adapter!r} has no tasks (no Adapter row, no suite entry)")
+    unknown = [t for t in tasks if t not in suite.tasks]
+    if unknown:
+        raise ValueError(f"adapter {adapter!r} lists tasks not in the suite: {unknown}")
+    return sorted(tasks)
+
+
+def _ratios(params: Mapping[str, Any], row: Adapter | None, sizes: Mapping[str, int],
+            tasks: list[str]) -> dict[str, float]:
+    """Job params, else the adapter row's ratios, else temperature sampling over sizes."""
+    given = params.get("ratios") or (row.ratios if row is not None else None) or {}
+    given = {t: float(given.get(t, 0.0)) for t in tasks}
+    if sum(given.values()) <= 0:
+        return default_ratios({t: sizes.get(t, 0) for t in tasks})
+    total = sum(given.values())
+    return {t: v / total for t, v in given.items()}
+
+
+def _init_source(
+    params: Mapping[str, Any], row: Adapter | None, adapter: str,
+    routes: Mapping[str, Mapping[str, Any]], kind: str,
+) -> tuple[Path | None, int | None]:
+    """(LoRA weights to continue from, parent version of this adapter).
+
+    ``params["init"]``: ``production`` (default: this adapter's served version), ``parent``
+    (default for forks: the parent adapter's served version) or ``fresh``.
+    """
+    own = [int(r["version"]) for r in routes.values() if r["adapter"] == adapter]
+    parent = max(own) if own else None
+    mode = params.get("init") or ("parent" if kind == "fork" else "production")
+    source = adapter if mode == "production" else (row.parent if row is not None else None)
+    if mode == "fresh" or source is None:
+        return None, parent
+    served = [r for r in routes.values() if r["adapter"] == source]
+    if not served:
+        return None, parent
+    best = max(served, key=lambda r: int(r["version"]))
+    return Path(best["path"]), parent
+
+
+def _adoptable(
+    session: Session, artifacts_dir: Path, adapter: str, job_id: int
+) -> tuple[int, int, Path] | None:
+    """A complete version an earlier attempt of this job wrote, if any (verified)."""
+    rows = session.execute(
+        select(AdapterVersion).where(col(AdapterVersion.adapter) == adapter)
+        .where(col(AdapterVersion.job_id) == job_id)
+        .where(col(AdapterVersion.status) == "candidate")
+    ).scalars().all()
+    for r in rows:
+        try:
+            verify_version(Path(r.path), r.sha256)
+            assert r.id is not None
+            return r.id, r.version, Path(r.path)
+        except ArtifactError as exc:
+            log.warning("job %s: discarding corrupted candidate v%s: %s", job_id, r.version, exc)
+            r.status, r.reason = "rejected", f"corrupted: {exc}"
+            session.commit()
+    known = set(session.execute(select(col(AdapterVersion.version))
+                                .where(col(AdapterVersion.adapter) == adapter)).scalars())
+    for v in disk_versions(artifacts_dir, adapter):
+        path = adapter_dir(artifacts_dir, adapter) / f"v{v}"
+        if v in known:
+            continue
+        try:
+            sha = verify_version(path)
+            meta = read_meta(path)
+        except ArtifactError:
+            continue
+        if meta.get("job_id") != job_id:
+            continue
+        # Renamed into place but the attempt died before recording it: record it now.
+        vrow = AdapterVersion(adapter=adapter, version=v, path=str(path), sha256=sha,
+                              status="candidate", parent_version=meta.get("parent_version"),
+                              job_id=job_id, ratios=meta.get("ratios", {}),
+                              eval=meta.get("eval", {}))
+        session.add(vrow)
+        session.commit()
+        assert vrow.id is not None
+        return vrow.id, v, path
+    return None
+
+
+def _write_candidate(
+    engine: Engine, artifacts_dir: Path, adapter: str, model: Any, meta: dict[str, Any],
+    job_id: int, ratios: Mapping[str, float], parent: int | None, tag: str,
+) -> tuple[int, int, Path]:
+    def files(tmp: Path) -> None:
+        model.save_pretrained(str(tmp), selected_adapters=["default"], safe_serialization=True)
+
+    for _ in range(5):  # another job may take the same number: try the next one
+        with Session(engine) as session:
+            top = session.execute(
+                select(func.max(col(AdapterVersion.version)))
+                .where(col(AdapterVersion.adapter) == adapter)
+            ).scalar() or 0
+        version = max([int(top), *disk_versions(artifacts_dir, adapter)]) + 1
+        try:
+            info = write_version(artifacts_dir, adapter, version, write_files=files, meta=meta,
+                                 tag=tag)
+        except ArtifactError as exc:
+            if "already exists" in str(exc):
+                continue
+            raise
+        with Session(engine) as session:
+            row = AdapterVersion(adapter=adapter, version=version, path=str(info.path),
+                                 sha256=info.sha256, status="candidate", parent_version=parent,
+                                 job_id=job_id, ratios=dict(ratios), eval=meta["eval"])
+            session.add(row)
+            try:
+                session.commit()
+            except IntegrityError:
+                session.rollback()
+                continue
+            assert row.id is not None
+            return row.id, version, info.path
+    raise ArtifactError(f"could not allocate a version number for adapter {adapter!r}")

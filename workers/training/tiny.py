@@ -1,0 +1,160 @@
+"""``builtin:tiny``: a small Llama-style model built offline from a suite's own data.
+
+A byte-level BPE tokenizer is trained on the suite's seed and general texts (task tags are
+special tokens), then the model is briefly pre-trained (full fine-tune) on the same texts so
+the adapters start from a model that can already write the suite's language. Everything is
+seeded: the same suite gives the same base model on the same machine.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from storage.suite import Suite
+from workers.training.encode import (
+    BOS_TOKEN,
+    EOS_TOKEN,
+    PAD_TOKEN,
+    SEP_TOKEN,
+    Seq,
+    encode_example,
+    encode_plain,
+    task_tag,
+)
+from workers.training.packing import make_batch
+
+GENERAL = "_general"  # pseudo-task of general data; cannot clash (task names start a-z)
+TINY_SPEC = {
+    "builder": 2,  # bump when the recipe changes so cached bases are rebuilt
+    "vocab_size": 2048,
+    "hidden_size": 128,
+    "intermediate_size": 256,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "max_position_embeddings": 512,
+    "pretrain_steps": 200,
+    "pretrain_batch": 32,
+    "pretrain_lr": 3e-3,
+    "seed": 1234,
+}
+
+
+def suite_texts(suite: Suite) -> tuple[list[tuple[str, str, str]], list[tuple[str, str]]]:
+    """(task, prompt, response) of every task's seed data, and (prompt, response) of general."""
+    tasks = [(t, e.prompt, e.response) for t in sorted(suite.tasks) for e in suite.seed_examples(t)]
+    general = [(e.prompt, e.response) for e in suite.general_examples()]
+    return tasks, general
+
+
+def train_tokenizer(suite: Suite, vocab_size: int) -> PreTrainedTokenizerFast:
+    tasks, general = suite_texts(suite)
+    texts = [x for _, p, r in tasks for x in (p, r)] + [x for p, r in general for x in (p, r)]
+    tags = [task_tag(t) for t in sorted(suite.tasks)] + [task_tag(GENERAL)]
+    specials = [PAD_TOKEN, EOS_TOKEN, BOS_TOKEN, SEP_TOKEN, *tags]
+    tok = Tokenizer(models.BPE())
+    # Byte level: any text (any language, any later feedback) is representable, no <unk>.
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token=PAD_TOKEN,
+        eos_token=EOS_TOKEN,
+        bos_token=BOS_TOKEN,
+        additional_special_tokens=[SEP_TOKEN, *tags],
+    )
+
+
+def build_tiny(
+    suite: Suite, out_dir: Path, *, spec: dict[str, float] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> None:
+    """Train tokenizer + model for ``suite`` and ``save_pretrained`` both into ``out_dir``."""
+    s = {**TINY_SPEC, **(spec or {})}
+    seed = int(s["seed"])
+    torch.manual_seed(seed)
+    tokenizer = train_tokenizer(suite, int(s["vocab_size"]))
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=int(s["hidden_size"]),
+        intermediate_size=int(s["intermediate_size"]),
+        num_hidden_layers=int(s["num_hidden_layers"]),
+        num_attention_heads=int(s["num_attention_heads"]),
+        num_key_value_heads=int(s["num_attention_heads"]),
+        max_position_embeddings=int(s["max_position_embeddings"]),
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(config)
+    seqs = _pretrain_seqs(suite, tokenizer)
+    _pretrain(model, seqs, pad_id=int(tokenizer.pad_token_id), spec=s, log=log)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(out_dir)  # safetensors is the default serialization
+    tokenizer.save_pretrained(out_dir)
+
+
+def _pretrain_seqs(suite: Suite, tokenizer: PreTrainedTokenizerFast) -> list[Seq]:
+    tasks, general = suite_texts(suite)
+    names = sorted(suite.tasks)
+    seqs: list[Seq] = []
+    for task, prompt, response in tasks:
+        seq = encode_example(tokenizer, task, prompt, response, task_index=names.index(task))
+        seq.start = 1  # language modelling over the whole text, prompt included
+        seqs.append(seq)
+    for prompt, response in general:
+        seq = encode_example(tokenizer, GENERAL, prompt, response, task_index=-1)
+        seq.start = 1
+        seqs.append(seq)
+        seqs.append(encode_plain(tokenizer, prompt + response))
+    return seqs
+
+
+def _pretrain(
+    model: LlamaForCausalLM, seqs: list[Seq], *, pad_id: int, spec: dict[str, float],
+    log: Callable[[str], None] | None,
+) -> None:
+    from workers.training.loss import batch_loss
+
+    rng = random.Random(int(spec["seed"]))
+    steps, bsz, lr = int(spec["pretrain_steps"]), int(spec["pretrain_batch"]), spec["pretrain_lr"]
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: min(1.0, (i + 1) / 20) * max(0.05, 1 - i / steps)
+    )
+    model.train()
+    t0 = time.monotonic()
+    order: list[int] = []
+    for step in range(steps):
+        if len(order) < bsz:  # epoch-wise shuffling
+            extra = list(range(len(seqs)))
+            rng.shuffle(extra)
+            order += extra
+        picked = [seqs[i] for i in order[:bsz]]
+        del order[:bsz]
+        batch = make_batch(picked, pad_id=pad_id, pack_len=64)
+        loss = batch_loss(model, batch, per_task=False).total
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if log and (step % 50 == 0 or step == steps - 1):
+            log(f"pretrain step {step + 1}/{steps} loss {loss.item():.3f} "
+                f"({time.monotonic() - t0:.1f}s)")
+    model.eval()

@@ -1,0 +1,80 @@
+"""Read side of adapter versions: ``adaptd adapters`` and ``adaptd eval NAME@VERSION``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col
+
+from storage.artifacts import ArtifactError, read_meta, verify_version, version_dir
+from storage.crud import routing_table
+from storage.models import AdapterVersion
+from storage.suite import Suite
+from workers.training.config import EvalConfig
+
+
+def list_versions(engine: Engine, adapter: str | None = None) -> list[dict[str, Any]]:
+    """Every recorded version (newest first per adapter) with the tasks routed to it."""
+    with Session(engine) as session:
+        stmt = select(AdapterVersion).order_by(
+            col(AdapterVersion.adapter), col(AdapterVersion.version).desc()
+        )
+        if adapter is not None:
+            stmt = stmt.where(col(AdapterVersion.adapter) == adapter)
+        rows = list(session.execute(stmt).scalars())
+        _, routes = routing_table(session)
+    out = []
+    for r in rows:
+        served = sorted(t for t, rt in routes.items()
+                        if rt["adapter"] == r.adapter and int(rt["version"]) == r.version)
+        out.append({
+            "adapter": r.adapter, "version": r.version, "status": r.status, "path": r.path,
+            "sha256": r.sha256, "parent_version": r.parent_version, "job_id": r.job_id,
+            "ratios": r.ratios, "reason": r.reason, "created_at": r.created_at,
+            "promoted_at": r.promoted_at, "serving": served,
+        })
+    return out
+
+
+def evaluate_version(
+    engine: Engine, *, artifacts_dir: Path, suite: Suite, adapter: str, version: int,
+    eval_config: EvalConfig | None = None, device: str = "auto",
+) -> dict[str, Any]:
+    """Evaluate ``adapter@version`` on its tasks' held-out data (and the base for reference).
+
+    Raises :class:`storage.artifacts.ArtifactError` for a missing or corrupted version.
+    """
+    from peft import PeftModel
+
+    from workers.training.base_model import load_base, quiet_peft
+    from workers.training.data import accepted_texts, assemble
+    from workers.training.evaluate import build_detector, evaluate_model
+
+    path = version_dir(artifacts_dir, adapter, version)
+    with Session(engine) as session:
+        row = session.execute(
+            select(AdapterVersion).where(col(AdapterVersion.adapter) == adapter)
+            .where(col(AdapterVersion.version) == version)
+        ).scalar_one_or_none()
+        sha = verify_version(Path(row.path) if row else path, row.sha256 if row else None)
+        if row is not None:
+            path = Path(row.path)
+        meta = read_meta(path)
+        tasks = [t for t in meta.get("tasks", []) if t in suite.tasks]
+        if not tasks:
+            raise ArtifactError(f"{path}: none of its tasks {meta.get('tasks')} is in the suite")
+        data = assemble(suite, tasks, session=session)
+        detector = build_detector(suite, accepted_texts(session, list(suite.tasks)))
+    bundle = load_base(suite, artifacts_dir, device=device)
+    with quiet_peft():
+        model = PeftModel.from_pretrained(bundle.model, str(path))
+    result = evaluate_model(model, bundle.tokenizer, data, suite, tasks=tasks, detector=detector,
+                            cfg=eval_config)
+    with model.disable_adapter():
+        base = evaluate_model(model, bundle.tokenizer, data, suite, tasks=tasks,
+                              detector=detector, cfg=eval_config)
+    return {"adapter": adapter, "version": version, "sha256": sha, "path": str(path),
+            "status": row.status if row else None, "eval": result, "base_model": base}
