@@ -355,8 +355,11 @@ def _tick(engine: Engine, suite: Suite, config: PolicyConfig, mode: str, now: fl
                 row = _record(session, result, at_event, action="retrain", task=None,
                               adapter=name, reason=f"schedule ({mode}): {new} new examples",
                               signals={"new_examples": new, "ratios": ratios})
+                params: dict[str, Any] = {"tasks": list(ad.tasks), "ratios": ratios}
+                if mode in ("static", "uniform"):
+                    params["gate"] = {"mode": "mean"}  # the baselines judge by averages
                 _new_job(session, adapter=name, kind="retrain", decision_id=row.id,
-                         params={"tasks": list(ad.tasks), "ratios": ratios}, created=result.jobs)
+                         params=params, created=result.jobs)
                 running += 1
         # 6. Gauges, state, commit.
         _update_task_rows(session, state)

@@ -73,7 +73,7 @@ def run_simulation(
     workdir.mkdir(parents=True, exist_ok=True)
     if policy == "isolated":
         suite_ref = isolated_suite(suite, suite_ref, workdir)
-    mode = "static" if policy == "isolated" else policy
+    mode = policy
     t_start = time.monotonic()
     report: dict[str, Any] = {"scenario": str(scenario_ref), "policy": policy,
                               "seed": scenario.seed, "suite": suite.name, "phases": []}

@@ -124,3 +124,8 @@ class GateConfig(_Model):
     # adapter must not make it much worse, but small differences are no reason to serve none.
     bootstrap_tolerance: float = Field(0.15, ge=0.0)
     general_loss_tolerance: float = Field(0.10, ge=0.0)  # relative rise of general-data loss
+    # ``per_task`` is adaptd's gate. ``mean`` is what a team without it does: promote unless
+    # the average quality over tasks drops by more than ``mean_tolerance`` (the baseline
+    # policies of `adaptd simulate` use it, so averages can hide one task getting worse).
+    mode: Literal["per_task", "mean"] = "per_task"
+    mean_tolerance: float = Field(0.02, ge=0.0)

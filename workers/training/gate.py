@@ -70,6 +70,8 @@ def gate(
             reasons[task] = f"regressed: {', '.join(problems)}; {what}"
         else:
             reasons[task] = f"ok: {what}"
+    if cfg.mode == "mean":
+        promote = _mean_gate(cand_tasks, prod_tasks, cfg, reasons)
     cg, pg = candidate.get("general_loss"), production.get("general_loss")
     if cg is not None and pg is not None:
         limit = pg * (1 + cfg.general_loss_tolerance)
@@ -80,3 +82,28 @@ def gate(
         else:
             reasons[GENERAL_KEY] = f"ok: {what}"
     return GateResult(promote=promote, reasons=reasons)
+
+
+MEAN_KEY = "_mean"
+
+
+def _mean_gate(cand: Mapping[str, Any], prod: Mapping[str, Any], cfg: GateConfig,
+               reasons: dict[str, str]) -> bool:
+    """The naive gate: only the average quality over tasks counts (per-task reasons stay
+    in the record, prefixed ``ok`` since they do not decide)."""
+    pairs = [(c.get("quality"), prod.get(t, {}).get("quality")) for t, c in cand.items()]
+    pairs = [(c, p) for c, p in pairs if c is not None and p is not None]
+    for task, why in list(reasons.items()):
+        if why.startswith("regressed"):
+            reasons[task] = "ok (mean gate; would regress per task): " + why.removeprefix("regressed: ")
+    if not pairs:
+        reasons[MEAN_KEY] = "ok: nothing to compare"
+        return True
+    c_mean = sum(c for c, _ in pairs) / len(pairs)
+    p_mean = sum(p for _, p in pairs) / len(pairs)
+    what = f"mean quality {p_mean:.3f} -> {c_mean:.3f} (tolerance {cfg.mean_tolerance:.2f})"
+    if c_mean < p_mean - cfg.mean_tolerance - 1e-9:
+        reasons[MEAN_KEY] = f"regressed: {what}"
+        return False
+    reasons[MEAN_KEY] = f"ok: {what}"
+    return True

@@ -147,6 +147,8 @@ def _run(
         tasks = _tasks(params, row, suite, adapter)
         if params.get("train"):
             tcfg = TrainConfig.model_validate({**tcfg.model_dump(), **params["train"]})
+        if params.get("gate"):
+            gcfg = GateConfig.model_validate({**gcfg.model_dump(), **params["gate"]})
         # 2. Data: SQL rows + suite seeds, cleaned and split; the style detector's texts.
         data = assemble(suite, tasks, session=session, cfg=DataConfig())
         detector = build_detector(suite, accepted_texts(session, list(suite.tasks)))

@@ -20,7 +20,7 @@ from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
-from storage.crud import routing_table, set_routes
+from storage.crud import add_counters, counter_key, routing_table, set_routes
 from storage.models import AdapterVersion, Task, TrainingExample, TrainingJob, now
 
 log = logging.getLogger("adaptd.training")
@@ -76,6 +76,9 @@ def finalize(
                 if task_row is not None:
                     task_row.adapter = row.adapter
                     task_row.updated_at = at
+        add_counters(session, increments={counter_key(
+            "adaptd_training_runs_total",
+            {"adapter": row.adapter, "outcome": "promoted" if promote else "rejected"}): 1})
         job.status = "succeeded" if promote else "rejected"
         job.result_version = row.version
         job.finished_at = at
@@ -113,7 +116,7 @@ def publish_routing(engine: Engine, redis_client: Any, key_prefix: str) -> None:
 def mark_failed(engine: Engine, *, job_id: int, worker_id: str, error: str, requeue: bool) -> None:
     """Record a failure (or put the job back in the queue) if we still own it."""
     with Session(engine) as session:
-        session.execute(
+        done = session.execute(
             update(TrainingJob)
             .where(col(TrainingJob.id) == job_id)
             .where(col(TrainingJob.lease_owner) == worker_id)
@@ -126,4 +129,9 @@ def mark_failed(engine: Engine, *, job_id: int, worker_id: str, error: str, requ
                 finished_at=None if requeue else now(),
             )
         )
+        if not requeue and int(getattr(done, "rowcount", 0) or 0) > 0:
+            job = session.get(TrainingJob, job_id)
+            add_counters(session, increments={counter_key(
+                "adaptd_training_runs_total",
+                {"adapter": job.adapter if job else "", "outcome": "failed"}): 1})
         session.commit()
