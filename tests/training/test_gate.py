@@ -72,3 +72,16 @@ def test_first_version_is_compared_with_the_base_model_loosely() -> None:
     assert result.promote and "first version" in result.reasons["apology"]
     worse = ev({"greeting": 0.95, "thanks": 0.97, "apology": 0.5})
     assert not gate(worse, base, risks=RISKS).promote
+
+
+def test_mean_gate_lets_one_task_degrade_when_others_improve() -> None:
+    """The baselines' gate: the average hides the regression the per-task gate catches."""
+    prod = ev({"greeting": 0.80, "thanks": 0.80, "apology": 1.00})
+    cand = ev({"greeting": 0.95, "thanks": 0.95, "apology": 0.85})
+    risks = {"greeting": "low", "thanks": "medium", "apology": "high"}
+    assert not gate(cand, prod, risks=risks).promote
+    naive = gate(cand, prod, risks=risks, config=GateConfig(mode="mean"))
+    assert naive.promote
+    assert naive.reasons["apology"].startswith("ok (mean gate; would regress per task)")
+    worse = ev({"greeting": 0.80, "thanks": 0.80, "apology": 0.85})
+    assert not gate(worse, prod, risks=risks, config=GateConfig(mode="mean")).promote
