@@ -55,6 +55,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="the smoke scenario, one seed")
     ap.add_argument("--out", type=Path, default=Path("bench/results/loop.json"))
     ap.add_argument("--workdir", type=Path, default=Path(".adaptd/bench-loop"))
+    ap.add_argument("--min-new", type=int, default=300,
+                    help="new examples that trigger a retrain (all policies)")
     args = ap.parse_args()
     if args.quick:
         args.scenario, args.seeds = "builtin:smoke", args.seeds[:1]
@@ -70,7 +72,8 @@ def main() -> None:
             work = args.workdir / f"{policy}-{seed}"
             report = run_simulation(settings, args.scenario, policy=policy, seed=seed,
                                     report_path=work / "report.json", workdir=work / "state",
-                                    console=console, base_cache=args.workdir / "base-cache")
+                                    console=console, base_cache=args.workdir / "base-cache",
+                                    policy_overrides={"min_new_examples": args.min_new})
             runs[policy].append(summarize(report, risk))
     table = Table(title=f"{args.scenario}, seeds {args.seeds} (final phase; mean ± spread)")
     for col in ("policy", "high-risk crosstalk", "mean acceptance", "min Δacc vs isolated",

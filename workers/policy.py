@@ -324,9 +324,13 @@ def _tick(engine: Engine, suite: Suite, config: PolicyConfig, mode: str, now: fl
         busy = {j.adapter for j in active}
         buffers = crud.buffered_counts(session)
         sizes = _data_sizes(session, suite)
-        # 4. Adapters never trained get a first version before anything else.
+        # 4. Tasks nobody serves yet: their adapter gets a first version before anything
+        #    else. (A forked adapter's task is still served by its old adapter until the
+        #    fork is promoted, so a rejected fork is not "bootstrapped" over and over.)
+        _, routes = crud.routing_table(session)
         for name, ad in sorted(state.adapters.items()):
-            if ad.tasks and name not in busy and not _promoted(session, name) \
+            unserved = [t for t in ad.tasks if t not in routes]
+            if unserved and name not in busy and not _promoted(session, name) \
                     and len(active) + len(result.jobs) < max(1, config.max_concurrent_jobs):
                 ratios = (policies.prior_ratios({t: sizes.get(t, 0) for t in ad.tasks},
                                                 config.ratios)

@@ -44,10 +44,14 @@ def test_crosstalk_rise_is_a_regression() -> None:
 
 
 def test_targeted_task_must_not_get_worse() -> None:
-    cand = ev({"greeting": 0.59, "thanks": 0.7, "apology": 0.7})
-    assert gate(cand, PROD, risks=RISKS).promote
+    cand = ev({"greeting": 0.57, "thanks": 0.7, "apology": 0.7})  # greeting -0.03
+    assert gate(cand, PROD, risks=RISKS).promote  # within the low-risk tolerance
     result = gate(cand, PROD, risks=RISKS, targeted=["greeting"])
     assert not result.promote and "targeted" in result.reasons["greeting"]
+    noise = ev({"greeting": 0.59, "thanks": 0.7, "apology": 0.7})  # -0.01: below the noise floor
+    assert gate(noise, PROD, risks=RISKS, targeted=["greeting"]).promote
+    strict = GateConfig(targeted_tolerance=0.0)
+    assert not gate(noise, PROD, risks=RISKS, targeted=["greeting"], config=strict).promote
 
 
 def test_general_retention() -> None:

@@ -63,6 +63,11 @@ class AdapterServer:
         self, suite: Suite, artifacts_dir: Path, *, max_cached: int = 4, device: str = "auto",
         bundle: BaseBundle | None = None,
     ) -> None:
+        # The simulator prints its own progress; transformers' weight-loading bars would
+        # interleave with it on every adapter load.
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
         self.bundle = bundle or load_base(suite, artifacts_dir, device=device)
         self.max_cached = max(1, max_cached)
         self._model: Any = None  # PeftModel once the first adapter is loaded
