@@ -55,6 +55,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="the smoke scenario, one seed")
     ap.add_argument("--out", type=Path, default=Path("bench/results/loop.json"))
     ap.add_argument("--workdir", type=Path, default=Path(".adaptd/bench-loop"))
+    ap.add_argument("--reuse", action="store_true",
+                    help="reuse reports already in --workdir instead of re-running them")
     ap.add_argument("--min-new", type=int, default=300,
                     help="new examples that trigger a retrain (all policies)")
     args = ap.parse_args()
@@ -70,6 +72,10 @@ def main() -> None:
         for policy in args.policies:
             console.rule(f"{policy}, seed {seed}")
             work = args.workdir / f"{policy}-{seed}"
+            if args.reuse and (work / "report.json").is_file():
+                report = json.loads((work / "report.json").read_text("utf-8"))
+                runs[policy].append(summarize(report, risk))
+                continue
             report = run_simulation(settings, args.scenario, policy=policy, seed=seed,
                                     report_path=work / "report.json", workdir=work / "state",
                                     console=console, base_cache=args.workdir / "base-cache",

@@ -169,3 +169,17 @@ def test_operator_override_is_applied_by_the_tick(settings: Settings, engine: En
         assert row.status == "applied"
         job = session.get(TrainingJob, sent[-1])
         assert job is not None and job.kind == "fork"
+
+
+def test_a_first_version_the_gate_keeps_rejecting_is_not_retried_forever(
+        settings: Settings, engine: Engine) -> None:
+    sent: list[int] = []
+    for i in range(5):
+        decisions = tick(settings, engine, sent, now=1000.0 + i)
+        if i < 3:
+            assert [d["reason"].split(":")[0] for d in decisions] == ["bootstrap"]
+            finish(engine, sent[-1], promote=False)
+    assert len(sent) == 3
+    with Session(engine) as session:
+        holds = [d for d in crud.list_decisions(session) if d.action == "hold"]
+    assert len(holds) == 1 and holds[0].reason.startswith("hold bootstrap: 3 first versions")

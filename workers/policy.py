@@ -43,6 +43,7 @@ from storage.suite import Suite
 log = logging.getLogger(__name__)
 MODES = ("adaptive", "static", "uniform", "isolated")
 STALE_QUEUED_S = 60.0
+BOOTSTRAP_TRIES = 3
 
 
 @dataclass
@@ -162,6 +163,14 @@ def _promoted(session: Session, adapter: str) -> bool:
         select(func.count()).select_from(AdapterVersion)
         .where(col(AdapterVersion.adapter) == adapter, col(AdapterVersion.status) == "promoted")
     ).scalar_one() > 0
+
+
+def _bootstrap_tries(session: Session, adapter: str) -> int:
+    """First-version jobs of ``adapter`` that ended without a promotion."""
+    jobs = session.execute(select(TrainingJob).where(
+        col(TrainingJob.adapter) == adapter,
+        col(TrainingJob.status).in_(["rejected", "failed"]))).scalars().all()
+    return sum(1 for j in jobs if (j.params or {}).get("bootstrap"))
 
 
 def _schedule_ratios(mode: str, tasks: list[str], sizes: dict[str, int]) -> dict[str, float]:
@@ -327,11 +336,23 @@ def _tick(engine: Engine, suite: Suite, config: PolicyConfig, mode: str, now: fl
         # 4. Tasks nobody serves yet: their adapter gets a first version before anything
         #    else. (A forked adapter's task is still served by its old adapter until the
         #    fork is promoted, so a rejected fork is not "bootstrapped" over and over.)
+        #    A first version the gate keeps rejecting is tried BOOTSTRAP_TRIES times; then
+        #    its tasks stay on the base model and a hold says so (no endless retraining).
         _, routes = crud.routing_table(session)
         for name, ad in sorted(state.adapters.items()):
             unserved = [t for t in ad.tasks if t not in routes]
-            if unserved and name not in busy and not _promoted(session, name) \
-                    and len(active) + len(result.jobs) < max(1, config.max_concurrent_jobs):
+            if not unserved or name in busy or _promoted(session, name):
+                continue
+            tries = _bootstrap_tries(session, name)
+            if tries >= BOOTSTRAP_TRIES:
+                if not meta.setdefault("bootstrap_given_up", {}).get(name):
+                    meta["bootstrap_given_up"][name] = now
+                    _record(session, result, at_event, action="hold", task=None, adapter=name,
+                            reason=f"hold bootstrap: {tries} first versions of {name} were "
+                                   f"rejected; {unserved} stay on the base model",
+                            signals={"tries": tries, "unserved": unserved})
+                continue
+            if len(active) + len(result.jobs) < max(1, config.max_concurrent_jobs):
                 ratios = (policies.prior_ratios({t: sizes.get(t, 0) for t in ad.tasks},
                                                 config.ratios)
                           if mode == "adaptive" else _schedule_ratios(mode, list(ad.tasks), sizes))
@@ -339,7 +360,8 @@ def _tick(engine: Engine, suite: Suite, config: PolicyConfig, mode: str, now: fl
                               adapter=name, reason="bootstrap: no promoted version yet",
                               signals={"tasks": list(ad.tasks), "ratios": ratios})
                 _new_job(session, adapter=name, kind="retrain", decision_id=row.id,
-                         params={"tasks": list(ad.tasks), "ratios": ratios}, created=result.jobs)
+                         params={"tasks": list(ad.tasks), "ratios": ratios, "bootstrap": True},
+                         created=result.jobs)
                 busy.add(name)
         # 5. Decide.
         running = len(active) + len(result.jobs)
