@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -91,12 +91,3 @@ def _own_group(proc: subprocess.Popen[bytes]) -> bool:
         return os.getpgid(proc.pid) == proc.pid
     except ProcessLookupError:
         return False
-
-
-@contextlib.contextmanager
-def stopping(procs: list[subprocess.Popen[bytes]]) -> Iterator[list[subprocess.Popen[bytes]]]:
-    try:
-        yield procs
-    finally:
-        for proc in reversed(procs):
-            stop(proc)

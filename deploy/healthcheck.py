@@ -16,7 +16,6 @@ same broker, key prefix and node names as the process they probe.
 
 from __future__ import annotations
 
-import os
 import socket
 import sys
 import urllib.request
@@ -39,9 +38,13 @@ def check_http(url: str) -> str | None:
 
 
 def check_redis(url: str | None = None) -> str | None:
-    url = url or os.environ.get("ADAPTD_REDIS_URL", "redis://127.0.0.1:6379/0")
     try:
         import redis  # adaptd's own dependency
+
+        if url is None:  # like every entry point: the settings say where Redis is
+            from daemon.settings import Settings
+
+            url = Settings().redis_url
 
         client = redis.Redis.from_url(
             url, socket_timeout=TIMEOUT_SECONDS, socket_connect_timeout=TIMEOUT_SECONDS

@@ -4,7 +4,7 @@ transaction. They raise plain Python errors; HTTP errors are made only at the AP
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import func
@@ -102,9 +102,6 @@ def list_tasks(session: Session) -> list[Task]:
     return list(session.execute(select(Task).order_by(col(Task.name))).scalars())
 
 
-def task_names(session: Session) -> set[str]:
-    return set(session.execute(select(col(Task.name))).scalars())
-
 
 def buffered_counts(session: Session) -> dict[str, int]:
     """Examples per task not yet consumed by a training run (the per-task buffers)."""
@@ -201,11 +198,3 @@ def count_unobserved(session: Session) -> int:
     """Stored events the policy engine has not fed to its detectors yet."""
     stmt = select(func.count()).select_from(FeedbackEvent).where(col(FeedbackEvent.observed).is_(False))
     return int(session.execute(stmt).scalar() or 0)
-
-
-def ids_present(session: Session, *, ids: Iterable[str]) -> set[str]:
-    wanted = list(ids)
-    if not wanted:
-        return set()
-    stmt = select(col(FeedbackEvent.id)).where(col(FeedbackEvent.id).in_(wanted))
-    return set(session.execute(stmt).scalars())

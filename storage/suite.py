@@ -10,7 +10,6 @@ and what is wrong.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import random
 import re
@@ -201,10 +200,6 @@ class Suite(BaseModel):
             out.append(Example(prompt, response))
         return out
 
-    def response_space(self, task: str) -> int:
-        """How many distinct response templates a generator task has (for tests/diagnostics)."""
-        parts = self.tasks[task].responses
-        return len(list(itertools.product(*parts))) if parts else 0
 
 
 def _substitute(template: str, values: dict[str, str]) -> str:
@@ -230,6 +225,12 @@ def read_jsonl_examples(path: Path) -> list[Example]:
     if not out:
         raise SuiteError(f"{path}: no examples")
     return out
+
+
+def validation_problems(exc: ValidationError) -> str:
+    """``field.path: what is wrong; ...`` for an error message that names file and field."""
+    return "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}"
+                     for err in exc.errors())
 
 
 def builtin_suites() -> list[str]:
@@ -263,11 +264,7 @@ def load_suite(ref: str | Path) -> Suite:
     try:
         suite = Suite(**raw, base_dir=path.parent)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise SuiteError(f"{path}: {problems}") from None
+        raise SuiteError(f"{path}: {validation_problems(exc)}") from None
     # Data files must exist and parse now, not at the first training run.
     for task in suite.tasks:
         suite.seed_examples(task)

@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from storage.suite import BUILTIN_DIR, Suite, SuiteError, load_suite
+from storage.suite import BUILTIN_DIR, Suite, SuiteError, load_suite, validation_problems
 
 
 class Phase(BaseModel):
@@ -68,9 +68,7 @@ def load_scenario(ref: str | Path) -> tuple[Scenario, Suite, str]:
     try:
         scenario = Scenario.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}"
-                             for e in exc.errors())
-        raise SuiteError(f"{path}: {problems}") from None
+        raise SuiteError(f"{path}: {validation_problems(exc)}") from None
     suite_ref = scenario.suite
     if not suite_ref.startswith("builtin:"):
         suite_ref = str((path.parent / suite_ref).resolve())

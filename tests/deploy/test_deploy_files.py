@@ -1,13 +1,9 @@
-"""Static checks of deploy/: alert rules (promtool), compose, Kubernetes, systemd, Grafana.
-
-promtool is required (CI installs Debian's `prometheus` package): without it these tests fail.
+"""Static checks of deploy/: compose, Kubernetes, systemd, the image and its health probe.
 """
 
 from __future__ import annotations
 
 import http.server
-import importlib.util
-import json
 import os
 import re
 import shlex
@@ -17,405 +13,32 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
-DEPLOY = REPO / "deploy"
-PROM = DEPLOY / "prometheus"
-DASHBOARD = DEPLOY / "grafana" / "dashboards" / "adaptd.json"
-COMPOSE = DEPLOY / "docker-compose.yml"
-K8S = DEPLOY / "k8s"
-SYSTEMD = DEPLOY / "systemd"
-HEALTHCHECK = DEPLOY / "healthcheck.py"
-
-_spec = importlib.util.spec_from_file_location(
-    "deploy_dashboard_queries", Path(__file__).with_name("dashboard_queries.py")
+from tests.deploy.deploy_contracts import (
+    BUILT_IMAGES,
+    COMPOSE,
+    DEPLOY,
+    HEALTHCHECK,
+    K8S,
+    QUEUES,
+    REPO,
+    SETTINGS,
+    SUBCOMMANDS,
+    SYSTEMD,
+    assert_image_allowed,
+    check_adaptd_argv,
+    check_settings,
+    image_repo,
+    k8s_docs,
+    load_yaml,
+    load_yaml_docs,
+    pod_spec,
+    run,
 )
-assert _spec and _spec.loader
-dq = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(dq)
-
-# --------------------------------------------------------------------------- the contracts
-
-# DESIGN section 6 (+ the dead-letter counter). Histograms expose _bucket/_sum/_count.
-DESIGN_METRICS: dict[str, str] = {
-    "adaptd_feedback_events_total": "counter",
-    "adaptd_feedback_rejected_total": "counter",
-    "adaptd_feedback_duplicates_total": "counter",
-    "adaptd_crosstalk_events_total": "counter",
-    "adaptd_ingest_lag_events": "gauge",
-    "adaptd_buffer_examples": "gauge",
-    "adaptd_task_info": "gauge",
-    "adaptd_task_quality": "gauge",
-    "adaptd_task_crosstalk_rate": "gauge",
-    "adaptd_task_degraded": "gauge",
-    "adaptd_task_ratio": "gauge",
-    "adaptd_policy_decisions_total": "counter",
-    "adaptd_training_runs_total": "counter",
-    "adaptd_training_duration_seconds": "histogram",
-    "adaptd_adapter_version": "gauge",
-    "adaptd_eval_score": "gauge",
-    "adaptd_eval_crosstalk_rate": "gauge",
-}
-EXTRA_METRICS = {"adaptd_dead_letter_events_total": "counter"}
-
-# danihodovic/celery-exporter's metrics; `up` is Prometheus' own scrape health.
-CELERY_EXPORTER_METRICS = {
-    "celery_task_sent_total", "celery_task_received_total", "celery_task_started_total",
-    "celery_task_succeeded_total", "celery_task_failed_total", "celery_task_rejected_total",
-    "celery_task_revoked_total", "celery_task_retried_total", "celery_worker_up",
-    "celery_worker_tasks_active", "celery_task_runtime_bucket", "celery_task_runtime_sum",
-    "celery_task_runtime_count", "celery_queue_length", "celery_active_consumer_count",
-    "celery_active_worker_count", "celery_active_process_count",
-}  # fmt: skip
-
-
-def _series_names(metrics: dict[str, str]) -> set[str]:
-    names: set[str] = set()
-    for name, kind in metrics.items():
-        if kind == "histogram":
-            names |= {f"{name}_bucket", f"{name}_sum", f"{name}_count"}
-        else:
-            names.add(name)
-    return names
-
-
-ALLOWED_METRICS = (
-    _series_names(DESIGN_METRICS) | _series_names(EXTRA_METRICS) | CELERY_EXPORTER_METRICS | {"up"}
-)
-
-# Labels those metrics carry (DESIGN section 6, celery-exporter), plus Prometheus' own.
-KNOWN_LABELS = {
-    "task", "verdict", "reason", "source_task", "origin", "risk", "adapter", "action", "outcome",
-    "le", "queue_name", "name", "hostname", "exception", "job", "instance",
-}  # fmt: skip
-
-SETTINGS = {
-    "ADAPTD_REDIS_URL", "ADAPTD_DATABASE_URL", "ADAPTD_ARTIFACTS_DIR", "ADAPTD_WEBHOOK_SECRET",
-    "ADAPTD_ADMIN_TOKEN", "ADAPTD_SUITE", "ADAPTD_KEY_PREFIX", "ADAPTD_LOG_LEVEL",
-}  # fmt: skip
-
-# `adaptd` subcommands a deployment runs, and the flags each takes (DESIGN section 5).
-SUBCOMMANDS: dict[str, set[str]] = {
-    "serve": {"--host", "--port"},
-    "worker": {"--queues", "--concurrency"},
-    "beat": set(),
-    "init": {"--example-suite"},
-}
-QUEUES = {"ingest", "policy", "train"}
-
-BUILT_IMAGES = {"adaptd", "adaptd-cuda"}
-WELL_KNOWN_IMAGES = {
-    "redis", "postgres", "prom/prometheus", "grafana/grafana", "danihodovic/celery-exporter",
-}  # fmt: skip
-
-
-# ------------------------------------------------------------------------------- helpers
-
-
-def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        pytest.fail("promtool not found on PATH: install it (Debian: apt-get install -y prometheus)")
-    return path
-
-
-def run(cmd: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=120)
-
-
-def load_yaml(path: Path) -> Any:
-    return yaml.safe_load(path.read_text(encoding="utf-8"))
-
-
-def load_yaml_docs(path: Path) -> list[Any]:
-    return [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d is not None]
-
-
-def image_repo(image: str) -> str:
-    """'grafana/grafana:11.3.0' -> 'grafana/grafana'; 'adaptd:${IMAGE_TAG:-local}' -> 'adaptd'."""
-    name = image.split("@", 1)[0]
-    last = name.rsplit("/", 1)[-1]
-    if ":" in last:
-        name = name[: len(name) - len(last)] + last.split(":", 1)[0]
-    return name.removeprefix("docker.io/").removeprefix("library/")
-
-
-def assert_image_allowed(image: str, where: str) -> None:
-    repo = image_repo(image)
-    assert repo in BUILT_IMAGES | WELL_KNOWN_IMAGES, f"{where}: unexpected image {image!r}"
-
-
-def check_adaptd_argv(argv: list[str], where: str) -> str:
-    """Assert argv is `adaptd <subcommand> [real flags]`; return the subcommand."""
-    assert argv and argv[0] in {"adaptd", "/opt/adaptd/venv/bin/adaptd"}, f"{where}: {argv}"
-    assert len(argv) >= 2 and argv[1] in SUBCOMMANDS, f"{where}: unknown subcommand in {argv}"
-    sub, rest = argv[1], argv[2:]
-    flags = SUBCOMMANDS[sub]
-    i = 0
-    while i < len(rest):
-        arg = rest[i]
-        if "=" in arg:
-            flag, value = arg.split("=", 1)
-            i += 1
-        else:
-            flag = arg
-            assert i + 1 < len(rest), f"{where}: {flag} needs a value"
-            value = rest[i + 1]
-            i += 2
-        assert flag in flags, f"{where}: `adaptd {sub}` has no flag {flag!r}"
-        if flag == "--queues":
-            queues = set(value.split(","))
-            assert queues <= QUEUES | {"%i"}, f"{where}: unknown queue(s) {queues - QUEUES}"
-        if flag == "--port":
-            assert value.isdigit(), f"{where}: bad port {value!r}"
-    return sub
-
-
-def check_settings(names: Any, where: str) -> None:
-    for name in names:
-        if str(name).startswith("ADAPTD_"):
-            assert name in SETTINGS, f"{where}: {name} is not an adaptd setting"
-
-
-def alert_rules() -> list[dict[str, Any]]:
-    doc = load_yaml(PROM / "alerts.yml")
-    return [rule for group in doc["groups"] for rule in group["rules"] if "alert" in rule]
-
-
-def k8s_docs() -> Iterator[tuple[Path, dict[str, Any]]]:
-    for path in sorted(K8S.glob("*.yaml")):
-        for doc in load_yaml_docs(path):
-            yield path, doc
-
-
-def pod_spec(doc: dict[str, Any]) -> dict[str, Any] | None:
-    if doc.get("kind") in {"Deployment", "StatefulSet", "DaemonSet", "Job"}:
-        return doc["spec"]["template"]["spec"]
-    return None
-
-
-def label_names(expr: str) -> set[str]:
-    """Label names used in grouping clauses and selectors of a PromQL expression."""
-    text = re.sub(r'"(?:\\.|[^"\\])*"', '""', expr)
-    names: set[str] = set()
-    for match in re.finditer(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)", text):
-        names |= {n.strip() for n in match.group(1).split(",") if n.strip()}
-    for selector in re.findall(r"\{([^}]*)\}", text):
-        names |= set(re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", selector))
-    return names
-
-
-def design_md() -> Path | None:
-    for candidate in (REPO / "DESIGN.md", REPO / "docs" / "DESIGN.md", REPO.parent / "shared" / "DESIGN.md"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-# ------------------------------------------------------------------------ metric contract
-
-
-def test_metric_list_matches_design_section_6() -> None:
-    path = design_md()
-    if path is None:
-        pytest.skip("DESIGN.md not found beside the repository; using the list in this file")
-    text = path.read_text(encoding="utf-8")
-    section = text.split("## 6.", 1)[1].split("\n## ", 1)[0]
-    found: dict[str, str] = {}
-    for line in section.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) < 2 or "`adaptd_" not in cells[0]:
-            continue
-        kind = cells[1].split()[0]
-        for name in re.findall(r"`(adaptd_\w+)`", cells[0]):
-            found[name] = kind
-    assert found == DESIGN_METRICS
-
-
-# ----------------------------------------------------------------------------- Prometheus
-
-
-def test_promtool_is_installed() -> None:
-    promtool()
-
-
-def test_alert_rules_pass_promtool_check() -> None:
-    result = run([promtool(), "check", "rules", "alerts.yml"], cwd=PROM)
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
-def test_alert_rule_unit_tests_pass() -> None:
-    result = run([promtool(), "test", "rules", "alerts_test.yml"], cwd=PROM)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS" in result.stdout + result.stderr
-
-
-def test_prometheus_config_is_valid() -> None:
-    result = run([promtool(), "check", "config", "prometheus.yml"], cwd=PROM)
-    assert result.returncode == 0, result.stdout + result.stderr
-    config = load_yaml(PROM / "prometheus.yml")
-    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
-    assert jobs["adaptd-api"]["static_configs"][0]["targets"] == ["api:8000"]
-    assert jobs["celery"]["static_configs"][0]["targets"] == ["celery-exporter:9808"]
-    assert config["rule_files"] == ["alerts.yml"]
-
-
-def test_alerts_use_only_known_metrics() -> None:
-    for rule in alert_rules():
-        unknown = dq.metric_names(rule["expr"]) - ALLOWED_METRICS
-        assert not unknown, f"{rule['alert']}: unknown metrics {unknown}"
-
-
-def test_queries_use_only_known_labels() -> None:
-    exprs = [(rule["alert"], rule["expr"]) for rule in alert_rules()]
-    exprs += [(title, dq.substitute(e)) for title, e in dq.dashboard_targets(DASHBOARD)]
-    for where, expr in exprs:
-        unknown = label_names(expr) - KNOWN_LABELS
-        assert not unknown, f"{where}: unknown labels {unknown}"
-    assert label_names('sum by (task, risk) (x{a="1", b=~"2"}) > on () group_left (c) y') == {
-        "task", "risk", "a", "b", "c",
-    }  # fmt: skip
-
-
-def test_metrics_match_the_daemons_definitions() -> None:
-    """Once daemon/metrics.py exists: what the daemon exports is what deploy/ expects."""
-    if not (REPO / "daemon" / "metrics.py").is_file():
-        pytest.skip("daemon/metrics.py not written yet")
-    metrics = importlib.import_module("daemon.metrics")
-    defined = {m.name: (m.kind, set(m.labels)) for m in metrics.METRICS}
-    expected = {**DESIGN_METRICS, **EXTRA_METRICS}
-    assert {name: kind for name, (kind, _labels) in defined.items()} == expected
-    for name, (_kind, labels) in defined.items():
-        assert labels <= KNOWN_LABELS, f"{name}: labels {labels - KNOWN_LABELS}"
-    assert defined["adaptd_task_info"][1] == {"task", "risk", "adapter"}
-    assert defined["adaptd_crosstalk_events_total"][1] == {"task", "source_task", "origin"}
-
-
-def test_required_alerts_exist_with_runbooks() -> None:
-    rules = {rule["alert"]: rule for rule in alert_rules()}
-    crosstalk = rules["AdaptdTaskCrosstalkHigh"]["expr"]
-    # a ratio of counter sums per task, a volume guard, thresholds by risk via adaptd_task_info
-    assert re.search(r"sum by \(task\) \(rate\(adaptd_crosstalk_events_total\[", crosstalk)
-    assert re.search(r"/\s*sum by \(task\) \(rate\(adaptd_feedback_events_total\[", crosstalk)
-    assert re.search(r"increase\(adaptd_feedback_events_total\[\w+\]\)\) >= \d+", crosstalk)
-    for risk, threshold in (("high", "0.02"), ("medium", "0.05")):
-        assert f'{threshold} * max by (task, risk) (adaptd_task_info{{risk="{risk}"}})' in crosstalk
-    assert "0.10 * max by (task, risk) (adaptd_task_info" in crosstalk
-    assert "avg" not in crosstalk  # never an average of ratios
-    degraded = rules["AdaptdHighRiskTaskDegraded"]["expr"]
-    assert "adaptd_task_degraded" in degraded and 'risk="high"' in degraded
-    assert "adaptd_ingest_lag_events" in rules["AdaptdIngestLagGrowing"]["expr"]
-    assert 'outcome="failed"' in rules["AdaptdTrainingRunsFailing"]["expr"]
-    assert "adaptd_dead_letter_events_total" in rules["AdaptdDeadLetteredEvents"]["expr"]
-    assert "adaptd_feedback_events_total" in rules["AdaptdNoFeedback"]["expr"]
-    for name, rule in rules.items():
-        assert rule["labels"]["severity"], name
-        annotations = rule["annotations"]
-        assert {"summary", "description", "runbook"} <= set(annotations), name
-        runbook = annotations["runbook"]
-        assert re.search(r"`adaptd [a-z]+|GET /|/v1/|/readyz|/healthz", runbook), (
-            f"{name}: the runbook should name an adaptd command or endpoint to check"
-        )
-
-
-def test_every_alert_has_firing_and_silent_unit_tests() -> None:
-    tests = load_yaml(PROM / "alerts_test.yml")["tests"]
-    fired: set[str] = set()
-    silent: set[str] = set()
-    for test in tests:
-        for case in test.get("alert_rule_test", []):
-            (fired if case.get("exp_alerts") else silent).add(case["alertname"])
-    names = {rule["alert"] for rule in alert_rules()}
-    assert names - fired == set(), "alerts never shown to fire"
-    assert names - silent == set(), "alerts never shown to stay silent"
-
-
-# -------------------------------------------------------------------------------- Grafana
-
-
-def test_dashboard_parses_with_stable_uid() -> None:
-    dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
-    assert dashboard["uid"] == "adaptd-overview"
-    assert dashboard["title"]
-    panels = list(dq.iter_panels(dashboard["panels"]))
-    ids = [p["id"] for p in panels]
-    assert len(ids) == len(set(ids)), "panel ids must be unique"
-    for panel in panels:
-        if panel["type"] == "row":
-            continue
-        assert panel.get("targets"), f"panel {panel['title']!r} has no query"
-        assert panel["datasource"]["uid"] == "${datasource}"
-    variables = {v["name"] for v in dashboard["templating"]["list"]}
-    assert {"datasource", "task", "adapter"} <= variables
-
-
-def test_dashboard_covers_the_loop() -> None:
-    exprs = " ".join(dq.dashboard_queries(DASHBOARD))
-    for needle in (
-        "adaptd_task_quality",  # per-task quality
-        "adaptd_crosstalk_events_total",  # crosstalk rate ...
-        "source_task",  # ... and its sources
-        "adaptd_task_ratio",  # ratios per adapter
-        "adaptd_policy_decisions_total",  # decisions over time
-        "adaptd_training_runs_total",  # training runs
-        "adaptd_ingest_lag_events",  # ingest lag
-        "adaptd_feedback_events_total",  # ingest rate
-    ):
-        assert needle in exprs, f"dashboard misses {needle}"
-
-
-def test_dashboard_queries_use_only_known_metrics() -> None:
-    for title, expr in dq.dashboard_targets(DASHBOARD):
-        unknown = dq.metric_names(dq.substitute(expr)) - ALLOWED_METRICS
-        assert not unknown, f"panel {title!r}: unknown metrics {unknown}"
-
-
-def test_dashboard_queries_have_no_unsubstituted_variables() -> None:
-    queries = dq.dashboard_queries(DASHBOARD)
-    assert queries
-    for query in queries:
-        assert "$" not in query and "[[" not in query, query
-    assert any('task=~"greeting"' in q for q in dq.dashboard_queries(DASHBOARD, {"task": "greeting"}))
-
-
-def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
-    rules = [
-        {"record": f"adaptd_dashboard:query_{i}", "expr": expr}
-        for i, expr in enumerate(dq.dashboard_queries(DASHBOARD))
-    ]
-    rules_file = tmp_path / "dashboard_rules.yml"
-    rules_file.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
-    result = run([promtool(), "check", "rules", str(rules_file)])
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert f"{len(rules)} rules found" in result.stdout
-
-
-def test_promtool_check_catches_a_typo(tmp_path: Path) -> None:
-    """The check above is real: a broken query fails it."""
-    rules_file = tmp_path / "bad.yml"
-    rules_file.write_text(
-        yaml.safe_dump({"groups": [{"name": "x", "rules": [{"record": "x:y", "expr": "sum by (task (up)"}]}]})
-    )
-    assert run([promtool(), "check", "rules", str(rules_file)]).returncode != 0
-
-
-def test_grafana_provisioning_matches_compose_mounts() -> None:
-    datasources = load_yaml(DEPLOY / "grafana/provisioning/datasources/prometheus.yml")
-    (source,) = datasources["datasources"]
-    assert source["type"] == "prometheus" and source["url"] == "http://prometheus:9090"
-    providers = load_yaml(DEPLOY / "grafana/provisioning/dashboards/adaptd.yml")["providers"]
-    dashboards_path = providers[0]["options"]["path"]
-    grafana = load_yaml(COMPOSE)["services"]["grafana"]
-    mounts = {v.split(":")[0]: v.split(":")[1] for v in grafana["volumes"]}
-    assert mounts["./grafana/dashboards"] == dashboards_path
-    assert mounts["./grafana/provisioning"] == "/etc/grafana/provisioning"
-
 
 # -------------------------------------------------------------------------------- compose
 
@@ -452,8 +75,7 @@ def test_compose_commands_are_lists_of_strings() -> None:
 
 def test_celery_exporter_sees_adaptds_broker_keys() -> None:
     celery_app = REPO / "daemon" / "celery_app.py"
-    if not celery_app.is_file() or "global_keyprefix" not in celery_app.read_text("utf-8"):
-        pytest.skip("adaptd's Celery app sets no broker key prefix")
+    assert "global_keyprefix" in celery_app.read_text("utf-8")
     command = compose()["services"]["celery-exporter"]["command"]
     assert any(a.startswith("--broker-transport-option=global_keyprefix=") for a in command)
     for _path, doc in k8s_docs():
@@ -675,8 +297,7 @@ def test_systemd_units() -> None:
 
 def test_systemd_units_verify(tmp_path: Path) -> None:
     analyze = shutil.which("systemd-analyze")
-    if analyze is None:
-        pytest.skip("systemd-analyze not installed")
+    assert analyze is not None, "systemd-analyze is required (.ci/run installs Debian's systemd)"
     fake = tmp_path / "adaptd"
     fake.write_text("#!/bin/sh\n")
     fake.chmod(0o755)
@@ -706,9 +327,7 @@ def test_dockerfile() -> None:
 
 
 def test_real_cli_knows_the_commands_used() -> None:
-    """Once daemon/cli.py exists: every subcommand and flag used here is in its --help."""
-    if not (REPO / "daemon" / "cli.py").is_file():
-        pytest.skip("daemon/cli.py not written yet")
+    """Every subcommand and flag used here is in the real CLI's --help."""
     for sub, flags in SUBCOMMANDS.items():
         result = subprocess.run(
             [sys.executable, "-c", "import sys; from daemon.cli import main; sys.exit(main())",
@@ -757,21 +376,13 @@ def _free_port() -> int:
 
 def test_healthcheck_redis() -> None:
     assert _probe("redis", f"redis://127.0.0.1:{_free_port()}/0") == 1
-    try:
-        socket.create_connection(("127.0.0.1", 6379), timeout=1).close()
-    except OSError:
-        return  # no local Redis: the failing case above is all we can show
+    socket.create_connection(("127.0.0.1", 6379), timeout=1).close()  # CI starts Redis
     assert _probe("redis", "redis://127.0.0.1:6379/0") == 0
 
 
 def test_healthcheck_celery_finds_the_worker_on_this_host(tmp_path: Path) -> None:
     """`adaptd-healthcheck celery` against a real `adaptd worker` (isolated Redis db + prefix)."""
-    if not (REPO / "daemon" / "celery_app.py").is_file():
-        pytest.skip("daemon/celery_app.py not written yet")
-    try:
-        socket.create_connection(("127.0.0.1", 6379), timeout=1).close()
-    except OSError:
-        pytest.skip("no Redis on 127.0.0.1:6379")
+    socket.create_connection(("127.0.0.1", 6379), timeout=1).close()  # CI starts Redis
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("ADAPTD_")},
         "PYTHONPATH": str(REPO),
