@@ -275,6 +275,12 @@ def _task_candidates(
                 out.append(_Candidate("fork", t, ts.adapter, reason, nums, [t], high))
             elif troubled:
                 rebalance.setdefault(ts.adapter, []).append(t)
+        elif troubled and ad.version is not None and ad.pending_since is None:
+            # Alone in its adapter: there is no mixture to rebalance and no one to fork away
+            # from. More training on its own data (rejected outputs as negatives) is the cure.
+            # (Not while its first version, e.g. a fork's, is still on the way.)
+            out.append(_Candidate("retrain", t, ts.adapter, f"{t} {_trouble(ts)} in its own "
+                                  f"adapter {ts.adapter}", nums, [t], high))  # fmt: skip
         merge = _merge_candidate(st, t, now, config, nums)
         if merge is not None:
             out.append(merge)
@@ -369,6 +375,9 @@ def _blocked(
         if ad.cooldown_until > now:
             return ("cooldown", f"cool-down of {adapter} for another "
                     f"{ad.cooldown_until - now:.0f}s")  # fmt: skip
+        if ad.retry_at_data is not None and ad.data_size(st.tasks) < ad.retry_at_data:
+            return ("rejected", f"{adapter}'s last version was rejected; it trains again "
+                    f"with {ad.retry_at_data - ad.data_size(st.tasks)} more examples")  # fmt: skip
     if c.action in _TRAINING and slots <= 0:
         return ("job-cap", f"job cap: {config.max_concurrent_jobs} training job(s) at most")
     return None

@@ -98,6 +98,7 @@ def on_promotion(
         ad.probation = None
     ad.version = version
     ad.pending_since = None
+    ad.retry_at_data = None
     ad.last_promotion_at = now
     ad.cooldown_until = max(ad.cooldown_until, now + config.cooldown_s)
     for t in ad.tasks:
@@ -144,12 +145,24 @@ def record_eval(
     return new, regressed
 
 
-def clear_pending(state: PolicyState, adapter: str) -> PolicyState:
+def clear_pending(
+    state: PolicyState, adapter: str, *, rejected: bool = False, config: PolicyConfig | None = None
+) -> PolicyState:
     """A copy where ``adapter`` no longer waits for a promotion (its job failed or its
-    version was rejected by the eval gate), so the policy may act on it again."""
+    version was rejected by the eval gate), so the policy may act on it again.
+
+    ``rejected``: the gate turned the version down. The adapter then trains again (retrain or
+    rebalance) only once ``config.min_new_examples`` more examples exist for its tasks: a new
+    candidate from the same data would mostly meet the same verdict, and a leak that keeps
+    asking for a rebalance must not turn into a loop of rejected jobs. Rollbacks and forks
+    are not held back.
+    """
     new = state.copy()
     ad = new.adapters.get(adapter)
     if ad is None:
         raise KeyError(f"unknown adapter {adapter!r}")
     ad.pending_since = None
+    if rejected:
+        step = (config or PolicyConfig()).min_new_examples
+        ad.retry_at_data = ad.data_size(new.tasks) + step
     return new

@@ -154,6 +154,12 @@ class AdapterState:
     pending_since: float | None = None  # a training action awaits its promotion
     last_promotion_at: float | None = None
     probation: Probation | None = None
+    # After a rejected version: the adapter's total data size at which it may train again
+    # (retraining on the same data mostly re-draws the same verdict).
+    retry_at_data: int | None = None
+
+    def data_size(self, tasks: Mapping[str, TaskState]) -> int:
+        return sum(tasks[t].data_size for t in self.tasks if t in tasks)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -164,6 +170,7 @@ class AdapterState:
             "pending_since": self.pending_since,
             "last_promotion_at": self.last_promotion_at,
             "probation": None if self.probation is None else self.probation.to_dict(),
+            "retry_at_data": self.retry_at_data,
         }
 
     @classmethod
@@ -177,6 +184,7 @@ class AdapterState:
             pending_since=_opt_float(data["pending_since"]),
             last_promotion_at=_opt_float(data["last_promotion_at"]),
             probation=None if prob is None else Probation.from_dict(prob),
+            retry_at_data=_opt_int(data.get("retry_at_data")),  # absent in older states
         )
 
 
@@ -223,6 +231,10 @@ class PolicyState:
 
 def _opt_float(value: Any) -> float | None:
     return None if value is None else float(value)
+
+
+def _opt_int(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
 def init_state(

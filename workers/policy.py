@@ -147,7 +147,8 @@ def _account_finished_jobs(session: Session, state: PolicyState, meta: dict[str,
             state = policies.on_promotion(state, job.adapter, version=job.result_version,
                                           now=now, config=config)
         else:
-            state = policies.clear_pending(state, job.adapter)
+            state = policies.clear_pending(state, job.adapter, config=config,
+                                           rejected=job.status == "rejected")
     meta["jobs_seen"] = seen
     return state
 
@@ -179,6 +180,11 @@ def _schedule_ratios(mode: str, tasks: list[str], sizes: dict[str, int]) -> dict
         return {t: 1.0 / len(tasks) for t in tasks}
     total = sum(sizes.get(t, 0) for t in tasks) or 1
     return {t: sizes.get(t, 0) / total for t in tasks}
+
+
+def _baseline_gate(mode: str) -> dict[str, Any]:
+    """Job params for the shared-adapter baselines, which judge a version by its average."""
+    return {"gate": {"mode": "mean"}} if mode in ("static", "uniform") else {}
 
 
 def _new_job(session: Session, *, adapter: str, kind: str, params: dict[str, Any],
@@ -359,9 +365,14 @@ def _tick(engine: Engine, suite: Suite, config: PolicyConfig, mode: str, now: fl
                 row = _record(session, result, at_event, action="retrain", task=None,
                               adapter=name, reason="bootstrap: no promoted version yet",
                               signals={"tasks": list(ad.tasks), "ratios": ratios})
+                # A retry on the same data with the same seed would train the same weights
+                # and meet the same verdict: each try draws its own batches and LoRA init.
+                params = {"tasks": list(ad.tasks), "ratios": ratios, "bootstrap": True,
+                          **_baseline_gate(mode)}
+                if tries:
+                    params["train"] = {"seed": tries}
                 _new_job(session, adapter=name, kind="retrain", decision_id=row.id,
-                         params={"tasks": list(ad.tasks), "ratios": ratios, "bootstrap": True},
-                         created=result.jobs)
+                         params=params, created=result.jobs)
                 busy.add(name)
         # 5. Decide.
         running = len(active) + len(result.jobs)
@@ -381,11 +392,9 @@ def _tick(engine: Engine, suite: Suite, config: PolicyConfig, mode: str, now: fl
                 row = _record(session, result, at_event, action="retrain", task=None,
                               adapter=name, reason=f"schedule ({mode}): {new} new examples",
                               signals={"new_examples": new, "ratios": ratios})
-                params: dict[str, Any] = {"tasks": list(ad.tasks), "ratios": ratios}
-                if mode in ("static", "uniform"):
-                    params["gate"] = {"mode": "mean"}  # the baselines judge by averages
                 _new_job(session, adapter=name, kind="retrain", decision_id=row.id,
-                         params=params, created=result.jobs)
+                         params={"tasks": list(ad.tasks), "ratios": ratios,
+                                 **_baseline_gate(mode)}, created=result.jobs)
                 running += 1
         # 6. Gauges, state, commit.
         _update_task_rows(session, state)

@@ -38,7 +38,7 @@ SIM_POLICY: dict[str, Any] = {
     "max_concurrent_jobs": 1, "window_size": 200, "crosstalk_min_events": 20, "warmup": 100,
 }
 SIM_TRAIN: dict[str, Any] = {"steps": 60, "checkpoint_every": 30}
-SIM_EVAL: dict[str, Any] = {"prompts_per_task": 8, "max_new_tokens": 40}
+SIM_EVAL: dict[str, Any] = {"prompts_per_task": 16, "max_new_tokens": 40}
 
 
 def isolated_suite(suite: Suite, suite_ref: str, workdir: Path) -> str:

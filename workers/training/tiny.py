@@ -1,9 +1,15 @@
 """``builtin:tiny``: a small Llama-style model built offline from a suite's own data.
 
 A byte-level BPE tokenizer is trained on the suite's seed and general texts (task tags are
-special tokens), then the model is briefly pre-trained (full fine-tune) on the same texts so
-the adapters start from a model that can already write the suite's language. Everything is
-seeded: the same suite gives the same base model on the same machine.
+special tokens), then the model is pre-trained (full fine-tune) on the same texts so the
+adapters start from a model that can already write the suite's language and answer a request.
+
+The task data is pre-trained *without* its task tags (``prompt<sep>response``): like a
+production base model, the tiny base has never seen the app's task labels, so it answers a
+request by its wording alone, and only an adapter can teach it what ``<task:apology>`` means.
+(Builder 2 pre-trained with the tags; its base already was a balanced multi-task model, so no
+adapter mixture could unbalance it and the holiday scenario could not show crosstalk.)
+Everything is seeded: the same suite gives the same base model on the same machine.
 """
 
 from __future__ import annotations
@@ -26,20 +32,21 @@ from workers.training.encode import (
     Seq,
     encode_example,
     encode_plain,
+    encode_untagged,
     task_tag,
 )
 from workers.training.packing import make_batch
 
 GENERAL = "_general"  # pseudo-task of general data; cannot clash (task names start a-z)
 TINY_SPEC = {
-    "builder": 2,  # bump when the recipe changes so cached bases are rebuilt
+    "builder": 3,  # bump when the recipe changes so cached bases are rebuilt
     "vocab_size": 2048,
     "hidden_size": 128,
     "intermediate_size": 256,
     "num_hidden_layers": 2,
     "num_attention_heads": 4,
     "max_position_embeddings": 512,
-    "pretrain_steps": 200,
+    "pretrain_steps": 1000,
     "pretrain_batch": 32,
     "pretrain_lr": 3e-3,
     "seed": 1234,
@@ -111,12 +118,8 @@ def build_tiny(
 
 def _pretrain_seqs(suite: Suite, tokenizer: PreTrainedTokenizerFast) -> list[Seq]:
     tasks, general = suite_texts(suite)
-    names = sorted(suite.tasks)
-    seqs: list[Seq] = []
-    for task, prompt, response in tasks:
-        seq = encode_example(tokenizer, task, prompt, response, task_index=names.index(task))
-        seq.start = 1  # language modelling over the whole text, prompt included
-        seqs.append(seq)
+    # Task data without its tag: the base learns to answer requests, not the app's tasks.
+    seqs: list[Seq] = [encode_untagged(tokenizer, prompt, response) for _, prompt, response in tasks]
     for prompt, response in general:
         seq = encode_example(tokenizer, GENERAL, prompt, response, task_index=-1)
         seq.start = 1
@@ -154,7 +157,7 @@ def _pretrain(
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        if log and (step % 50 == 0 or step == steps - 1):
+        if log and (step % 200 == 0 or step == steps - 1):
             log(f"pretrain step {step + 1}/{steps} loss {loss.item():.3f} "
                 f"({time.monotonic() - t0:.1f}s)")
     model.eval()
