@@ -9,7 +9,7 @@ from policies.config import DEFAULT_RISK, PolicyConfig, RiskPolicy
 from policies.decision import ACTIONS, Action, Decision, Status, TaskSignals
 from policies.detectors import DEFAULT_THRESHOLD, DegradationDetector
 from policies.engine import decide
-from policies.events import clear_pending, observe, on_promotion, record_eval
+from policies.events import clear_pending, observe, on_promotion, on_rejection, record_eval
 from policies.ratios import RatioConfig, RatioState, prior_ratios, update_ratios
 from policies.signals import (
     RISK_LEVELS,
@@ -66,6 +66,7 @@ __all__ = [
     "live_regression",
     "observe",
     "on_promotion",
+    "on_rejection",
     "override",
     "prior_ratios",
     "record_eval",

@@ -218,12 +218,15 @@ def _rollbacks(st: PolicyState, now: float, config: PolicyConfig) -> list[_Candi
 
 
 def _settled(st: PolicyState, ts: TaskState, now: float, config: PolicyConfig) -> bool:
-    """Has the last rebalance had its chance (promoted since, or patience ran out)?"""
+    """Has the last rebalance had its chance (promoted or rejected since, or patience ran
+    out)? A rejected rebalance counts: the mixture could not serve this task without
+    hurting another, which is the case for a fork."""
     if ts.last_rebalance_at is None:
         return False
-    promoted = st.adapters[ts.adapter].last_promotion_at
-    if promoted is not None and promoted > ts.last_rebalance_at:
-        return True
+    ad = st.adapters[ts.adapter]
+    for at in (ad.last_promotion_at, ad.rejected_at):
+        if at is not None and at > ts.last_rebalance_at:
+            return True
     return now - ts.last_rebalance_at >= config.rebalance_patience_s
 
 

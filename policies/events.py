@@ -14,7 +14,7 @@ from policies.signals import eval_regressions
 from policies.state import PolicyState, Probation
 from policies.windows import Origin
 
-__all__ = ["clear_pending", "observe", "on_promotion", "record_eval"]
+__all__ = ["clear_pending", "observe", "on_promotion", "on_rejection", "record_eval"]
 
 
 def observe(
@@ -145,24 +145,28 @@ def record_eval(
     return new, regressed
 
 
-def clear_pending(
-    state: PolicyState, adapter: str, *, rejected: bool = False, config: PolicyConfig | None = None
-) -> PolicyState:
-    """A copy where ``adapter`` no longer waits for a promotion (its job failed or its
-    version was rejected by the eval gate), so the policy may act on it again.
-
-    ``rejected``: the gate turned the version down. The adapter then trains again (retrain or
-    rebalance) only once ``config.min_new_examples`` more examples exist for its tasks: a new
-    candidate from the same data would mostly meet the same verdict, and a leak that keeps
-    asking for a rebalance must not turn into a loop of rejected jobs. Rollbacks and forks
-    are not held back.
-    """
+def clear_pending(state: PolicyState, adapter: str) -> PolicyState:
+    """A copy where ``adapter`` no longer waits for a promotion (its job failed), so the
+    policy may act on it again."""
     new = state.copy()
     ad = new.adapters.get(adapter)
     if ad is None:
         raise KeyError(f"unknown adapter {adapter!r}")
     ad.pending_since = None
-    if rejected:
-        step = (config or PolicyConfig()).min_new_examples
-        ad.retry_at_data = ad.data_size(new.tasks) + step
+    return new
+
+
+def on_rejection(state: PolicyState, adapter: str, *, now: float, config: PolicyConfig) -> PolicyState:
+    """A copy after the eval gate turned down ``adapter``'s new version.
+
+    The adapter trains again (retrain or rebalance) only once ``config.min_new_examples`` more
+    examples exist for its tasks: a candidate from the same data would mostly meet the same
+    verdict, and a leak that keeps asking for a rebalance must not become a loop of rejected
+    jobs. A rejected rebalance has had its chance: a task still in trouble may now be forked
+    (see the engine's ``fork_after_rebalances``). Rollbacks and forks are not held back.
+    """
+    new = clear_pending(state, adapter)
+    ad = new.adapters[adapter]
+    ad.retry_at_data = ad.data_size(new.tasks) + config.min_new_examples
+    ad.rejected_at = now
     return new

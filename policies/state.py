@@ -157,6 +157,7 @@ class AdapterState:
     # After a rejected version: the adapter's total data size at which it may train again
     # (retraining on the same data mostly re-draws the same verdict).
     retry_at_data: int | None = None
+    rejected_at: float | None = None  # when the gate last turned a version down
 
     def data_size(self, tasks: Mapping[str, TaskState]) -> int:
         return sum(tasks[t].data_size for t in self.tasks if t in tasks)
@@ -171,6 +172,7 @@ class AdapterState:
             "last_promotion_at": self.last_promotion_at,
             "probation": None if self.probation is None else self.probation.to_dict(),
             "retry_at_data": self.retry_at_data,
+            "rejected_at": self.rejected_at,
         }
 
     @classmethod
@@ -185,6 +187,7 @@ class AdapterState:
             last_promotion_at=_opt_float(data["last_promotion_at"]),
             probation=None if prob is None else Probation.from_dict(prob),
             retry_at_data=_opt_int(data.get("retry_at_data")),  # absent in older states
+            rejected_at=_opt_float(data.get("rejected_at")),
         )
 
 

@@ -146,9 +146,10 @@ def _account_finished_jobs(session: Session, state: PolicyState, meta: dict[str,
         if job.status == "succeeded" and job.result_version is not None:
             state = policies.on_promotion(state, job.adapter, version=job.result_version,
                                           now=now, config=config)
+        elif job.status == "rejected":
+            state = policies.on_rejection(state, job.adapter, now=now, config=config)
         else:
-            state = policies.clear_pending(state, job.adapter, config=config,
-                                           rejected=job.status == "rejected")
+            state = policies.clear_pending(state, job.adapter)
     meta["jobs_seen"] = seen
     return state
 

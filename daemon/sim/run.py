@@ -37,7 +37,7 @@ SIM_POLICY: dict[str, Any] = {
     "probation_s": 300, "probation_min_events": 100, "min_new_examples": 150,
     "max_concurrent_jobs": 1, "window_size": 200, "crosstalk_min_events": 20, "warmup": 100,
 }
-SIM_TRAIN: dict[str, Any] = {"steps": 60, "checkpoint_every": 30}
+SIM_TRAIN: dict[str, Any] = {"steps": 100, "checkpoint_every": 50}
 SIM_EVAL: dict[str, Any] = {"prompts_per_task": 16, "max_new_tokens": 40}
 
 
