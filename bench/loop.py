@@ -16,6 +16,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,18 +34,38 @@ def final_phase(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return dict(report["phases"][-1]["tasks"])
 
 
-def summarize(report: dict[str, Any], risk: dict[str, str]) -> dict[str, Any]:
+def summarize(report: dict[str, Any], risk: Mapping[str, str]) -> dict[str, Any]:
     last = final_phase(report)
     high = [t for t, r in risk.items() if r == "high" and t in last]
     return {
         "high_risk_crosstalk": max((last[t]["crosstalk_rate"] or 0.0) for t in high) if high else 0.0,
         "acceptance": {t: r["acceptance"] for t, r in last.items()},
+        "crosstalk": {t: r["crosstalk_rate"] for t, r in last.items()},
+        "sharing": {name: a["tasks"] for name, a in report["adapters"].items()},
         "mean_acceptance": statistics.mean(r["acceptance"] for r in last.values()),
         "adapters": len(report["adapters"]),
         "forks": sum(d["action"] == "fork" for d in report["decisions"]),
         "training_runs": len(report["training_runs"]),
         "seconds": report["seconds"],
     }
+
+
+def per_task_table(runs: dict[str, list[dict[str, Any]]]) -> Table:
+    """Final phase per task and policy: mean acceptance / crosstalk over the seeds."""
+    table = Table(title="final phase per task: acceptance / crosstalk (mean over seeds)")
+    table.add_column("task")
+    for policy in runs:
+        table.add_column(policy, justify="right")
+    tasks = sorted({t for rs in runs.values() for r in rs for t in r["acceptance"]})
+    for task in tasks:
+        cells = []
+        for rs in runs.values():
+            acc = [r["acceptance"][task] for r in rs if task in r["acceptance"]]
+            xt = [r["crosstalk"][task] or 0.0 for r in rs if task in r.get("crosstalk", {})]
+            cells.append(f"{100 * statistics.mean(acc):.1f}% / {100 * statistics.mean(xt):.1f}%"
+                         if acc and xt else "-")
+        table.add_row(task, *cells)
+    return table
 
 
 def main() -> None:
@@ -106,6 +127,7 @@ def main() -> None:
                       ms([float(r["training_runs"]) for r in rs], pct=False),
                       ms([float(r["seconds"]) for r in rs], pct=False))
     console.print(table)
+    console.print(per_task_table(runs))
     goals: dict[str, Any] = {}
     if "adaptive" in runs:
         ad = runs["adaptive"]
