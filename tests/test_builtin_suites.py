@@ -101,7 +101,7 @@ def test_shape(suite: Suite) -> None:
     for task, spec in suite.tasks.items():
         assert spec.markers, task
         assert spec.description, task
-        assert 3 <= len(spec.prompts) <= 6, task
+        assert 3 <= len(spec.prompts) <= 10, task
         assert 3 <= len(spec.responses) <= 4, task
         assert all(3 <= len(part) <= 6 for part in spec.responses), task
     for pair in pairs:
@@ -110,6 +110,27 @@ def test_shape(suite: Suite) -> None:
         assert a.tone == b.tone == "positive"
     tones = {suite.tasks[t].tone for t in _high(suite)}
     assert len(_high(suite)) >= 2 and "positive" not in tones
+
+
+def test_ambiguous_wordings_pair_a_cheerful_task_with_a_serious_one(suite: Suite) -> None:
+    """Some requests are worded identically in two tasks, so only the task tag tells them
+    apart. Each such wording is shared by a positive-tone task and a high-risk one, never by a
+    compatible pair, and every high-risk task has some."""
+    _, pairs, _ = EXPECTED[suite.name]
+    owners: dict[str, set[str]] = {}
+    for task, spec in suite.tasks.items():
+        for prompt in spec.prompts:
+            owners.setdefault(prompt, set()).add(task)
+    shared = {p: ts for p, ts in owners.items() if len(ts) > 1}
+    assert shared
+    for prompt, tasks in shared.items():
+        assert len(tasks) == 2, prompt
+        assert not any(pair <= tasks for pair in pairs), prompt
+        tones = sorted(suite.tasks[t].tone for t in tasks)
+        assert "positive" in tones and tones != ["positive", "positive"], prompt
+        assert any(t in _high(suite) for t in tasks), prompt
+    for task in _high(suite):
+        assert any(task in ts for ts in shared.values()), task
 
 
 def test_prompts_share_slots(suite: Suite) -> None:
