@@ -20,7 +20,6 @@ from policies import (
     init_state,
     observe,
     on_promotion,
-    on_rejection,
     override,
     record_eval,
     reject,
@@ -424,62 +423,3 @@ def test_summarize_for_the_api() -> None:
     assert h["crosstalk_sources"] == {"g": {"user": 0, "auto": 15}}
     assert view["g"]["ratio"] + h["ratio"] == pytest.approx(1.0)
     json.dumps(view, allow_nan=False)
-
-
-def test_rejected_version_waits_for_new_data_instead_of_looping() -> None:
-    cfg = replace(CFG, cooldown_s=0)  # only the rejection holds the adapter back
-    low = TaskProfile("low", "negative")  # low risk: never forked, so it would loop
-    st = make({"shared": ["h", "g"]}, {"h": low, "g": POS_LOW})
-    feed(st, "g", 300, 0.9)
-    feed(st, "h", 300, 0.7, source="g")  # a leak that keeps asking for a rebalance
-    st, ds = run(st, T0, config=cfg)
-    assert acts(ds) == [("rebalance", "h", "applied")]
-    # the gate rejects the rebalanced version: same data, no new try
-    st = on_rejection(st, "shared", now=T0 + 30, config=cfg)
-    sizes = {"h": 1000, "g": 1000}
-    st, ds = run(st, T0 + 60, signals={t: TaskSignals(data_size=n) for t, n in sizes.items()},
-                 config=cfg)
-    assert [d.signals["blocked_by"] for d in ds] == ["rejected"]
-    assert f"with {CFG.min_new_examples} more examples" in ds[0].reason
-    # still blocked (and not re-announced) with a few more examples ...
-    few = {"h": TaskSignals(data_size=1000 + CFG.min_new_examples // 2), "g": TaskSignals(data_size=1000)}
-    st, ds = run(st, T0 + 120, signals=few, config=cfg)
-    assert ds == []
-    # ... and free again once min_new_examples arrived
-    enough = {"h": TaskSignals(data_size=1000 + CFG.min_new_examples), "g": TaskSignals(data_size=1000)}
-    st, ds = run(st, T0 + 180, signals=enough, config=cfg)
-    assert acts(ds) == [("rebalance", "h", "applied")]
-    # a failed job (not a verdict on the data) does not move the bar
-    failed = clear_pending(st, "shared")
-    assert failed.adapters["shared"].retry_at_data == st.adapters["shared"].retry_at_data
-    # and a promotion clears the hold
-    st = on_rejection(st, "shared", now=T0 + 200, config=cfg)
-    assert st.adapters["shared"].retry_at_data is not None
-    st = on_promotion(st, "shared", version=3, now=T0 + 240, config=cfg)
-    assert st.adapters["shared"].retry_at_data is None
-
-
-def test_rejected_rebalance_of_a_high_risk_task_leads_to_its_fork() -> None:
-    cfg = replace(CFG, cooldown_s=0, rebalance_patience_s=10**9)  # patience never runs out
-    st = make({"shared": ["h", "g"]}, {"h": NEG_HIGH, "g": POS_LOW})
-    feed(st, "g", 300, 0.9)
-    feed(st, "h", 300, 0.95, source="g")
-    st, ds = run(st, T0, config=cfg)
-    assert acts(ds) == [("rebalance", "h", "applied")]
-    st = on_rejection(st, "shared", now=T0 + 30, config=cfg)
-    st, ds = run(st, T0 + 60, config=cfg)
-    assert acts(ds) == [("fork", "h", "applied")]
-    assert "still leaking 5.0% crosstalk from g after 1 rebalance" in ds[0].reason
-
-
-def test_leak_in_a_single_task_adapter_retrains_that_adapter() -> None:
-    cfg = replace(CFG, cooldown_s=0)
-    st = make({"shared": ["g"], "h": ["h"]}, {"h": NEG_HIGH, "g": POS_LOW})
-    feed(st, "h", 300, 0.95, source="g")
-    # no version yet (a fork on its way): nothing, not even a hold
-    assert run(st, T0, config=cfg)[1] == []
-    st = on_promotion(st, "h", version=1, now=T0, config=cfg)
-    feed(st, "h", 300, 0.95, source="g")  # the forked version still leaks
-    st, ds = run(st, T0 + 60, config=cfg)
-    assert acts(ds) == [("retrain", "h", "applied")] and ds[0].train == ("h",)
-    assert "leaking 5.0% crosstalk from g in its own adapter h" in ds[0].reason
