@@ -378,9 +378,10 @@ def _blocked(
         if ad.cooldown_until > now:
             return ("cooldown", f"cool-down of {adapter} for another "
                     f"{ad.cooldown_until - now:.0f}s")  # fmt: skip
-        if ad.retry_at_data is not None and ad.data_size(st.tasks) < ad.retry_at_data:
+        missing = 0 if ad.retry_at_data is None else ad.retry_at_data - ad.data_size(st.tasks)
+        if missing > 0:
             return ("rejected", f"{adapter}'s last version was rejected; it trains again "
-                    f"with {ad.retry_at_data - ad.data_size(st.tasks)} more examples")  # fmt: skip
+                    f"with {missing} more examples")  # fmt: skip
     if c.action in _TRAINING and slots <= 0:
         return ("job-cap", f"job cap: {config.max_concurrent_jobs} training job(s) at most")
     return None

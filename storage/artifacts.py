@@ -154,7 +154,8 @@ def read_meta(path: Path) -> dict[str, Any]:
     return data
 
 
-def _fsync_path(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """fsync one file or directory (a rename is durable only once its directory is)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -186,8 +187,8 @@ def write_version(
             json.dumps(body, indent=2, sort_keys=True, ensure_ascii=False), encoding="utf-8"
         )
         for p in tmp.iterdir():
-            _fsync_path(p)
-        _fsync_path(tmp)
+            fsync_path(p)
+        fsync_path(tmp)
         sha = verify_version(tmp)
         try:
             # rename() onto an existing empty dir would succeed on POSIX: check right before.
@@ -196,7 +197,7 @@ def write_version(
             os.rename(tmp, final)
         except OSError as exc:
             raise ArtifactError(f"{final}: cannot publish version ({exc})") from None
-        _fsync_path(final.parent)
+        fsync_path(final.parent)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from storage.artifacts import fsync_path
 from storage.suite import Suite
 
 
@@ -180,13 +181,5 @@ def find_lora_targets(model: torch.nn.Module) -> list[str]:
 def _fsync_tree(root: Path) -> None:
     for dirpath, _dirs, files in os.walk(root):
         for name in files:
-            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        fd = os.open(dirpath, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            fsync_path(Path(dirpath, name))
+        fsync_path(Path(dirpath))

@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from storage.artifacts import fsync_path
+
 META = "ckpt.json"
 
 
@@ -28,14 +30,6 @@ class Checkpoint:
     optimizer: dict[str, Any]  # a torch optimizer state_dict
     rng: torch.Tensor | None
     meta: dict[str, Any]  # JSON-able run state (sampler, losses, ...)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def save_checkpoint(
@@ -54,14 +48,14 @@ def save_checkpoint(
     name = f"ckpt-{step}.safetensors"
     tmp = directory / (name + ".tmp")
     save_file(tensors, str(tmp))
-    _fsync(tmp)
+    fsync_path(tmp)
     os.replace(tmp, directory / name)
     body = {"step": step, "tensors": name, "param_groups": opt_state["param_groups"], **meta}
     tmp_meta = directory / (META + ".tmp")
     tmp_meta.write_text(json.dumps(body), encoding="utf-8")
-    _fsync(tmp_meta)
+    fsync_path(tmp_meta)
     os.replace(tmp_meta, directory / META)
-    _fsync(directory)
+    fsync_path(directory)
     for old in directory.glob("ckpt-*.safetensors"):
         if old.name != name:
             old.unlink(missing_ok=True)

@@ -102,12 +102,7 @@ def encode_example(
 def encode_untagged(tokenizer: Tok, prompt: str, response: str) -> Seq:
     """``prompt<sep>response<eos>`` with no task tag, all of it targets (base pre-training:
     the instruction format without any task's label)."""
-    ids = list(tokenizer.encode(f"{prompt}{_separator(tokenizer)}{response}",
-                                add_special_tokens=False))
-    eos = tokenizer.eos_token_id
-    if eos is not None:
-        ids.append(int(eos))
-    return Seq(ids=ids, start=1, task=-1)
+    return encode_plain(tokenizer, f"{prompt}{_separator(tokenizer)}{response}")
 
 
 def encode_plain(tokenizer: Tok, text: str, *, task_index: int = -1) -> Seq:
