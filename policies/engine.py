@@ -10,7 +10,8 @@
    - rollback: a freshly promoted version accepts significantly less live than the one
      it replaced;
    - fork (task in a shared adapter): still degraded or leaking after
-     ``fork_after_rebalances`` rebalances (by default high risk: 1, medium: 2, low: never),
+     ``fork_after_rebalances`` rebalances (by default high risk: 1, medium: 2, low: never;
+     not for a leak whose source is no longer in the adapter: a fork cannot remove that),
      or ``fork_after_regressions`` consecutive retrains regressed it, or measured negative
      transfer from a co-task;
    - rebalance (shared adapter): a task is degraded (detector alarm) or leaking crosstalk;
@@ -230,6 +231,17 @@ def _settled(st: PolicyState, ts: TaskState, now: float, config: PolicyConfig) -
     return now - ts.last_rebalance_at >= config.rebalance_patience_s
 
 
+def _leak_from_elsewhere(st: PolicyState, task: str) -> bool:
+    """Is ``task`` leaking the style of a task that is not (any more) in its adapter?
+
+    Then leaving its co-tasks would not remove the source: the leak comes from what the
+    adapter's weights still remember of a task that has been forked out, or from the base
+    model. Retraining the adapter on its current mixture is the cure, not a fork."""
+    ts = st.tasks[task]
+    source = ts.window.dominant_source
+    return bool(ts.window.leaking and source and source not in st.adapters[ts.adapter].tasks)
+
+
 def _trouble(ts: TaskState) -> str:
     parts = []
     if ts.detector.degraded:
@@ -261,7 +273,8 @@ def _task_candidates(
         if len(ad.tasks) >= 2:
             reason = None
             limit = rp.fork_after_rebalances
-            if limit is not None and troubled and ts.rebalances >= limit and _settled(st, ts, now, config):
+            if (limit is not None and troubled and ts.rebalances >= limit
+                    and _settled(st, ts, now, config) and not _leak_from_elsewhere(st, t)):
                 reason = (
                     f"{ts.profile.risk}-risk task still {_trouble(ts)} after "
                     f"{ts.rebalances} rebalance(s) of {ts.adapter}"

@@ -1,5 +1,6 @@
 """The engine after a gate verdict: a rejected version waits for new data, a rejected
-rebalance leads to a high-risk fork, a task alone in its adapter is retrained."""
+rebalance leads to a high-risk fork (unless the leak's source has already left the adapter),
+a task alone in its adapter is retrained."""
 
 from __future__ import annotations
 
@@ -66,3 +67,19 @@ def test_leak_in_a_single_task_adapter_retrains_that_adapter() -> None:
     st, ds = run(st, T0 + 60, config=cfg)
     assert acts(ds) == [("retrain", "h", "applied")] and ds[0].train == ("h",)
     assert "leaking 5.0% crosstalk from g in its own adapter h" in ds[0].reason
+
+
+def test_leak_from_a_task_no_longer_in_the_adapter_is_not_forked_but_rebalanced() -> None:
+    # "x" was forked out earlier; the shared adapter's weights still answer some of h's
+    # requests in x's style. Leaving g would not remove that source: retrain, don't fork.
+    cfg = replace(CFG, cooldown_s=0, rebalance_patience_s=10**9)
+    st = make({"shared": ["h", "g"], "x": ["x"]},
+              {"h": NEG_HIGH, "g": POS_LOW, "x": POS_LOW})
+    feed(st, "g", 300, 0.9)
+    feed(st, "h", 300, 0.95, source="x")
+    st, ds = run(st, T0, config=cfg)
+    assert acts(ds) == [("rebalance", "h", "applied")]
+    st = on_rejection(st, "shared", now=T0 + 30, config=cfg)
+    more = {"h": TaskSignals(data_size=10_000), "g": TaskSignals(data_size=10_000)}
+    st, ds = run(st, T0 + 60, signals=more, config=cfg)
+    assert acts(ds) == [("rebalance", "h", "applied")]  # the same leak from g is forked (above)

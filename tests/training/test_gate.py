@@ -89,3 +89,47 @@ def test_mean_gate_lets_one_task_degrade_when_others_improve() -> None:
     assert naive.reasons["apology"].startswith("ok (mean gate; would regress per task)")
     worse = ev({"greeting": 0.80, "thanks": 0.80, "apology": 0.85})
     assert not gate(worse, prod, risks=risks, config=GateConfig(mode="mean")).promote
+
+
+def per_output(quality: dict[str, list[float]], leaks: dict[str, list[int]] | None = None
+               ) -> dict[str, Any]:
+    """An eval with per-output values, as the sampled evaluation writes it."""
+    leaks = leaks or {}
+    tasks = {}
+    for t, scores in quality.items():
+        lk = leaks.get(t, [0] * len(scores))
+        tasks[t] = {"quality": sum(scores) / len(scores), "scores": scores,
+                    "crosstalk_rate": sum(lk) / len(lk), "leaks": lk}
+    return {"tasks": tasks, "general_loss": 1.0}
+
+
+def test_a_drop_within_sampling_noise_does_not_reject() -> None:
+    # 64 outputs; the candidate loses 4 and gains 1: a 0.047 drop for a high-risk task
+    # (tolerance 0.02), but the paired standard error is 0.035 and 1.64 x 0.035 > 0.047:
+    # not significant.
+    prod = [1.0] * 60 + [0.0] * 4
+    cand = [1.0] * 56 + [0.0] * 4 + [0.0] * 3 + [1.0]
+    result = gate(per_output({"apology": cand}), per_output({"apology": prod}), risks=RISKS)
+    assert result.promote, result.reasons
+    assert "within noise" in result.reasons["apology"]
+    # The same means without per-output values: the tolerance alone decides.
+    plain = gate(ev({"apology": sum(cand) / 64}), ev({"apology": sum(prod) / 64}), risks=RISKS)
+    assert not plain.promote
+
+
+def test_a_significant_leak_rejects_even_with_noise_accounting() -> None:
+    # The candidate leaks on 10 of 64 outputs that production answered cleanly.
+    prod_leaks = [0] * 64
+    cand_leaks = [1] * 10 + [0] * 54
+    result = gate(per_output({"apology": [1.0] * 64}, {"apology": cand_leaks}),
+                  per_output({"apology": [1.0] * 64}, {"apology": prod_leaks}), risks=RISKS)
+    assert not result.promote
+    assert result.reasons["apology"].startswith("regressed: crosstalk rose by 0.156 (se ")
+
+
+def test_z_zero_turns_the_noise_accounting_off() -> None:
+    prod = [1.0] * 60 + [0.0] * 4
+    cand = [1.0] * 56 + [0.0] * 8
+    result = gate(per_output({"apology": cand}), per_output({"apology": prod}), risks=RISKS,
+                  config=GateConfig(z=0.0))
+    assert not result.promote

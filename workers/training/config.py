@@ -108,6 +108,16 @@ class EvalConfig(_Model):
 
     prompts_per_task: int = Field(16, ge=1, le=1024)
     max_new_tokens: int = Field(48, ge=1, le=4096)
+    # Decode as production does. Greedy decoding shows only each prompt's most likely answer,
+    # so a model that answers an ambiguous request in another task's style one time in five
+    # looks clean; sampled outputs show that leak at its real rate. Candidate and production
+    # draw with the same seed per task (common random numbers), so their difference is
+    # less noisy than two independent draws.
+    sampling: bool = True
+    samples_per_prompt: int = Field(4, ge=1, le=64)
+    temperature: float = Field(0.8, gt=0.0, le=10.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    seed: int = 0
     general_examples: int = Field(32, ge=0)
     batch_size: int = Field(16, ge=1)
     crosstalk_margin: float = Field(2.0, ge=0.0)  # log-odds the detector needs to flag a leak
@@ -126,6 +136,11 @@ class GateConfig(_Model):
     # adapter must not make it much worse, but small differences are no reason to serve none.
     bootstrap_tolerance: float = Field(0.15, ge=0.0)
     general_loss_tolerance: float = Field(0.10, ge=0.0)  # relative rise of general-data loss
+    # A drop must also be significant: larger than ``z`` standard errors of the paired
+    # per-output differences (same prompts, same random draws). With 64 sampled outputs a
+    # task's quality moves by a few points between two equally good models; without this,
+    # such noise rejects versions that fix a neighbour. 0 disables (tolerances alone).
+    z: float = Field(1.64, ge=0.0)
     # ``per_task`` is adaptd's gate. ``mean`` is what a team without it does: promote unless
     # the average quality over tasks drops by more than ``mean_tolerance`` (the baseline
     # policies of `adaptd simulate` use it, so averages can hide one task getting worse).

@@ -1,7 +1,10 @@
 """Evaluation of one model (base, candidate or production adapter) on held-out data.
 
-Per task, on at most ``prompts_per_task`` held-out prompts, with greedy decoding so a model's
-numbers are repeatable and candidate and production are compared on identical inputs:
+Per task, on at most ``prompts_per_task`` held-out prompts, each answered
+``samples_per_prompt`` times with production's sampling (or once, greedily, with
+``sampling=False``). The sampling seed depends only on the config and the task, so a model's
+numbers are repeatable and candidate and production are compared on identical inputs and
+random draws:
 
 - ``quality``: the pluggable scorer's mean; default: 0 if a ``forbid`` phrase appears, else
   the best character n-gram F1 (chrF-like, n = 1..3) against the prompt's reference and the
@@ -14,6 +17,7 @@ Plus ``general_loss``: mean token loss on held-out general data (general-ability
 
 from __future__ import annotations
 
+import zlib
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -104,25 +108,34 @@ def evaluate_model(
                                   "crosstalk_source": None, "loss": None}
             continue
         pool = [s.response for s in (td.train if td else [])][:64]
-        outputs = generate_batch(model, tokenizer, task, [s.prompt for s in held],
-                                 max_new_tokens=cfg.max_new_tokens, do_sample=False,
+        # Each prompt k times in a row; output i answers held[i // k].
+        k = cfg.samples_per_prompt if cfg.sampling else 1
+        asked = [s for s in held for _ in range(k)]
+        outputs = generate_batch(model, tokenizer, task, [s.prompt for s in asked],
+                                 max_new_tokens=cfg.max_new_tokens, do_sample=cfg.sampling,
+                                 temperature=cfg.temperature, top_p=cfg.top_p,
+                                 seed=cfg.seed + zlib.crc32(task.encode()),
                                  batch_size=cfg.batch_size)
-        scores, sources = [], []
-        for s, text in zip(held, outputs, strict=True):
+        scores, leaks, sources = [], [], []
+        for s, text in zip(asked, outputs, strict=True):
             scores.append(scorer(task, s.prompt, text, [s.response, *pool]))
             src = crosstalk_source(text, task, detector=detector, markers=markers,
                                    margin=cfg.crosstalk_margin)
+            leaks.append(int(src is not None))
             if src is not None:
                 sources.append(src)
         common = Counter(sources).most_common(1)
         out["tasks"][task] = {
-            "n": len(held),
+            "n": len(asked),
             "quality": round(sum(scores) / len(scores), 5),
-            "crosstalk_rate": round(len(sources) / len(held), 5),
+            "crosstalk_rate": round(len(sources) / len(asked), 5),
             "crosstalk_source": common[0][0] if common else None,
             "loss": mean_loss(model, tokenizer, held, task),
+            # Per output, in a fixed order: the gate pairs them with the other model's.
+            "scores": [round(x, 4) for x in scores],
+            "leaks": leaks,
             "samples": [{"prompt": s.prompt, "output": o}
-                        for s, o in list(zip(held, outputs, strict=True))[:3]],
+                        for s, o in list(zip(asked, outputs, strict=True))[:: k][:3]],
         }
     if with_general:
         gen = data.general_heldout[: cfg.general_examples]

@@ -5,13 +5,17 @@ crosstalk rise), the targeted tasks do not get worse at all (``targeted_toleranc
 0), and general-data loss does not rise by more than ``general_loss_tolerance`` (relative).
 A task that has no production version yet (its baseline is the bare base model, marked
 ``"baseline": "base"`` by the evaluation) uses the looser ``bootstrap_tolerance``.
+When both evals carry per-output values (``scores``, ``leaks``: same prompts, same random
+draws), a drop beyond the tolerance must also be significant, ``z`` standard errors of the
+paired differences, so sampling noise alone does not reject a version.
 Every task gets a reason, starting with ``ok`` or ``regressed``; general retention is
 reported under the key ``_general`` (not a valid task name, so it cannot collide).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,9 +66,17 @@ def gate(
             continue
         problems = []
         if pq is not None and cq < pq - tol - 1e-9:
-            problems.append(f"quality dropped by {pq - cq:.3f}")
+            se = paired_se(c.get("scores"), p.get("scores"))
+            if se is None or pq - cq > cfg.z * se:
+                problems.append(f"quality dropped by {pq - cq:.3f}{_se(se)}")
+            else:
+                what += f"; quality drop {pq - cq:.3f} within noise ({cfg.z:g} x se {se:.3f})"
         if cx is not None and px is not None and cx > px + tol + 1e-9:
-            problems.append(f"crosstalk rose by {cx - px:.3f}")
+            se = paired_se(c.get("leaks"), p.get("leaks"))
+            if se is None or cx - px > cfg.z * se:
+                problems.append(f"crosstalk rose by {cx - px:.3f}{_se(se)}")
+            else:
+                what += f"; crosstalk rise {cx - px:.3f} within noise ({cfg.z:g} x se {se:.3f})"
         if problems:
             promote = False
             reasons[task] = f"regressed: {', '.join(problems)}; {what}"
@@ -82,6 +94,26 @@ def gate(
         else:
             reasons[GENERAL_KEY] = f"ok: {what}"
     return GateResult(promote=promote, reasons=reasons)
+
+
+def paired_se(cand: Sequence[float] | None, prod: Sequence[float] | None) -> float | None:
+    """Standard error of the mean paired difference, or None if the values do not pair.
+
+    >>> round(paired_se([1, 1, 0, 1], [1, 0, 0, 0]), 3)
+    0.289
+    >>> paired_se([1, 0], [1, 0, 1]) is None
+    True
+    """
+    if not cand or not prod or len(cand) != len(prod) or len(cand) < 2:
+        return None
+    diffs = [c - p for c, p in zip(cand, prod, strict=True)]
+    mean = sum(diffs) / len(diffs)
+    var = sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)
+    return math.sqrt(var / len(diffs))
+
+
+def _se(se: float | None) -> str:
+    return "" if se is None else f" (se {se:.3f})"
 
 
 MEAN_KEY = "_mean"
