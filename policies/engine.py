@@ -29,44 +29,18 @@ Nothing happens, and nothing is logged, for tasks that are fine.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
-from policies.actions import (
-    apply_fork,
-    apply_merge,
-    apply_rebalance,
-    apply_retrain,
-    apply_rollback,
-    task_numbers,
-)
+from policies.actions import task_numbers
 from policies.config import PolicyConfig
-from policies.decision import Action, Decision, TaskSignals
+from policies.decision import Decision, TaskSignals
+from policies.gates import STRUCTURAL, TRAINING, Candidate, apply, propose
+from policies.gates import blocked as gate_blocked
+from policies.gates import hold as gate_hold
 from policies.signals import RISK_LEVELS, live_regression, pair_verdict
 from policies.state import PolicyState, TaskState
 
 __all__ = ["decide"]
-
-_PRIORITY: dict[Action, int] = {"rollback": 0, "fork": 1, "rebalance": 2, "merge": 3, "retrain": 4}
-_TRAINING: frozenset[Action] = frozenset({"rebalance", "retrain", "fork", "merge"})
-_STRUCTURAL: frozenset[Action] = frozenset({"fork", "merge", "rollback"})
-
-
-@dataclass
-class _Candidate:
-    action: Action
-    task: str  # primary task
-    adapter: str  # adapter acted on (fork: the shared adapter it leaves)
-    reason: str
-    signals: dict[str, Any]
-    tasks: list[str] = field(default_factory=list)  # every task concerned
-    high_risk: bool = False
-    target: str = ""  # merge target
-    to_version: int = 0  # rollback target
-
-    def sort_key(self, st: PolicyState) -> tuple[int, int, str, str]:
-        risk = max(RISK_LEVELS.index(st.tasks[t].profile.risk) for t in self.tasks)
-        return (_PRIORITY[self.action], -risk, self.adapter, self.task)
 
 
 def decide(
@@ -108,24 +82,24 @@ def decide(
         wanted.add(c.task)
         if c.adapter in touched or c.target in touched or c.task in acted:
             continue  # one action per adapter and task per run; the rest wait for the next
-        blocked = _blocked(st, c, now, config, slots)
+        blocked = gate_blocked(st, c, now, config, slots)
         if blocked is not None:
             if c.task not in held:
                 held.add(c.task)
-                hold = _hold(st, c, blocked, now)
+                hold = gate_hold(st, c, blocked, now)
                 if hold is not None:
                     decisions.append(hold)
             continue
-        if config.propose_only_high_risk and c.action in _STRUCTURAL and c.high_risk:
-            decisions.append(_propose(st, c, now))
+        if config.propose_only_high_risk and c.action in STRUCTURAL and c.high_risk:
+            decisions.append(propose(st, c, now))
             acted.update(c.tasks)
             continue
-        decisions.append(_apply(st, c, now, config))
+        decisions.append(apply(st, c, now, config))
         for t in c.tasks:
             st.tasks[t].last_hold = None
         acted.update(c.tasks)
         touched.update({c.adapter, c.target} - {""})
-        if c.action in _TRAINING:
+        if c.action in TRAINING:
             slots -= 1
     for t, ts in st.tasks.items():
         if t not in wanted:
@@ -183,7 +157,7 @@ def _is_high(st: PolicyState, tasks: list[str]) -> bool:
     return any(st.tasks[t].profile.risk == "high" for t in tasks)
 
 
-def _rollbacks(st: PolicyState, now: float, config: PolicyConfig) -> list[_Candidate]:
+def _rollbacks(st: PolicyState, now: float, config: PolicyConfig) -> list[Candidate]:
     out = []
     for name, ad in sorted(st.adapters.items()):
         prob = ad.probation
@@ -212,7 +186,7 @@ def _rollbacks(st: PolicyState, now: float, config: PolicyConfig) -> list[_Candi
             )
             sig = {"live": nums, "version": prob.version, "to_version": prob.previous_version}
             out.append(
-                _Candidate("rollback", t, name, reason, sig, list(ad.tasks),
+                Candidate("rollback", t, name, reason, sig, list(ad.tasks),
                            _is_high(st, ad.tasks), to_version=prob.previous_version)
             )  # fmt: skip
     return out
@@ -261,8 +235,8 @@ def _trouble(ts: TaskState) -> str:
 
 def _task_candidates(
     st: PolicyState, now: float, config: PolicyConfig, aff: Mapping[tuple[str, str], float]
-) -> list[_Candidate]:
-    out: list[_Candidate] = []
+) -> list[Candidate]:
+    out: list[Candidate] = []
     rebalance: dict[str, list[str]] = {}
     for t, ts in sorted(st.tasks.items()):
         ad = st.adapters[ts.adapter]
@@ -288,14 +262,14 @@ def _task_candidates(
             if reason is None:
                 reason = _negative_transfer(st, t, config, aff, nums)
             if reason is not None:
-                out.append(_Candidate("fork", t, ts.adapter, reason, nums, [t], high))
+                out.append(Candidate("fork", t, ts.adapter, reason, nums, [t], high))
             elif troubled:
                 rebalance.setdefault(ts.adapter, []).append(t)
         elif troubled and ad.version is not None and ad.pending_since is None:
             # Alone in its adapter: there is no mixture to rebalance and no one to fork away
             # from. More training on its own data (rejected outputs as negatives) is the cure.
             # (Not while its first version, e.g. a fork's, is still on the way.)
-            out.append(_Candidate("retrain", t, ts.adapter, f"{t} {_trouble(ts)} in its own "
+            out.append(Candidate("retrain", t, ts.adapter, f"{t} {_trouble(ts)} in its own "
                                   f"adapter {ts.adapter}", nums, [t], high))  # fmt: skip
         merge = _merge_candidate(st, t, now, config, nums)
         if merge is not None:
@@ -303,7 +277,7 @@ def _task_candidates(
     for name, tasks in rebalance.items():
         tasks.sort(key=lambda x: (-RISK_LEVELS.index(st.tasks[x].profile.risk), x))
         reason = "; ".join(f"{x} {_trouble(st.tasks[x])}" for x in tasks)
-        out.append(_Candidate("rebalance", tasks[0], name, reason, {}, tasks, _is_high(st, tasks)))
+        out.append(Candidate("rebalance", tasks[0], name, reason, {}, tasks, _is_high(st, tasks)))
     return out
 
 
@@ -327,7 +301,7 @@ def _negative_transfer(
 
 def _merge_candidate(
     st: PolicyState, task: str, now: float, config: PolicyConfig, nums: dict[str, Any]
-) -> _Candidate | None:
+) -> Candidate | None:
     ts = st.tasks[task]
     if ts.compatible_since is None or ts.forked_from is None:
         return None
@@ -342,11 +316,11 @@ def _merge_candidate(
         f"{compatible_for / 86400:.1f} days (same tone, similar risk, positive affinity)"
     )
     sig = {**nums, "compatible_for_s": compatible_for, "isolated_for_s": isolated_for}
-    return _Candidate("merge", task, ts.adapter, reason, sig, [task],
+    return Candidate("merge", task, ts.adapter, reason, sig, [task],
                       ts.profile.risk == "high", target=ts.forked_from)  # fmt: skip
 
 
-def _retrains(st: PolicyState, signals: Mapping[str, TaskSignals], config: PolicyConfig) -> list[_Candidate]:
+def _retrains(st: PolicyState, signals: Mapping[str, TaskSignals], config: PolicyConfig) -> list[Candidate]:
     out = []
     for name, ad in sorted(st.adapters.items()):
         if not ad.tasks:
@@ -361,78 +335,6 @@ def _retrains(st: PolicyState, signals: Mapping[str, TaskSignals], config: Polic
         reason = f"{total} new examples for {name} (threshold {need})"
         if degraded:
             reason += f"; degraded: {', '.join(degraded)}"
-        out.append(_Candidate("retrain", primary, name, reason, {"new_examples": new},
+        out.append(Candidate("retrain", primary, name, reason, {"new_examples": new},
                               list(ad.tasks)))  # fmt: skip
     return out
-
-
-# -- gates and application ----------------------------------------------------------------
-
-
-def _blocked(
-    st: PolicyState, c: _Candidate, now: float, config: PolicyConfig, slots: int
-) -> tuple[str, str] | None:
-    """Why ``c`` cannot happen now, as (kind, explanation), or ``None``."""
-    for p in st.pending:
-        if p["action"] == c.action and p["task"] == c.task:
-            return ("proposal", f"awaiting operator approval of proposal #{p['seq']}")
-    if c.action == "rollback":
-        return None  # a bad promotion is undone at once, cool-down or not
-    if c.action in ("fork", "merge"):
-        until = st.tasks[c.task].cooldown_until
-        if until > now:
-            return ("task-cooldown", f"cool-down of {c.task} for another {until - now:.0f}s")
-    adapter = c.target or c.adapter
-    if c.action != "fork":
-        ad = st.adapters[adapter]
-        if ad.pending_since is not None:
-            return ("pending", f"{adapter} still waiting for the job started at "
-                    f"t={ad.pending_since:.0f} to be promoted")  # fmt: skip
-        if ad.cooldown_until > now:
-            return ("cooldown", f"cool-down of {adapter} for another "
-                    f"{ad.cooldown_until - now:.0f}s")  # fmt: skip
-        missing = 0 if ad.retry_at_data is None else ad.retry_at_data - ad.data_size(st.tasks)
-        if missing > 0:
-            return ("rejected", f"{adapter}'s last version was rejected; it trains again "
-                    f"with {missing} more examples")  # fmt: skip
-    if c.action in _TRAINING and slots <= 0:
-        return ("job-cap", f"job cap: {config.max_concurrent_jobs} training job(s) at most")
-    return None
-
-
-def _hold(st: PolicyState, c: _Candidate, why: tuple[str, str], now: float) -> Decision | None:
-    # Log a blocked action once per (action, kind of block), not on every run.
-    kind, text = why
-    key = f"{c.action}:{kind}"
-    ts = st.tasks[c.task]
-    if ts.last_hold == key:
-        return None
-    ts.last_hold = key
-    sig = {**c.signals, "wanted": c.action, "blocked_by": kind}
-    reason = f"hold {c.action} ({c.reason}): {text}"
-    return Decision(st.next_seq(), now, "hold", c.task, c.adapter, reason, sig)
-
-
-def _propose(st: PolicyState, c: _Candidate, now: float) -> Decision:
-    sig = dict(c.signals)
-    adapter = c.adapter
-    if c.action == "merge":
-        adapter = c.target
-    if c.action == "rollback":
-        sig["to_version"] = c.to_version
-    d = Decision(st.next_seq(), now, c.action, c.task, adapter, c.reason, sig, status="proposed")
-    st.pending.append(d.to_dict())
-    return d
-
-
-def _apply(st: PolicyState, c: _Candidate, now: float, config: PolicyConfig) -> Decision:
-    kw: dict[str, Any] = {"now": now, "config": config, "reason": c.reason}
-    if c.action == "rollback":
-        return apply_rollback(st, c.adapter, c.task, c.to_version, signals=c.signals, **kw)
-    if c.action == "fork":
-        return apply_fork(st, c.task, signals=c.signals, **kw)
-    if c.action == "rebalance":
-        return apply_rebalance(st, c.adapter, c.tasks, **kw)
-    if c.action == "merge":
-        return apply_merge(st, c.task, c.target, signals=c.signals, **kw)
-    return apply_retrain(st, c.adapter, c.task, signals=c.signals, **kw)

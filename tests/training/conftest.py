@@ -38,7 +38,8 @@ def fast_train_config(**overrides: Any) -> Any:
 def fast_eval_config() -> Any:
     from workers.training.config import EvalConfig
 
-    return EvalConfig(prompts_per_task=6, max_new_tokens=32, general_examples=8)
+    return EvalConfig(prompts_per_task=6, samples_per_prompt=2, max_new_tokens=32,
+                      general_examples=8)
 
 
 @pytest.fixture(scope="session")

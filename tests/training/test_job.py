@@ -18,7 +18,10 @@ from storage.suite import Suite
 from workers.training.config import GateConfig
 from workers.training.job import claim_job, evaluate_version, list_versions, run_training_job
 
+# Every tolerance wide open: these tests are about the job runner, not the gate's verdict
+# (sampled evals differ across machines with the CPU's float order).
 LENIENT = GateConfig(tolerance={"high": 1.0, "medium": 1.0, "low": 1.0},
+                     targeted_tolerance=1.0, bootstrap_tolerance=1.0,
                      general_loss_tolerance=100.0)
 
 
@@ -56,7 +59,7 @@ def test_promote_then_reject_and_read_side(engine: Any, suite: Suite, artifacts:
     # 1. First version: compared with the bare base model; a lenient gate promotes it.
     job1 = _job(engine)
     out = run_training_job(job1, gate_config=LENIENT, **kwargs)
-    assert out.status == "promoted", out.error
+    assert out.status == "promoted", (out.error, out)
     assert out.version == 1 and out.revision is not None
     assert set(out.affinity) == set(suite.tasks)
     with Session(engine) as session:
