@@ -31,12 +31,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from policies import gates
 from policies.actions import task_numbers
 from policies.config import PolicyConfig
 from policies.decision import Decision, TaskSignals
-from policies.gates import STRUCTURAL, TRAINING, Candidate, apply, propose
-from policies.gates import blocked as gate_blocked
-from policies.gates import hold as gate_hold
+from policies.gates import STRUCTURAL, TRAINING, Candidate
 from policies.signals import RISK_LEVELS, live_regression, pair_verdict
 from policies.state import PolicyState, TaskState
 
@@ -82,19 +81,19 @@ def decide(
         wanted.add(c.task)
         if c.adapter in touched or c.target in touched or c.task in acted:
             continue  # one action per adapter and task per run; the rest wait for the next
-        blocked = gate_blocked(st, c, now, config, slots)
+        blocked = gates.blocked(st, c, now, config, slots)
         if blocked is not None:
             if c.task not in held:
                 held.add(c.task)
-                hold = gate_hold(st, c, blocked, now)
+                hold = gates.hold(st, c, blocked, now)
                 if hold is not None:
                     decisions.append(hold)
             continue
         if config.propose_only_high_risk and c.action in STRUCTURAL and c.high_risk:
-            decisions.append(propose(st, c, now))
+            decisions.append(gates.propose(st, c, now))
             acted.update(c.tasks)
             continue
-        decisions.append(apply(st, c, now, config))
+        decisions.append(gates.apply(st, c, now, config))
         for t in c.tasks:
             st.tasks[t].last_hold = None
         acted.update(c.tasks)

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from storage.suite import Suite, load_suite
+from tests.training.fast import fast_eval_config, fast_train_config
 
 HERE = Path(__file__).parent
 SUITE_PATH = HERE / "suite.yaml"
@@ -25,21 +26,6 @@ class FakeRedis:
     def publish(self, channel: str, message: str) -> int:
         self.published.append((channel, message))
         return 1
-
-
-def fast_train_config(**overrides: Any) -> Any:
-    from workers.training.config import TrainConfig
-
-    base: dict[str, Any] = {"steps": 24, "batch_examples": 8, "checkpoint_every": 4,
-                            "affinity_measurements": 1, "log_every": 4, "warmup_steps": 2}
-    return TrainConfig(**{**base, **overrides})
-
-
-def fast_eval_config() -> Any:
-    from workers.training.config import EvalConfig
-
-    return EvalConfig(prompts_per_task=6, samples_per_prompt=2, max_new_tokens=32,
-                      general_examples=8)
 
 
 @pytest.fixture(scope="session")

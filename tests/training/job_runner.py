@@ -13,7 +13,8 @@ from pathlib import Path
 def main(argv: list[str]) -> int:
     from storage.db import make_engine
     from storage.suite import load_suite
-    from workers.training.config import EvalConfig, GateConfig, TrainConfig
+    from tests.training.fast import LENIENT_GATE, fast_eval_config
+    from workers.training.config import TrainConfig
     from workers.training.job import run_training_job
 
     db_url, artifacts, suite_path, job_id, worker, lease, train_json = argv
@@ -22,10 +23,7 @@ def main(argv: list[str]) -> int:
         int(job_id), engine=engine, redis_client=None, key_prefix="adaptd:",
         artifacts_dir=Path(artifacts), suite=load_suite(suite_path), worker_id=worker,
         lease_seconds=int(lease), train_config=TrainConfig.model_validate_json(train_json),
-        eval_config=EvalConfig(prompts_per_task=6, samples_per_prompt=2, max_new_tokens=32,
-                      general_examples=8),
-        gate_config=GateConfig(tolerance={"high": 1.0, "medium": 1.0, "low": 1.0},
-                               bootstrap_tolerance=1.0, general_loss_tolerance=100.0),
+        eval_config=fast_eval_config(), gate_config=LENIENT_GATE,
         device="cpu",
     )
     print(json.dumps({"status": out.status, "version": out.version, "error": out.error}))

@@ -15,14 +15,8 @@ from storage.artifacts import read_meta, verify_version
 from storage.crud import create_job, routing_table, sync_suite
 from storage.models import AdapterVersion, TrainingExample, TrainingJob
 from storage.suite import Suite
-from workers.training.config import GateConfig
+from tests.training.fast import LENIENT_GATE
 from workers.training.job import claim_job, evaluate_version, list_versions, run_training_job
-
-# Every tolerance wide open: these tests are about the job runner, not the gate's verdict
-# (sampled evals differ across machines with the CPU's float order).
-LENIENT = GateConfig(tolerance={"high": 1.0, "medium": 1.0, "low": 1.0},
-                     targeted_tolerance=1.0, bootstrap_tolerance=1.0,
-                     general_loss_tolerance=100.0)
 
 
 def _seed_db(engine: Any, suite: Suite) -> None:
@@ -58,7 +52,7 @@ def test_promote_then_reject_and_read_side(engine: Any, suite: Suite, artifacts:
                   train_config=train_cfg(), eval_config=eval_cfg, device="cpu")
     # 1. First version: compared with the bare base model; a lenient gate promotes it.
     job1 = _job(engine)
-    out = run_training_job(job1, gate_config=LENIENT, **kwargs)
+    out = run_training_job(job1, gate_config=LENIENT_GATE, **kwargs)
     assert out.status == "promoted", (out.error, out)
     assert out.version == 1 and out.revision is not None
     assert set(out.affinity) == set(suite.tasks)
@@ -83,7 +77,7 @@ def test_promote_then_reject_and_read_side(engine: Any, suite: Suite, artifacts:
         assert key in meta
     assert not (artifacts / "shared" / ".work" / f"job-{job1}").exists()
     # 2. A finished job is never run (or promoted) again.
-    assert run_training_job(job1, gate_config=LENIENT, **kwargs).status == "not_claimed"
+    assert run_training_job(job1, gate_config=LENIENT_GATE, **kwargs).status == "not_claimed"
     # 3. Planted regression: the scorer marks the candidate's outputs (scored first) as bad.
     calls = {"n": 0}
 
@@ -166,7 +160,7 @@ def test_crash_between_write_and_commit_adopts_the_version(
 
     kwargs = dict(engine=engine, redis_client=fake_redis, key_prefix="adaptd:",
                   artifacts_dir=artifacts, suite=suite, lease_seconds=30,
-                  train_config=train_cfg(steps=8), eval_config=eval_cfg, gate_config=LENIENT,
+                  train_config=train_cfg(steps=8), eval_config=eval_cfg, gate_config=LENIENT_GATE,
                   device="cpu")
     job_id = _job(engine)
     real_write, real_finalize = job_mod.write_version, job_mod.finalize
