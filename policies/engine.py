@@ -215,6 +215,29 @@ def _leak_from_elsewhere(st: PolicyState, task: str) -> bool:
     return bool(ts.window.leaking and source and source not in st.adapters[ts.adapter].tasks)
 
 
+def _leak_from_partner(
+    st: PolicyState, task: str, config: PolicyConfig, aff: Mapping[tuple[str, str], float]
+) -> bool:
+    """Is a non-high-risk ``task`` leaking the style of a compatible co-task?
+
+    Compatible tasks (same tone, similar risk, positive measured affinity) stay shared
+    (DESIGN section 8): a fork would give up a pair that helps itself to remove a style the
+    user barely tells apart. The mixture is the cure. High-risk tasks get no such pass."""
+    ts = st.tasks[task]
+    source = ts.window.dominant_source
+    if ts.profile.risk == "high" or not ts.window.leaking or not source:
+        return False
+    if source == task or source not in st.adapters[ts.adapter].tasks:
+        return False
+    profiles = {t: st.tasks[t].profile for t in (task, source)}
+    return pair_verdict(
+        task, source, profiles, aff,
+        max_negative=config.max_negative(),
+        min_positive=config.min_affinity_for_merge,
+        max_risk_gap=config.max_risk_gap,
+    ).verdict == "compatible"  # fmt: skip
+
+
 def _trouble(ts: TaskState) -> str:
     parts = []
     if ts.detector.degraded:
@@ -247,7 +270,8 @@ def _task_candidates(
             reason = None
             limit = rp.fork_after_rebalances
             if (limit is not None and troubled and ts.rebalances >= limit
-                    and _settled(st, ts, now, config) and not _leak_from_elsewhere(st, t)):
+                    and _settled(st, ts, now, config) and not _leak_from_elsewhere(st, t)
+                    and not _leak_from_partner(st, t, config, aff)):
                 reason = (
                     f"{ts.profile.risk}-risk task still {_trouble(ts)} after "
                     f"{ts.rebalances} rebalance(s) of {ts.adapter}"

@@ -1,13 +1,15 @@
 """The engine after a gate verdict: a rejected version waits for new data, a rejected
-rebalance leads to a high-risk fork (unless the leak's source has already left the adapter),
-a task alone in its adapter is retrained."""
+rebalance leads to a fork (unless the leak's source has already left the adapter or is a
+compatible co-task), a task alone in its adapter is retrained."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
+
 from policies import TaskProfile, TaskSignals, clear_pending, on_promotion, on_rejection
-from tests.policies.test_policy_engine import CFG, NEG_HIGH, POS_LOW, T0, acts, feed, make, run
+from tests.policies.test_policy_engine import CFG, NEG_HIGH, POS_LOW, POS_MED, T0, acts, feed, make, run
 
 
 def test_rejected_version_waits_for_new_data_instead_of_looping() -> None:
@@ -83,3 +85,33 @@ def test_leak_from_a_task_no_longer_in_the_adapter_is_not_forked_but_rebalanced(
     more = {"h": TaskSignals(data_size=10_000), "g": TaskSignals(data_size=10_000)}
     st, ds = run(st, T0 + 60, signals=more, config=cfg)
     assert acts(ds) == [("rebalance", "h", "applied")]  # the same leak from g is forked (above)
+
+
+@pytest.mark.parametrize(("affinity", "forked"), [
+    ({("m", "g"): 0.03, ("g", "m"): 0.02}, False),  # compatible: stays shared
+    (None, True),  # unmeasured affinity: neutral, so the leak counts toward a fork
+])
+def test_leak_from_a_compatible_co_task_is_rebalanced_not_forked(
+    affinity: dict[tuple[str, str], float] | None, forked: bool
+) -> None:
+    # A medium-risk thanks-like task "m" picks up some of its cheerful partner's style.
+    cfg = replace(CFG, cooldown_s=0, rebalance_patience_s=10**9)
+    st = make({"shared": ["m", "g"]}, {"m": POS_MED, "g": POS_LOW})
+    feed(st, "g", 300, 0.9)
+    feed(st, "m", 300, 0.9, source="g")
+    seen: list[tuple[str, str, str]] = []
+    size = 1000
+    for i in range(4):  # rebalance, the gate rejects it, new data arrives, again
+        size += CFG.min_new_examples
+        sig = {"m": TaskSignals(data_size=size), "g": TaskSignals(data_size=size)}
+        st, ds = run(st, T0 + 100 * i, signals=sig, config=cfg, affinity=affinity)
+        seen += acts(ds)
+        if any(a == "fork" for a, _, _ in acts(ds)):
+            break
+        st = on_rejection(st, "shared", now=T0 + 100 * i + 30, config=cfg)
+    limit = cfg.for_risk("medium").fork_after_rebalances
+    assert limit is not None and limit < 4
+    if forked:
+        assert seen[-1] == ("fork", "m", "applied") and len(seen) == limit + 1
+    else:
+        assert seen == [("rebalance", "m", "applied")] * 4
