@@ -20,6 +20,7 @@ from policies.signals import (
     coexistence,
     compatibility_matrix,
     eval_regressions,
+    fold_affinity,
     live_regression,
 )
 from policies.state import (
@@ -62,6 +63,7 @@ __all__ = [
     "compatibility_matrix",
     "decide",
     "eval_regressions",
+    "fold_affinity",
     "init_state",
     "live_regression",
     "observe",

@@ -111,6 +111,9 @@ class PolicyConfig:
     window_size: int = 500
     window_buckets: int = 10
     crosstalk_min_events: int = 50
+    # A leak forks a low/medium-risk task only when the window proves it: the rate's Wilson
+    # lower bound at this z must exceed the switch-off rate (high-risk: the latch suffices).
+    fork_leak_z: float = 1.64
     # Warm-up events to estimate a baseline when none is given at promotion.
     warmup: int = 500
     # Co-existence: affinity needed to call a pair compatible, risk gap allowed.

@@ -36,7 +36,7 @@ from policies.actions import task_numbers
 from policies.config import PolicyConfig
 from policies.decision import Decision, TaskSignals
 from policies.gates import STRUCTURAL, TRAINING, Candidate
-from policies.signals import RISK_LEVELS, live_regression, pair_verdict
+from policies.signals import RISK_LEVELS, live_regression, pair_verdict, wilson_lower
 from policies.state import PolicyState, TaskState
 
 __all__ = ["decide"]
@@ -215,6 +215,19 @@ def _leak_from_elsewhere(st: PolicyState, task: str) -> bool:
     return bool(ts.window.leaking and source and source not in st.adapters[ts.adapter].tasks)
 
 
+def _fork_worthy(ts: TaskState, config: PolicyConfig) -> bool:
+    """Is the task's trouble proven enough to split an adapter for it?
+
+    Degradation is a sequential test already. A leak is a latch that may have turned on at
+    one flag in ``crosstalk_min_events``: for a high-risk task that suffices (tight
+    thresholds by design); any other task needs the window's crosstalk rate to be above its
+    switch-off rate with confidence, so a fork is not decided on one or two events."""
+    if ts.detector.degraded or ts.profile.risk == "high":
+        return ts.detector.degraded or ts.window.leaking
+    win = ts.window
+    return win.leaking and wilson_lower(win.crosstalk, win.n, config.fork_leak_z) > win.low
+
+
 def _leak_from_partner(
     st: PolicyState, task: str, config: PolicyConfig, aff: Mapping[tuple[str, str], float]
 ) -> bool:
@@ -269,7 +282,7 @@ def _task_candidates(
         if len(ad.tasks) >= 2:
             reason = None
             limit = rp.fork_after_rebalances
-            if (limit is not None and troubled and ts.rebalances >= limit
+            if (limit is not None and _fork_worthy(ts, config) and ts.rebalances >= limit
                     and _settled(st, ts, now, config) and not _leak_from_elsewhere(st, t)
                     and not _leak_from_partner(st, t, config, aff)):
                 reason = (

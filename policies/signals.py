@@ -20,10 +20,12 @@ __all__ = [
     "coexistence",
     "compatibility_matrix",
     "eval_regressions",
+    "fold_affinity",
     "live_regression",
     "pair_affinity",
     "pair_verdict",
     "risk_gap",
+    "wilson_lower",
 ]
 
 Risk = Literal["low", "medium", "high"]
@@ -155,6 +157,52 @@ def pair_affinity(
     ab = affinity.get((a, b))
     ba = affinity.get((b, a))
     return (None if ab is None else float(ab), None if ba is None else float(ba))
+
+
+def wilson_lower(k: int, n: int, z: float) -> float:
+    """Wilson score lower bound of a rate seen ``k`` times in ``n`` (0 when ``n`` is 0).
+
+    One flag in 20 is a 5 % rate but proves little; thirty in 600 proves it.
+
+    >>> round(wilson_lower(1, 20, 1.64), 4), round(wilson_lower(30, 600, 1.64), 4)
+    (0.0113, 0.0373)
+    """
+    if n <= 0:
+        return 0.0
+    p = k / n
+    denom = 1 + z * z / n
+    centre = p + z * z / (2 * n)
+    spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, (centre - spread) / denom)
+
+
+def fold_affinity(
+    known: Mapping[tuple[str, str], float],
+    measured: Mapping[str, Mapping[str, float]],
+    *,
+    weight: float = 0.3,
+) -> dict[tuple[str, str], float]:
+    """Fold one training run's TAG measurements (``{i: {j: Z[i->j]}}``) into the running
+    estimate: an exponential moving average per ordered pair, because one run's lookahead
+    probes are noisy (a few hundredths either way) while the tasks' relation changes slowly.
+    Pairs measured for the first time take the measurement; self-affinity is not kept.
+
+    >>> est = fold_affinity({}, {"a": {"a": 0.1, "b": 0.02}, "b": {"a": -0.01}})
+    >>> est
+    {('a', 'b'): 0.02, ('b', 'a'): -0.01}
+    >>> fold_affinity(est, {"a": {"b": 0.0}}, weight=0.5)
+    {('a', 'b'): 0.01, ('b', 'a'): -0.01}
+    """
+    if not 0.0 < weight <= 1.0:
+        raise ValueError("weight must be in (0, 1]")
+    out = dict(known)
+    for i, row in sorted(measured.items()):
+        for j, z in sorted(row.items()):
+            if i == j or not math.isfinite(float(z)):
+                continue
+            old = out.get((i, j))
+            out[(i, j)] = round(float(z) if old is None else (1 - weight) * old + weight * float(z), 6)
+    return dict(sorted(out.items()))
 
 
 @dataclass(frozen=True)

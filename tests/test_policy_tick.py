@@ -24,6 +24,7 @@ from storage.models import (
     AdapterVersion,
     FeedbackEvent,
     PolicyDecision,
+    PolicyStateRow,
     TrainingExample,
     TrainingJob,
 )
@@ -47,7 +48,8 @@ def feed(settings: Settings, engine: Engine, events: list[dict[str, Any]]) -> No
         pass
 
 
-def finish(engine: Engine, job_id: int, *, promote: bool = True) -> None:
+def finish(engine: Engine, job_id: int, *, promote: bool = True,
+           eval_result: dict[str, Any] | None = None) -> None:
     """What the trainer writes when a job ends."""
     with session_scope(engine) as session:
         job = session.get(TrainingJob, job_id)
@@ -56,7 +58,7 @@ def finish(engine: Engine, job_id: int, *, promote: bool = True) -> None:
         tasks = job.params.get("tasks") or []
         session.add(AdapterVersion(adapter=job.adapter, version=version, path=f"/a/{version}",
                                    sha256="0" * 64, status="promoted" if promote else "rejected",
-                                   job_id=job_id, promoted_at=1.0))
+                                   job_id=job_id, promoted_at=1.0, eval=eval_result))
         job.status, job.result_version = ("succeeded" if promote else "rejected"), version
         job.started_at, job.finished_at = 1.0, 2.0
         session.execute(update(TrainingExample).where(col(TrainingExample.trained_in).is_(None))
@@ -135,6 +137,24 @@ def test_leaking_high_risk_task_rebalances_then_forks(settings: Settings, engine
         _, routes = crud.routing_table(session)
     assert routes["apology"]["adapter"] == forks[0]["adapter"]
     assert routes["greeting"]["adapter"] == "shared"
+
+
+def test_measured_affinity_reaches_the_engine(settings: Settings, engine: Engine) -> None:
+    # Training on greeting makes apology's loss worse (TAG lookahead), measured in two runs:
+    # the running estimate crosses the high-risk limit and apology is forked for it.
+    sent: list[int] = []
+    tick(settings, engine, sent, now=1000.0)
+    hurt = {"train": {"affinity": {"greeting": {"greeting": 0.1, "apology": -0.08},
+                                   "apology": {"greeting": 0.01}}}}
+    finish(engine, sent[0], eval_result=hurt)
+    feed(settings, engine, [event(f"h{i}", t) for i, t in enumerate(["greeting", "apology"] * 40)])
+    decisions = tick(settings, engine, sent, now=2000.0)
+    forks = [d for d in decisions if d["action"] == "fork"]
+    assert [d["task"] for d in forks] == ["apology"], [d["reason"] for d in decisions]
+    assert "negative transfer greeting->apology = -0.08" in forks[0]["reason"]
+    with Session(engine) as session:
+        row = session.get(PolicyStateRow, 1)
+        assert row is not None and ["greeting", "apology", -0.08] in row.state["meta"]["affinity"]
 
 
 def test_static_mode_retrains_on_schedule_and_never_forks(settings: Settings,

@@ -137,6 +137,11 @@ def _account_finished_jobs(session: Session, state: PolicyState, meta: dict[str,
                                          col(AdapterVersion.version) == job.result_version)
         ).scalars().first()
         if version is not None and version.eval:
+            # The run's TAG affinity (promoted or not: it describes training, not the gate).
+            measured = (version.eval.get("train") or {}).get("affinity")
+            if measured:
+                folded = policies.fold_affinity(_affinity(meta), measured)
+                meta["affinity"] = [[i, j, z] for (i, j), z in folded.items()]
             before = _qualities(version.eval.get("production"))
             after = _qualities(version.eval.get("candidate"))
             if before and after:
@@ -152,6 +157,11 @@ def _account_finished_jobs(session: Session, state: PolicyState, meta: dict[str,
             state = policies.clear_pending(state, job.adapter)
     meta["jobs_seen"] = seen
     return state
+
+
+def _affinity(meta: dict[str, Any]) -> dict[tuple[str, str], float]:
+    """The running inter-task affinity estimate kept in the tick's bookkeeping."""
+    return {(str(i), str(j)): float(z) for i, j, z in meta.get("affinity") or []}
 
 
 def _qualities(side: Any) -> dict[str, float]:
@@ -381,7 +391,7 @@ def _tick(engine: Engine, suite: Suite, config: PolicyConfig, mode: str, now: fl
             signals = {t: TaskSignals(new_examples=buffers.get(t, 0), data_size=sizes.get(t))
                        for t in state.tasks}
             state, decisions = policies.decide(state, signals, now=now, config=config,
-                                               running_jobs=running)
+                                               running_jobs=running, affinity=_affinity(meta))
             for d in decisions:
                 _apply(session, d, result, at_event)
         else:

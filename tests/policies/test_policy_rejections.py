@@ -115,3 +115,23 @@ def test_leak_from_a_compatible_co_task_is_rebalanced_not_forked(
         assert seen[-1] == ("fork", "m", "applied") and len(seen) == limit + 1
     else:
         assert seen == [("rebalance", "m", "applied")] * 4
+
+
+@pytest.mark.parametrize(("events", "forked"), [(60, False), (600, True)])
+def test_a_medium_risk_leak_forks_only_when_the_window_proves_it(events: int, forked: bool) -> None:
+    # The same 5 % leak: 3 flags in 60 could be chance, 30 in 600 are not.
+    cfg = replace(CFG, cooldown_s=0, rebalance_patience_s=10**9)
+    st = make({"shared": ["m", "g"]}, {"m": POS_MED, "g": POS_LOW})
+    feed(st, "g", 300, 0.9)
+    feed(st, "m", events, 0.95, source="g")
+    assert st.tasks["m"].window.leaking
+    size = 1000
+    seen: list[tuple[str, str, str]] = []
+    for i in range(3):  # rebalance, the gate rejects it, new data arrives, again
+        size += CFG.min_new_examples
+        sig = {"m": TaskSignals(data_size=size), "g": TaskSignals(data_size=size)}
+        st, ds = run(st, T0 + 100 * i, signals=sig, config=cfg)
+        seen += acts(ds)
+        st = on_rejection(st, "shared", now=T0 + 100 * i + 30, config=cfg)
+    fork = ("fork", "m", "applied")
+    assert (fork in seen) == forked, seen
