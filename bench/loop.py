@@ -80,6 +80,10 @@ def main() -> None:
                     help="reuse reports already in --workdir instead of re-running them")
     ap.add_argument("--min-new", type=int, default=300,
                     help="new examples that trigger a retrain (all policies)")
+    ap.add_argument("--runs-from", type=Path, default=None, metavar="RESULTS",
+                    help="take the policies not re-run here from an earlier results file of the "
+                         "same scenario and seeds (e.g. static/isolated, which do not use the "
+                         "policy engine, when only the engine changed)")
     args = ap.parse_args()
     if args.quick:
         args.scenario, args.seeds = "builtin:smoke", args.seeds[:1]
@@ -102,6 +106,15 @@ def main() -> None:
                                     console=console, base_cache=args.workdir / "base-cache",
                                     policy_overrides={"min_new_examples": args.min_new})
             runs[policy].append(summarize(report, risk))
+    reused: dict[str, str] = {}
+    if args.runs_from is not None:
+        earlier = json.loads(args.runs_from.read_text("utf-8"))
+        if earlier["seeds"] != args.seeds:
+            raise SystemExit(f"{args.runs_from} has seeds {earlier['seeds']}, not {args.seeds}")
+        for policy in POLICIES:
+            if policy not in runs and policy in earlier["policies"]:
+                runs[policy] = earlier["policies"][policy]["runs"]
+                reused[policy] = str(args.runs_from)
     table = Table(title=f"{args.scenario}, seeds {args.seeds} (final phase; mean ± spread)")
     for col in ("policy", "high-risk crosstalk", "mean acceptance", "min Δacc vs isolated",
                 "adapters", "forks", "runs", "seconds"):
@@ -120,7 +133,10 @@ def main() -> None:
                 gaps.append(min(r["acceptance"][t] - iso["acceptance"].get(t, 0.0)
                                 for t in r["acceptance"]))
         rows[policy] = {"runs": rs, "min_acceptance_gap_vs_isolated": gaps}
-        table.add_row(policy, ms([r["high_risk_crosstalk"] for r in rs]),
+        if policy in reused:
+            rows[policy]["runs_from"] = reused[policy]
+        label = policy + (" (earlier run)" if policy in reused else "")
+        table.add_row(label, ms([r["high_risk_crosstalk"] for r in rs]),
                       ms([r["mean_acceptance"] for r in rs]), ms(gaps) if gaps else "-",
                       ms([float(r["adapters"]) for r in rs], pct=False),
                       ms([float(r["forks"]) for r in rs], pct=False),

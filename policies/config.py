@@ -99,6 +99,9 @@ class PolicyConfig:
     min_isolation_s: float = 86400.0
     # Retrain an adapter once its tasks have buffered this many new examples.
     min_new_examples: int = 200
+    # After a rejected version, train again once the data grew by min_new_examples or by this
+    # fraction of its size, whichever comes first.
+    retry_growth: float = 0.1
     max_concurrent_jobs: int = 1
     # Fork/merge/rollback touching a high-risk task wait for an operator's approval.
     propose_only_high_risk: bool = False
@@ -127,6 +130,8 @@ class PolicyConfig:
             raise ValueError(f"risk policy missing for {missing}")
         if self.max_concurrent_jobs < 0:
             raise ValueError("max_concurrent_jobs must be >= 0")
+        if not 0.0 < self.retry_growth <= 1.0:
+            raise ValueError("retry_growth must be in (0, 1]")
 
     def for_risk(self, risk: Risk) -> RiskPolicy:
         return self.risk[risk]

@@ -7,6 +7,7 @@ untouched.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Mapping
 
 from policies.config import PolicyConfig
@@ -159,14 +160,18 @@ def clear_pending(state: PolicyState, adapter: str) -> PolicyState:
 def on_rejection(state: PolicyState, adapter: str, *, now: float, config: PolicyConfig) -> PolicyState:
     """A copy after the eval gate turned down ``adapter``'s new version.
 
-    The adapter trains again (retrain or rebalance) only once ``config.min_new_examples`` more
-    examples exist for its tasks: a candidate from the same data would mostly meet the same
-    verdict, and a leak that keeps asking for a rebalance must not become a loop of rejected
-    jobs. A rejected rebalance has had its chance: a task still in trouble may now be forked
+    The adapter trains again (retrain or rebalance) only once its tasks' data has grown by
+    ``config.min_new_examples`` or by ``config.retry_growth`` of its size, whichever comes
+    first: a candidate from the same data would mostly meet the same verdict, and a leak that
+    keeps asking for a rebalance must not become a loop of rejected jobs. (The fraction keeps
+    a small adapter, e.g. a rare forked task, from waiting thousands of requests.)
+    A rejected rebalance has had its chance: a task still in trouble may now be forked
     (see the engine's ``fork_after_rebalances``). Rollbacks and forks are not held back.
     """
     new = clear_pending(state, adapter)
     ad = new.adapters[adapter]
-    ad.retry_at_data = ad.data_size(new.tasks) + config.min_new_examples
+    size = ad.data_size(new.tasks)
+    ad.retry_at_data = size + min(config.min_new_examples,
+                                  max(1, math.ceil(config.retry_growth * size)))
     ad.rejected_at = now
     return new

@@ -135,3 +135,25 @@ def test_a_medium_risk_leak_forks_only_when_the_window_proves_it(events: int, fo
         st = on_rejection(st, "shared", now=T0 + 100 * i + 30, config=cfg)
     fork = ("fork", "m", "applied")
     assert (fork in seen) == forked, seen
+
+
+def test_a_small_adapter_retries_after_a_tenth_more_data_not_min_new_examples() -> None:
+    # A rare forked task (200 examples) must not wait for 200 more after one rejected try.
+    cfg = replace(CFG, cooldown_s=0)
+    st = make({"shared": ["g"], "h": ["h"]}, {"h": NEG_HIGH, "g": POS_LOW})
+    st = on_promotion(st, "h", version=1, now=T0 - 60, config=cfg)
+    feed(st, "h", 300, 0.9, source="g")  # leaking in its own adapter: retrain it
+    sig = {"h": TaskSignals(data_size=200), "g": TaskSignals(data_size=5000)}
+    st, ds = run(st, T0, signals=sig, config=cfg)
+    assert acts(ds) == [("retrain", "h", "applied")]
+    st = on_rejection(st, "h", now=T0 + 30, config=cfg)
+    assert st.adapters["h"].retry_at_data == 200 + 20  # 10 % of 200 < min_new_examples
+    sig["h"] = TaskSignals(data_size=219)
+    st, ds = run(st, T0 + 60, signals=sig, config=cfg)
+    assert [d.signals.get("blocked_by") for d in ds] == ["rejected"]
+    sig["h"] = TaskSignals(data_size=220)
+    st, ds = run(st, T0 + 120, signals=sig, config=cfg)
+    assert acts(ds) == [("retrain", "h", "applied")]
+    # A big adapter still waits for min_new_examples.
+    st = on_rejection(st, "shared", now=T0 + 130, config=cfg)
+    assert st.adapters["shared"].retry_at_data == 5000 + CFG.min_new_examples
