@@ -87,7 +87,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.scenario, args.seeds = "builtin:smoke", args.seeds[:1]
-    console = Console()
+    console = Console() if sys.stdout.isatty() else Console(width=140)  # logs: no wrapping
     _, suite, _ = load_scenario(args.scenario)
     risk = {t: spec.risk for t, spec in suite.tasks.items()}
     settings = Settings()

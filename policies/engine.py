@@ -11,9 +11,11 @@
      it replaced;
    - fork (task in a shared adapter): still degraded or leaking after
      ``fork_after_rebalances`` rebalances (by default high risk: 1, medium: 2, low: never;
-     not for a leak whose source is no longer in the adapter: a fork cannot remove that),
-     or ``fork_after_regressions`` consecutive retrains regressed it, or measured negative
-     transfer from a co-task;
+     a low/medium-risk leak must be significant, its Wilson lower bound above the
+     switch-off rate; not for a leak whose source is no longer in the adapter, which a fork
+     cannot remove, nor for a non-high-risk leak from a compatible co-task, which stays
+     shared), or ``fork_after_regressions`` consecutive retrains regressed it, or measured
+     negative transfer from a co-task (``affinity``: the running TAG estimate);
    - rebalance (shared adapter): a task is degraded (detector alarm) or leaking crosstalk;
    - merge: an isolated task compatible with its old adapter for ``merge_after_s``;
    - retrain: the adapter's tasks buffered ``min_new_examples`` (half that when one of

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from storage.suite import Suite, load_suite
 from tests.training.fast import fast_eval_config, fast_train_config
@@ -17,15 +18,27 @@ SUITE_PATH = HERE / "suite.yaml"
 REPO = HERE.parent.parent
 
 
-class FakeRedis:
-    """Records publish() calls (the job only publishes)."""
+class RoutingFeed:
+    """A real Redis client for the job plus a subscription to its routing channel."""
 
-    def __init__(self) -> None:
-        self.published: list[tuple[str, str]] = []
+    def __init__(self, url: str, prefix: str) -> None:
+        self.client = redis.Redis.from_url(url)
+        self.prefix = prefix
+        self.channel = f"{prefix}routing"
+        self._sub = self.client.pubsub(ignore_subscribe_messages=True)
+        self._sub.subscribe(self.channel)
+        self._sub.get_message(timeout=1.0)  # the subscribe confirmation
 
-    def publish(self, channel: str, message: str) -> int:
-        self.published.append((channel, message))
-        return 1
+    def published(self, wait: float = 0.5) -> list[tuple[str, str]]:
+        """(channel, message) pairs published since the last call."""
+        out = []
+        while (msg := self._sub.get_message(timeout=wait)) is not None:
+            out.append((msg["channel"].decode(), msg["data"].decode()))
+        return out
+
+    def close(self) -> None:
+        self._sub.close()
+        self.client.close()
 
 
 @pytest.fixture(scope="session")
@@ -79,8 +92,10 @@ def bundle(base_root: Path, suite: Suite) -> Any:
 
 
 @pytest.fixture()
-def fake_redis() -> FakeRedis:
-    return FakeRedis()
+def routing_feed(redis_url: str, prefix: str) -> Iterator[RoutingFeed]:
+    feed = RoutingFeed(redis_url, prefix)
+    yield feed
+    feed.close()
 
 
 @pytest.fixture()

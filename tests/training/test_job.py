@@ -15,6 +15,7 @@ from storage.artifacts import read_meta, verify_version
 from storage.crud import create_job, routing_table, sync_suite
 from storage.models import AdapterVersion, TrainingExample, TrainingJob
 from storage.suite import Suite
+from tests.training.conftest import RoutingFeed
 from tests.training.fast import LENIENT_GATE
 from workers.training.job import claim_job, evaluate_version, list_versions, run_training_job
 
@@ -44,10 +45,10 @@ def _job(engine: Any, **params: Any) -> int:
 
 
 def test_promote_then_reject_and_read_side(engine: Any, suite: Suite, artifacts: Path,
-                                           fake_redis: Any, train_cfg: Any,
+                                           routing_feed: RoutingFeed, train_cfg: Any,
                                            eval_cfg: Any) -> None:
     _seed_db(engine, suite)
-    kwargs = dict(engine=engine, redis_client=fake_redis, key_prefix="adaptd:",
+    kwargs = dict(engine=engine, redis_client=routing_feed.client, key_prefix=routing_feed.prefix,
                   artifacts_dir=artifacts, suite=suite, worker_id="w1", lease_seconds=30,
                   train_config=train_cfg(), eval_config=eval_cfg, device="cpu")
     # 1. First version: compared with the bare base model; a lenient gate promotes it.
@@ -68,8 +69,8 @@ def test_promote_then_reject_and_read_side(engine: Any, suite: Suite, artifacts:
         job = session.get(TrainingJob, job1)
         assert job is not None
         assert (job.status, job.result_version, job.lease_owner) == ("succeeded", 1, None)
-    channel, message = fake_redis.published[-1]
-    assert channel == "adaptd:routing"
+    channel, message = routing_feed.published()[-1]
+    assert channel == routing_feed.channel
     assert json.loads(message) == {"revision": revision, "routes": routes}
     meta = read_meta(Path(row.path))
     for key in ("base_model", "tasks", "ratios", "data_hashes", "parent_version", "eval",
@@ -126,16 +127,17 @@ def test_claim_is_exclusive_until_the_lease_expires(engine: Any) -> None:
 
 
 def test_bad_base_model_fails_the_job_clearly(engine: Any, suite: Suite, artifacts: Path,
-                                              fake_redis: Any) -> None:
+                                              routing_feed: RoutingFeed) -> None:
     bad = suite.model_copy(update={"base_model": "no-such-org/missing-model"})
     job_id = _job(engine)
-    out = run_training_job(job_id, engine=engine, redis_client=fake_redis, key_prefix="x:",
-                           artifacts_dir=artifacts, suite=bad, worker_id="w1", lease_seconds=30)
+    out = run_training_job(job_id, engine=engine, redis_client=routing_feed.client,
+                           key_prefix=routing_feed.prefix, artifacts_dir=artifacts, suite=bad,
+                           worker_id="w1", lease_seconds=30)
     assert out.status == "failed" and "no-such-org/missing-model" in (out.error or "")
     with Session(engine) as session:
         job = session.get(TrainingJob, job_id)
         assert job is not None and job.status == "failed" and "missing-model" in (job.error or "")
-    assert not fake_redis.published
+    assert routing_feed.published() == []
 
 
 class _Crash(BaseException):
@@ -153,12 +155,12 @@ def _expire_lease(engine: Any, job_id: int) -> None:
 
 @pytest.mark.parametrize("crash_point", ["after_rename", "after_candidate_row"])
 def test_crash_between_write_and_commit_adopts_the_version(
-    crash_point: str, engine: Any, suite: Suite, artifacts: Path, fake_redis: Any,
+    crash_point: str, engine: Any, suite: Suite, artifacts: Path, routing_feed: RoutingFeed,
     train_cfg: Any, eval_cfg: Any, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import workers.training.job as job_mod
 
-    kwargs = dict(engine=engine, redis_client=fake_redis, key_prefix="adaptd:",
+    kwargs = dict(engine=engine, redis_client=routing_feed.client, key_prefix=routing_feed.prefix,
                   artifacts_dir=artifacts, suite=suite, lease_seconds=30,
                   train_config=train_cfg(steps=8), eval_config=eval_cfg, gate_config=LENIENT_GATE,
                   device="cpu")
