@@ -2,6 +2,9 @@
 
     python bench/loop.py                       # holiday-zh, seeds 7 11 13, all policies
     python bench/loop.py --seeds 7 --quick     # one seed, the short smoke scenario
+    python bench/loop.py --policies adaptive --runs-from bench/results/loop.json
+                                               # re-run adaptive only, compare with the
+                                               # earlier static/uniform/isolated runs
 
 Goals (issue "Close the loop"): for adaptive, final-phase crosstalk <= 2% on every high-risk
 task, acceptance on every task within 2 points of isolated, fewer adapters than tasks,
