@@ -21,24 +21,29 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
-from sqlalchemy import func, update
+from sqlalchemy import func
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 import policies
-from policies import Decision, PolicyConfig, PolicyState, TaskProfile, TaskSignals
+from policies import Decision, PolicyConfig, PolicyState, TaskSignals
 from storage import crud
 from storage.models import (
     Adapter,
     AdapterVersion,
-    FeedbackEvent,
     PolicyDecision,
     PolicyStateRow,
     Task,
-    TrainingExample,
     TrainingJob,
 )
 from storage.suite import Suite
+from workers.policy_inputs import (
+    account_finished_jobs,
+    affinity_estimate,
+    data_sizes,
+    load_state,
+    observe_new_events,
+)
 
 log = logging.getLogger(__name__)
 MODES = ("adaptive", "static", "uniform", "isolated")
@@ -52,122 +57,6 @@ class TickResult:
     decisions: list[dict[str, Any]] = field(default_factory=list)
     jobs: list[int] = field(default_factory=list)
     skipped: str | None = None
-
-
-def _parse_adapter(value: str | None) -> tuple[str | None, int | None]:
-    """``shared@7`` -> ("shared", 7)."""
-    if not value or "@" not in value:
-        return value, None
-    name, _, ver = value.rpartition("@")
-    return name, int(ver) if ver.isdigit() else None
-
-
-def _load(session: Session, suite: Suite, config: PolicyConfig) -> tuple[PolicyState, dict[str, Any]]:
-    """The stored engine state (created from the SQL adapters on the first tick) and the
-    wrapper's bookkeeping: jobs already accounted for, events observed so far."""
-    row = session.get(PolicyStateRow, 1)
-    tasks = {t.name: t for t in crud.list_tasks(session)}
-    profiles = {n: TaskProfile(risk=t.risk, tone=t.tone) for n, t in tasks.items()}  # type: ignore[arg-type]
-    adapters = {a.name: list(a.tasks) for a in crud.list_adapters(session)
-                if a.status == "active" and a.tasks}
-    sizes = _data_sizes(session, suite)
-    if row is None or not row.state.get("engine"):
-        state = policies.init_state(adapters, profiles, config, data_sizes=sizes)
-        meta: dict[str, Any] = {"jobs_seen": 0, "observed_total": 0}
-    else:
-        state = PolicyState.from_dict(row.state["engine"])
-        state = policies.sync_state(state, {a: t for a, t in state_adapters(state).items()},
-                                    profiles, config, data_sizes=sizes)
-        meta = dict(row.state.get("meta") or {})
-    return state, meta
-
-
-def state_adapters(state: PolicyState) -> dict[str, list[str]]:
-    return {name: list(ad.tasks) for name, ad in state.adapters.items()}
-
-
-def _data_sizes(session: Session, suite: Suite) -> dict[str, int]:
-    """Training examples per task: the suite's seed data plus usable feedback examples."""
-    stmt = (select(col(TrainingExample.task), func.count())
-            .where(col(TrainingExample.kind).in_(["accepted", "correction"]))
-            .group_by(col(TrainingExample.task)))
-    fed = {t: int(n) for t, n in session.execute(stmt)}
-    return {t: suite.examples_per_task + fed.get(t, 0) for t in suite.tasks}
-
-
-def _observe_new_events(session: Session, state: PolicyState, limit: int) -> int:
-    rows = session.execute(
-        select(FeedbackEvent).where(col(FeedbackEvent.observed).is_(False))
-        .order_by(col(FeedbackEvent.received_at), col(FeedbackEvent.id)).limit(limit)
-    ).scalars().all()
-    for ev in rows:
-        if ev.task not in state.tasks:
-            continue
-        adapter, version = _parse_adapter(ev.adapter)
-        policies.observe(state, ev.task, ev.verdict == "accept",
-                         crosstalk_source=ev.crosstalk_source, origin="user",
-                         adapter=adapter, version=version)
-    ids = [ev.id for ev in rows]
-    for i in range(0, len(ids), 500):
-        session.execute(update(FeedbackEvent).where(col(FeedbackEvent.id).in_(ids[i:i + 500]))
-                        .values(observed=True))
-    return len(rows)
-
-
-def _account_finished_jobs(session: Session, state: PolicyState, meta: dict[str, Any],
-                           config: PolicyConfig, now: float) -> PolicyState:
-    """Tell the engine about promotions, rejections and failures since the last tick."""
-    seen = int(meta.get("jobs_seen", 0))
-    jobs = session.execute(
-        select(TrainingJob).where(col(TrainingJob.id) > seen)
-        .where(col(TrainingJob.status).in_(["succeeded", "rejected", "failed"]))
-        .order_by(col(TrainingJob.id))
-    ).scalars().all()
-    for job in jobs:
-        # Only advance past a contiguous prefix: a lower job still running is seen later.
-        if session.execute(select(func.count()).select_from(TrainingJob)
-                           .where(col(TrainingJob.id) < job.id, col(TrainingJob.id) > seen)
-                           .where(col(TrainingJob.status).in_(["queued", "running"]))).scalar():
-            break
-        seen = int(job.id or seen)
-        if job.adapter not in state.adapters:
-            continue
-        version = session.execute(
-            select(AdapterVersion).where(col(AdapterVersion.adapter) == job.adapter,
-                                         col(AdapterVersion.version) == job.result_version)
-        ).scalars().first()
-        if version is not None and version.eval:
-            # The run's TAG affinity (promoted or not: it describes training, not the gate).
-            measured = (version.eval.get("train") or {}).get("affinity")
-            if measured:
-                folded = policies.fold_affinity(_affinity(meta), measured)
-                meta["affinity"] = [[i, j, z] for (i, j), z in folded.items()]
-            before = _qualities(version.eval.get("production"))
-            after = _qualities(version.eval.get("candidate"))
-            if before and after:
-                targeted = tuple(job.params.get("targeted") or ())
-                state, _ = policies.record_eval(state, job.adapter, before=before, after=after,
-                                                config=config, targeted=targeted)
-        if job.status == "succeeded" and job.result_version is not None:
-            state = policies.on_promotion(state, job.adapter, version=job.result_version,
-                                          now=now, config=config)
-        elif job.status == "rejected":
-            state = policies.on_rejection(state, job.adapter, now=now, config=config)
-        else:
-            state = policies.clear_pending(state, job.adapter)
-    meta["jobs_seen"] = seen
-    return state
-
-
-def _affinity(meta: dict[str, Any]) -> dict[tuple[str, str], float]:
-    """The running inter-task affinity estimate kept in the tick's bookkeeping."""
-    return {(str(i), str(j)): float(z) for i, j, z in meta.get("affinity") or []}
-
-
-def _qualities(side: Any) -> dict[str, float]:
-    tasks = (side or {}).get("tasks") or {}
-    return {t: float(r["quality"]) for t, r in tasks.items()
-            if isinstance(r, dict) and r.get("quality") is not None}
 
 
 def _promoted(session: Session, adapter: str) -> bool:
@@ -336,12 +225,12 @@ def _tick(engine: Engine, suite: Suite, config: PolicyConfig, mode: str, now: fl
           enqueue: Callable[[int], None] | None, max_events: int, resend_after_s: float) -> TickResult:
     result = TickResult()
     with Session(engine, expire_on_commit=False) as session:
-        state, meta = _load(session, suite, config)
+        state, meta = load_state(session, suite, config)
         # 1. What training did since the last tick: promotions (which reset the promoted
         #    adapter's detectors and windows), eval regressions, failures.
-        state = _account_finished_jobs(session, state, meta, config, now)
+        state = account_finished_jobs(session, state, meta, config, now)
         # 2. Feed new feedback to the detectors and windows (exactly once: same commit).
-        result.observed = _observe_new_events(session, state, max_events)
+        result.observed = observe_new_events(session, state, max_events)
         meta["observed_total"] = int(meta.get("observed_total", 0)) + result.observed
         at_event = meta["observed_total"]
         # 3. Operator overrides recorded by the API.
@@ -349,7 +238,7 @@ def _tick(engine: Engine, suite: Suite, config: PolicyConfig, mode: str, now: fl
         active = crud.active_jobs(session)
         busy = {j.adapter for j in active}
         buffers = crud.buffered_counts(session)
-        sizes = _data_sizes(session, suite)
+        sizes = data_sizes(session, suite)
         # 4. Tasks nobody serves yet: their adapter gets a first version before anything
         #    else. (A forked adapter's task is still served by its old adapter until the
         #    fork is promoted, so a rejected fork is not "bootstrapped" over and over.)
@@ -391,7 +280,7 @@ def _tick(engine: Engine, suite: Suite, config: PolicyConfig, mode: str, now: fl
             signals = {t: TaskSignals(new_examples=buffers.get(t, 0), data_size=sizes.get(t))
                        for t in state.tasks}
             state, decisions = policies.decide(state, signals, now=now, config=config,
-                                               running_jobs=running, affinity=_affinity(meta))
+                                               running_jobs=running, affinity=affinity_estimate(meta))
             for d in decisions:
                 _apply(session, d, result, at_event)
         else:

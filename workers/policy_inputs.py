@@ -1,0 +1,133 @@
+"""What a policy tick reads before it decides: the stored engine state, the feedback that
+arrived since the last tick, and what training did (promotions, rejections, eval
+regressions, measured affinity). Each function works inside the tick's SQL transaction.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, update
+from sqlmodel import Session, col, select
+
+import policies
+from policies import PolicyConfig, PolicyState, TaskProfile
+from storage import crud
+from storage.models import AdapterVersion, FeedbackEvent, PolicyStateRow, TrainingExample, TrainingJob
+from storage.suite import Suite
+
+
+def parse_adapter(value: str | None) -> tuple[str | None, int | None]:
+    """``shared@7`` -> ("shared", 7)."""
+    if not value or "@" not in value:
+        return value, None
+    name, _, ver = value.rpartition("@")
+    return name, int(ver) if ver.isdigit() else None
+
+
+def load_state(session: Session, suite: Suite, config: PolicyConfig) -> tuple[PolicyState, dict[str, Any]]:
+    """The stored engine state (created from the SQL adapters on the first tick) and the
+    wrapper's bookkeeping: jobs already accounted for, events observed so far."""
+    row = session.get(PolicyStateRow, 1)
+    tasks = {t.name: t for t in crud.list_tasks(session)}
+    profiles = {n: TaskProfile(risk=t.risk, tone=t.tone) for n, t in tasks.items()}  # type: ignore[arg-type]
+    adapters = {a.name: list(a.tasks) for a in crud.list_adapters(session)
+                if a.status == "active" and a.tasks}
+    sizes = data_sizes(session, suite)
+    if row is None or not row.state.get("engine"):
+        state = policies.init_state(adapters, profiles, config, data_sizes=sizes)
+        meta: dict[str, Any] = {"jobs_seen": 0, "observed_total": 0}
+    else:
+        state = PolicyState.from_dict(row.state["engine"])
+        state = policies.sync_state(state, {a: t for a, t in state_adapters(state).items()},
+                                    profiles, config, data_sizes=sizes)
+        meta = dict(row.state.get("meta") or {})
+    return state, meta
+
+
+def state_adapters(state: PolicyState) -> dict[str, list[str]]:
+    return {name: list(ad.tasks) for name, ad in state.adapters.items()}
+
+
+def data_sizes(session: Session, suite: Suite) -> dict[str, int]:
+    """Training examples per task: the suite's seed data plus usable feedback examples."""
+    stmt = (select(col(TrainingExample.task), func.count())
+            .where(col(TrainingExample.kind).in_(["accepted", "correction"]))
+            .group_by(col(TrainingExample.task)))
+    fed = {t: int(n) for t, n in session.execute(stmt)}
+    return {t: suite.examples_per_task + fed.get(t, 0) for t in suite.tasks}
+
+
+def observe_new_events(session: Session, state: PolicyState, limit: int) -> int:
+    rows = session.execute(
+        select(FeedbackEvent).where(col(FeedbackEvent.observed).is_(False))
+        .order_by(col(FeedbackEvent.received_at), col(FeedbackEvent.id)).limit(limit)
+    ).scalars().all()
+    for ev in rows:
+        if ev.task not in state.tasks:
+            continue
+        adapter, version = parse_adapter(ev.adapter)
+        policies.observe(state, ev.task, ev.verdict == "accept",
+                         crosstalk_source=ev.crosstalk_source, origin="user",
+                         adapter=adapter, version=version)
+    ids = [ev.id for ev in rows]
+    for i in range(0, len(ids), 500):
+        session.execute(update(FeedbackEvent).where(col(FeedbackEvent.id).in_(ids[i:i + 500]))
+                        .values(observed=True))
+    return len(rows)
+
+
+def account_finished_jobs(session: Session, state: PolicyState, meta: dict[str, Any],
+                           config: PolicyConfig, now: float) -> PolicyState:
+    """Tell the engine about promotions, rejections and failures since the last tick."""
+    seen = int(meta.get("jobs_seen", 0))
+    jobs = session.execute(
+        select(TrainingJob).where(col(TrainingJob.id) > seen)
+        .where(col(TrainingJob.status).in_(["succeeded", "rejected", "failed"]))
+        .order_by(col(TrainingJob.id))
+    ).scalars().all()
+    for job in jobs:
+        # Only advance past a contiguous prefix: a lower job still running is seen later.
+        if session.execute(select(func.count()).select_from(TrainingJob)
+                           .where(col(TrainingJob.id) < job.id, col(TrainingJob.id) > seen)
+                           .where(col(TrainingJob.status).in_(["queued", "running"]))).scalar():
+            break
+        seen = int(job.id or seen)
+        if job.adapter not in state.adapters:
+            continue
+        version = session.execute(
+            select(AdapterVersion).where(col(AdapterVersion.adapter) == job.adapter,
+                                         col(AdapterVersion.version) == job.result_version)
+        ).scalars().first()
+        if version is not None and version.eval:
+            # The run's TAG affinity (promoted or not: it describes training, not the gate).
+            measured = (version.eval.get("train") or {}).get("affinity")
+            if measured:
+                folded = policies.fold_affinity(affinity_estimate(meta), measured)
+                meta["affinity"] = [[i, j, z] for (i, j), z in folded.items()]
+            before = _qualities(version.eval.get("production"))
+            after = _qualities(version.eval.get("candidate"))
+            if before and after:
+                targeted = tuple(job.params.get("targeted") or ())
+                state, _ = policies.record_eval(state, job.adapter, before=before, after=after,
+                                                config=config, targeted=targeted)
+        if job.status == "succeeded" and job.result_version is not None:
+            state = policies.on_promotion(state, job.adapter, version=job.result_version,
+                                          now=now, config=config)
+        elif job.status == "rejected":
+            state = policies.on_rejection(state, job.adapter, now=now, config=config)
+        else:
+            state = policies.clear_pending(state, job.adapter)
+    meta["jobs_seen"] = seen
+    return state
+
+
+def affinity_estimate(meta: dict[str, Any]) -> dict[tuple[str, str], float]:
+    """The running inter-task affinity estimate kept in the tick's bookkeeping."""
+    return {(str(i), str(j)): float(z) for i, j, z in meta.get("affinity") or []}
+
+
+def _qualities(side: Any) -> dict[str, float]:
+    tasks = (side or {}).get("tasks") or {}
+    return {t: float(r["quality"]) for t, r in tasks.items()
+            if isinstance(r, dict) and r.get("quality") is not None}
