@@ -109,7 +109,7 @@ def main() -> None:
                                     console=console, base_cache=args.workdir / "base-cache",
                                     policy_overrides={"min_new_examples": args.min_new})
             runs[policy].append(summarize(report, risk))
-    reused: dict[str, str] = {}
+    reused: set[str] = set()
     if args.runs_from is not None:
         earlier = json.loads(args.runs_from.read_text("utf-8"))
         if earlier["seeds"] != args.seeds:
@@ -117,7 +117,7 @@ def main() -> None:
         for policy in POLICIES:
             if policy not in runs and policy in earlier["policies"]:
                 runs[policy] = earlier["policies"][policy]["runs"]
-                reused[policy] = str(args.runs_from)
+                reused.add(policy)
     table = Table(title=f"{args.scenario}, seeds {args.seeds} (final phase; mean ± spread)")
     for col in ("policy", "high-risk crosstalk", "mean acceptance", "min Δacc vs isolated",
                 "adapters", "forks", "runs", "seconds"):
@@ -137,7 +137,7 @@ def main() -> None:
                                 for t in r["acceptance"]))
         rows[policy] = {"runs": rs, "min_acceptance_gap_vs_isolated": gaps}
         if policy in reused:
-            rows[policy]["runs_from"] = reused[policy]
+            rows[policy]["runs_from"] = str(args.runs_from)
         label = policy + (" (earlier run)" if policy in reused else "")
         table.add_row(label, ms([r["high_risk_crosstalk"] for r in rs]),
                       ms([r["mean_acceptance"] for r in rs]), ms(gaps) if gaps else "-",

@@ -139,16 +139,20 @@ def _compatible_with_origin(
     target = st.adapters.get(ts.forked_from or "")
     if target is None or not target.tasks or len(st.adapters[ts.adapter].tasks) != 1:
         return False
-    profiles = {t: st.tasks[t].profile for t in [*target.tasks, task]}
-    return all(
-        pair_verdict(
-            task, o, profiles, aff,
-            max_negative=config.max_negative(),
-            min_positive=config.min_affinity_for_merge,
-            max_risk_gap=config.max_risk_gap,
-        ).verdict == "compatible"
-        for o in target.tasks
-    )  # fmt: skip
+    return all(_compatible(st, task, o, config, aff) for o in target.tasks)
+
+
+def _compatible(
+    st: PolicyState, a: str, b: str, config: PolicyConfig, aff: Mapping[tuple[str, str], float]
+) -> bool:
+    """Same tone, similar risk and positive measured affinity (DESIGN section 8)."""
+    profiles = {t: st.tasks[t].profile for t in (a, b)}
+    return pair_verdict(
+        a, b, profiles, aff,
+        max_negative=config.max_negative(),
+        min_positive=config.min_affinity_for_merge,
+        max_risk_gap=config.max_risk_gap,
+    ).verdict == "compatible"  # fmt: skip
 
 
 # -- candidates ---------------------------------------------------------------------------
@@ -224,10 +228,12 @@ def _fork_worthy(ts: TaskState, config: PolicyConfig) -> bool:
     one flag in ``crosstalk_min_events``: for a high-risk task that suffices (tight
     thresholds by design); any other task needs the window's crosstalk rate to be above its
     switch-off rate with confidence, so a fork is not decided on one or two events."""
-    if ts.detector.degraded or ts.profile.risk == "high":
-        return ts.detector.degraded or ts.window.leaking
     win = ts.window
-    return win.leaking and wilson_lower(win.crosstalk, win.n, config.fork_leak_z) > win.low
+    if ts.detector.degraded:
+        return True
+    if not win.leaking:
+        return False
+    return ts.profile.risk == "high" or wilson_lower(win.crosstalk, win.n, config.fork_leak_z) > win.low
 
 
 def _leak_from_partner(
@@ -242,15 +248,7 @@ def _leak_from_partner(
     source = ts.window.dominant_source
     if ts.profile.risk == "high" or not ts.window.leaking or not source:
         return False
-    if source == task or source not in st.adapters[ts.adapter].tasks:
-        return False
-    profiles = {t: st.tasks[t].profile for t in (task, source)}
-    return pair_verdict(
-        task, source, profiles, aff,
-        max_negative=config.max_negative(),
-        min_positive=config.min_affinity_for_merge,
-        max_risk_gap=config.max_risk_gap,
-    ).verdict == "compatible"  # fmt: skip
+    return source in st.adapters[ts.adapter].tasks and _compatible(st, task, source, config, aff)
 
 
 def _trouble(ts: TaskState) -> str:

@@ -140,8 +140,8 @@ def test_leaking_high_risk_task_rebalances_then_forks(settings: Settings, engine
 
 
 def test_measured_affinity_reaches_the_engine(settings: Settings, engine: Engine) -> None:
-    # Training on greeting makes apology's loss worse (TAG lookahead), measured in two runs:
-    # the running estimate crosses the high-risk limit and apology is forked for it.
+    # One training run measures that a step on greeting makes apology's loss worse (TAG
+    # lookahead) beyond the high-risk limit: the next tick forks apology for it.
     sent: list[int] = []
     tick(settings, engine, sent, now=1000.0)
     hurt = {"train": {"affinity": {"greeting": {"greeting": 0.1, "apology": -0.08},

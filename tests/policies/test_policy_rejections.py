@@ -8,7 +8,15 @@ from dataclasses import replace
 
 import pytest
 
-from policies import TaskProfile, TaskSignals, clear_pending, on_promotion, on_rejection
+from policies import (
+    PolicyConfig,
+    PolicyState,
+    TaskProfile,
+    TaskSignals,
+    clear_pending,
+    on_promotion,
+    on_rejection,
+)
 from tests.policies.test_policy_engine import CFG, NEG_HIGH, POS_LOW, POS_MED, T0, acts, feed, make, run
 
 
@@ -87,6 +95,25 @@ def test_leak_from_a_task_no_longer_in_the_adapter_is_not_forked_but_rebalanced(
     assert acts(ds) == [("rebalance", "h", "applied")]  # the same leak from g is forked (above)
 
 
+def _rejected_rounds(
+    st: PolicyState, cfg: PolicyConfig, rounds: int,
+    affinity: dict[tuple[str, str], float] | None = None,
+) -> list[tuple[str, str, str]]:
+    """Up to ``rounds`` times: decide, the gate rejects what "shared" trained, new data
+    arrives for "m" and "g". Stops after a fork; returns every decision made."""
+    seen: list[tuple[str, str, str]] = []
+    size = 1000
+    for i in range(rounds):
+        size += CFG.min_new_examples
+        sig = {"m": TaskSignals(data_size=size), "g": TaskSignals(data_size=size)}
+        st, ds = run(st, T0 + 100 * i, signals=sig, config=cfg, affinity=affinity)
+        seen += acts(ds)
+        if any(a == "fork" for a, _, _ in acts(ds)):
+            break
+        st = on_rejection(st, "shared", now=T0 + 100 * i + 30, config=cfg)
+    return seen
+
+
 @pytest.mark.parametrize(("affinity", "forked"), [
     ({("m", "g"): 0.03, ("g", "m"): 0.02}, False),  # compatible: stays shared
     (None, True),  # unmeasured affinity: neutral, so the leak counts toward a fork
@@ -99,16 +126,7 @@ def test_leak_from_a_compatible_co_task_is_rebalanced_not_forked(
     st = make({"shared": ["m", "g"]}, {"m": POS_MED, "g": POS_LOW})
     feed(st, "g", 300, 0.9)
     feed(st, "m", 300, 0.9, source="g")
-    seen: list[tuple[str, str, str]] = []
-    size = 1000
-    for i in range(4):  # rebalance, the gate rejects it, new data arrives, again
-        size += CFG.min_new_examples
-        sig = {"m": TaskSignals(data_size=size), "g": TaskSignals(data_size=size)}
-        st, ds = run(st, T0 + 100 * i, signals=sig, config=cfg, affinity=affinity)
-        seen += acts(ds)
-        if any(a == "fork" for a, _, _ in acts(ds)):
-            break
-        st = on_rejection(st, "shared", now=T0 + 100 * i + 30, config=cfg)
+    seen = _rejected_rounds(st, cfg, 4, affinity)
     limit = cfg.for_risk("medium").fork_after_rebalances
     assert limit is not None and limit < 4
     if forked:
@@ -125,14 +143,7 @@ def test_a_medium_risk_leak_forks_only_when_the_window_proves_it(events: int, fo
     feed(st, "g", 300, 0.9)
     feed(st, "m", events, 0.95, source="g")
     assert st.tasks["m"].window.leaking
-    size = 1000
-    seen: list[tuple[str, str, str]] = []
-    for i in range(3):  # rebalance, the gate rejects it, new data arrives, again
-        size += CFG.min_new_examples
-        sig = {"m": TaskSignals(data_size=size), "g": TaskSignals(data_size=size)}
-        st, ds = run(st, T0 + 100 * i, signals=sig, config=cfg)
-        seen += acts(ds)
-        st = on_rejection(st, "shared", now=T0 + 100 * i + 30, config=cfg)
+    seen = _rejected_rounds(st, cfg, 3)
     fork = ("fork", "m", "applied")
     assert (fork in seen) == forked, seen
 
