@@ -108,6 +108,15 @@ def test_promote_then_reject_and_read_side(engine: Any, suite: Suite, artifacts:
                               version=1, eval_config=eval_cfg, device="cpu")
     assert set(report["eval"]["tasks"]) == set(suite.tasks)
     assert report["eval"]["general_loss"] is not None
+    # 5. apology was forked out of shared: shared's next version must not continue from
+    #    v1's weights, which learnt apology's style, but start fresh on what is left.
+    job3 = _job(engine, tasks=["greeting"])
+    out3 = run_training_job(job3, gate_config=LENIENT_GATE, **kwargs)
+    assert out3.version == 3, (out3.error, out3)
+    with Session(engine) as session:
+        v3 = session.execute(select(AdapterVersion).where(col(AdapterVersion.version) == 3)).scalar_one()
+    meta3 = read_meta(Path(v3.path))
+    assert (meta3["tasks"], meta3["init_from"], meta3["parent_version"]) == (["greeting"], "", 1)
 
 
 def test_claim_is_exclusive_until_the_lease_expires(engine: Any) -> None:

@@ -154,7 +154,7 @@ def _run(
         detector = build_detector(suite, accepted_texts(session, list(suite.tasks)))
         _, all_routes = routing_table(session)
         routes = {t: r for t, r in all_routes.items() if t in tasks}
-        init, parent = _init_source(params, row, adapter, all_routes, kind)
+        init, parent = _init_source(params, row, adapter, all_routes, kind, tasks)
         ratios = _ratios(params, row, data.sizes(), tasks)
         candidate = _adoptable(session, artifacts_dir, adapter, job_id)  # may commit
     risks = {t: suite.tasks[t].risk for t in tasks}
@@ -263,12 +263,17 @@ def _ratios(params: Mapping[str, Any], row: Adapter | None, sizes: Mapping[str, 
 
 def _init_source(
     params: Mapping[str, Any], row: Adapter | None, adapter: str,
-    routes: Mapping[str, Mapping[str, Any]], kind: str,
+    routes: Mapping[str, Mapping[str, Any]], kind: str, tasks: list[str],
 ) -> tuple[Path | None, int | None]:
     """(LoRA weights to continue from, parent version of this adapter).
 
     ``params["init"]``: ``production`` (default: this adapter's served version), ``parent``
     (default for forks: the parent adapter's served version) or ``fresh``.
+
+    ``production`` starts fresh instead when the served version was trained on a task this
+    job no longer trains (it was forked out): continuing from those weights would keep
+    serving that task's style to the tasks left behind, and a few hundred steps on the
+    remaining mixture do not unlearn it.
     """
     own = [int(r["version"]) for r in routes.values() if r["adapter"] == adapter]
     parent = max(own) if own else None
@@ -279,8 +284,19 @@ def _init_source(
     served = [r for r in routes.values() if r["adapter"] == source]
     if not served:
         return None, parent
-    best = max(served, key=lambda r: int(r["version"]))
-    return Path(best["path"]), parent
+    best = Path(max(served, key=lambda r: int(r["version"]))["path"])
+    if mode == "production" and _lost_tasks(best, tasks):
+        return None, parent
+    return best, parent
+
+
+def _lost_tasks(version: Path, tasks: list[str]) -> list[str]:
+    """Tasks ``version`` was trained on that are not in ``tasks`` (unreadable meta: none)."""
+    try:
+        trained = read_meta(version).get("tasks") or []
+    except ArtifactError:
+        return []
+    return sorted(set(trained) - set(tasks))
 
 
 def _adoptable(
