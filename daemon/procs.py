@@ -4,6 +4,7 @@ answers, the API, workers and beat as child processes of the current Python."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -11,11 +12,13 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import httpx
 import redis
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def free_port() -> int:
@@ -41,7 +44,8 @@ def start_redis(port: int, workdir: Path, *, appendonly: bool = False,
     args = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
             "--dir", str(workdir), "--appendonly", "yes" if appendonly else "no",
             "--appendfsync", appendfsync, "--maxmemory-policy", "noeviction"]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            preexec_fn=die_with_parent())
     url = f"redis://127.0.0.1:{port}/0"
     deadline = time.monotonic() + 10
     while not redis_answers(url):
@@ -57,7 +61,28 @@ def spawn(args: Sequence[str], env: dict[str, str], log_path: Path) -> subproces
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = log_path.open("ab")
     return subprocess.Popen([sys.executable, "-m", "daemon.cli", *args], env=env,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=die_with_parent())
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has Linux SIGTERM the child when this process dies, even by
+    SIGKILL: a killed demo or bench must not leave API, workers and Redis running (they would
+    hold ports and eat the CPU of the next run). ``None`` elsewhere.
+
+    The kernel sends the signal when the *thread* that forked exits, so spawn from the main
+    thread (as every caller here does), not from a short-lived helper thread."""
+    if not sys.platform.startswith("linux"):
+        return None
+    parent = os.getpid()
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def preexec() -> None:
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
 
 
 def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:

@@ -1,0 +1,81 @@
+"""A killed `adaptd demo`, `adaptd simulate` or bench leaves nothing running: every process
+its LocalStack started (API, workers with their pool children, beat) dies with it, whether
+the parent got SIGTERM (`pkill -f`) or SIGKILL. Real processes, real Redis; Linux (/proc)."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SUITE
+from tests.helpers import SECRET
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# The parent: start a whole stack, print its processes' ids, then wait to be killed.
+PARENT = """
+import json, sys, time
+from pathlib import Path
+from daemon.settings import Settings
+from daemon.stack import LocalStack
+settings = Settings(redis_url=sys.argv[1], key_prefix=sys.argv[2], webhook_secret=sys.argv[3],
+                    database_url="sqlite:///" + sys.argv[4] + "/unused.db")
+with LocalStack(settings, Path(sys.argv[4]), suite=sys.argv[5], say=lambda *a: None) as stack:
+    print(json.dumps([p.pid for p in stack.procs]), flush=True)
+    time.sleep(600)
+"""
+
+
+def _group_members(groups: set[int]) -> list[int]:
+    """Live (non-zombie) processes whose process group is one of ``groups``."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # pid (comm) state ppid pgrp ...: comm may hold spaces, so split after its ")".
+        fields = stat[stat.rindex(")") + 2:].split()
+        if fields[0] != "Z" and int(fields[2]) in groups:
+            out.append(int(entry.name))
+    return out
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_stack_processes_die_with_their_parent(redis_url: str, prefix: str, tmp_path: Path,
+                                               sig: signal.Signals) -> None:
+    pids: list[int] = []
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT, redis_url, prefix, SECRET, str(tmp_path), SUITE],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        assert parent.stdout is not None
+        ready, _, _ = select.select([parent.stdout], [], [], 120)
+        assert ready, "the stack did not start within 120 s"
+        pids = json.loads(parent.stdout.readline() or "[]")
+        assert len(pids) == 4, pids  # API, ingest/policy worker, train worker, beat
+        groups = set(pids)  # each was started in its own session: pgid == pid
+        before = _group_members(groups)
+        assert set(pids) <= set(before)
+        assert len(before) > len(pids)  # the workers' pool children are counted too
+        os.kill(parent.pid, sig)
+        parent.wait(30)
+        deadline = time.monotonic() + 60
+        while _group_members(groups) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _group_members(groups) == [], "processes outlived their parent"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        for pid in _group_members(set(pids)):
+            os.kill(pid, signal.SIGKILL)
