@@ -117,6 +117,10 @@ class PolicyConfig:
     # A leak forks a low/medium-risk task only when the window proves it: the rate's Wilson
     # lower bound at this z must exceed the switch-off rate (high-risk: the latch suffices).
     fork_leak_z: float = 1.64
+    # Live outputs nobody flagged go through the automatic style detector (the suite's
+    # markers, then n-grams preferring another task by this many nats; DESIGN section 8:
+    # crosstalk = user flags + an automatic detector). None: user flags only.
+    auto_crosstalk_margin: float | None = 2.0
     # Warm-up events to estimate a baseline when none is given at promotion.
     warmup: int = 500
     # Co-existence: affinity needed to call a pair compatible, risk gap allowed.

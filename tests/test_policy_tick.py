@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 import redis
 from sqlalchemy import update
 from sqlalchemy.engine import Engine
@@ -155,6 +156,36 @@ def test_measured_affinity_reaches_the_engine(settings: Settings, engine: Engine
     with Session(engine) as session:
         row = session.get(PolicyStateRow, 1)
         assert row is not None and ["greeting", "apology", -0.08] in row.state["meta"]["affinity"]
+
+
+@pytest.mark.parametrize("margin", [2.0, None], ids=["auto-detector", "user-flags-only"])
+def test_leaks_nobody_flagged_are_caught_by_the_style_detector(
+        settings: Settings, engine: Engine, margin: float | None) -> None:
+    # Users accept apologies that wish a happy new year and flag nothing. The automatic style
+    # detector (the default) still sees greeting's style in them: crosstalk of origin auto,
+    # counted for Prometheus, and the high-risk task is rebalanced. With user flags only the
+    # same traffic looks healthy.
+    config = PolicyConfig.from_dict({**FAST.to_dict(), "auto_crosstalk_margin": margin})
+    sent: list[int] = []
+    tick(settings, engine, sent, now=1000.0, config=config)
+    finish(engine, sent[0])
+    healthy = [event(f"h{i}", t) for i, t in enumerate(["greeting", "apology", "thanks"] * 20)]
+    cheerful = [event(f"c{i}", "apology", output="王总，新年好！非常抱歉~") for i in range(60)]
+    feed(settings, engine, healthy + cheerful)
+    decisions = tick(settings, engine, sent, now=2000.0, config=config)
+    with Session(engine) as session:
+        counted = {(labels["task"], labels["source_task"], labels["origin"]): value
+                   for name, labels, value in crud.read_counters(session)
+                   if name == "adaptd_crosstalk_events_total"}
+    actions = [(d["action"], d["task"]) for d in decisions]
+    if margin is None:
+        assert counted == {} and ("rebalance", "apology") not in actions, actions
+        return
+    # Only the 60 cheerful apologies; the 60 healthy outputs in their own style are not flagged.
+    assert counted == {("apology", "greeting", "auto"): 60.0}
+    assert ("rebalance", "apology") in actions, [d["reason"] for d in decisions]
+    rebalance = next(d for d in decisions if d["action"] == "rebalance")
+    assert "apology leaking" in rebalance["reason"] and "from greeting" in rebalance["reason"]
 
 
 def test_static_mode_retrains_on_schedule_and_never_forks(settings: Settings,

@@ -37,6 +37,7 @@ from storage.models import (
     TrainingJob,
 )
 from storage.suite import Suite
+from workers.auto_crosstalk import auto_source
 from workers.policy_inputs import (
     account_finished_jobs,
     affinity_estimate,
@@ -230,7 +231,9 @@ def _tick(engine: Engine, suite: Suite, config: PolicyConfig, mode: str, now: fl
         #    adapter's detectors and windows), eval regressions, failures.
         state = account_finished_jobs(session, state, meta, config, now)
         # 2. Feed new feedback to the detectors and windows (exactly once: same commit).
-        result.observed = observe_new_events(session, state, max_events)
+        auto = (auto_source(session, suite, margin=config.auto_crosstalk_margin)
+                if config.auto_crosstalk_margin is not None else None)
+        result.observed = observe_new_events(session, state, max_events, auto)
         meta["observed_total"] = int(meta.get("observed_total", 0)) + result.observed
         at_event = meta["observed_total"]
         # 3. Operator overrides recorded by the API.

@@ -12,9 +12,11 @@ from sqlmodel import Session, col, select
 
 import policies
 from policies import PolicyConfig, PolicyState, TaskProfile
+from policies.windows import Origin
 from storage import crud
 from storage.models import AdapterVersion, FeedbackEvent, PolicyStateRow, TrainingExample, TrainingJob
 from storage.suite import Suite
+from workers.auto_crosstalk import AutoSource
 
 
 def parse_adapter(value: str | None) -> tuple[str | None, int | None]:
@@ -58,18 +60,30 @@ def data_sizes(session: Session, suite: Suite) -> dict[str, int]:
     return {t: suite.examples_per_task + fed.get(t, 0) for t in suite.tasks}
 
 
-def observe_new_events(session: Session, state: PolicyState, limit: int) -> int:
+def observe_new_events(session: Session, state: PolicyState, limit: int,
+                       auto: AutoSource | None = None) -> int:
+    """Feed unobserved feedback to the detectors and windows. A user's crosstalk flag is
+    taken as is; an output nobody flagged is checked by ``auto`` (origin ``auto``)."""
     rows = session.execute(
         select(FeedbackEvent).where(col(FeedbackEvent.observed).is_(False))
         .order_by(col(FeedbackEvent.received_at), col(FeedbackEvent.id)).limit(limit)
     ).scalars().all()
+    found: dict[crud.CounterKey, float] = {}
     for ev in rows:
         if ev.task not in state.tasks:
             continue
         adapter, version = parse_adapter(ev.adapter)
-        policies.observe(state, ev.task, ev.verdict == "accept",
-                         crosstalk_source=ev.crosstalk_source, origin="user",
-                         adapter=adapter, version=version)
+        source: str | None = ev.crosstalk_source
+        origin: Origin = "user"
+        if source is None and auto is not None:
+            source, origin = auto(ev.task, ev.output), "auto"
+            if source is not None:
+                key = crud.counter_key("adaptd_crosstalk_events_total",
+                                       {"task": ev.task, "source_task": source, "origin": "auto"})
+                found[key] = found.get(key, 0.0) + 1
+        policies.observe(state, ev.task, ev.verdict == "accept", crosstalk_source=source,
+                         origin=origin, adapter=adapter, version=version)
+    crud.add_counters(session, increments=found)
     ids = [ev.id for ev in rows]
     for i in range(0, len(ids), 500):
         session.execute(update(FeedbackEvent).where(col(FeedbackEvent.id).in_(ids[i:i + 500]))

@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 
-from sqlalchemy import or_, update
+from sqlalchemy import ColumnElement, or_, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
@@ -50,15 +50,20 @@ def claim_job(session: Session, job_id: int, worker_id: str, lease_seconds: int)
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
 
+def still_ours(job_id: int, worker_id: str) -> tuple[ColumnElement[bool], ...]:
+    """WHERE clauses of an update that only applies while ``worker_id`` runs the job (a
+    worker whose lease expired and was taken over must not touch the row any more)."""
+    return (col(TrainingJob.id) == job_id, col(TrainingJob.lease_owner) == worker_id,
+            col(TrainingJob.status) == "running")
+
+
 def extend_lease(engine: Engine, job_id: int, worker_id: str, lease_seconds: int) -> bool:
     """Push the lease forward if we still own the running job."""
     now = time.time()
     with Session(engine) as session:
         result = session.execute(
             update(TrainingJob)
-            .where(col(TrainingJob.id) == job_id)
-            .where(col(TrainingJob.lease_owner) == worker_id)
-            .where(col(TrainingJob.status) == "running")
+            .where(*still_ours(job_id, worker_id))
             .values(lease_until=now + lease_seconds, heartbeat_at=now)
         )
         session.commit()

@@ -22,6 +22,7 @@ from sqlmodel import Session, col
 
 from storage.crud import add_counters, counter_key, routing_table, set_routes
 from storage.models import AdapterVersion, Task, TrainingExample, TrainingJob, now
+from workers.training.lease import still_ours
 
 log = logging.getLogger("adaptd.training")
 
@@ -118,9 +119,7 @@ def mark_failed(engine: Engine, *, job_id: int, worker_id: str, error: str, requ
     with Session(engine) as session:
         done = session.execute(
             update(TrainingJob)
-            .where(col(TrainingJob.id) == job_id)
-            .where(col(TrainingJob.lease_owner) == worker_id)
-            .where(col(TrainingJob.status) == "running")
+            .where(*still_ours(job_id, worker_id))
             .values(
                 status="queued" if requeue else "failed",
                 error=error[:4000],

@@ -1,0 +1,80 @@
+"""The automatic half of the live crosstalk signal (DESIGN section 8: "user flags + an
+automatic style detector").
+
+Users rarely say *which* task's style leaked, and often accept a slightly odd answer. So
+every output nobody flagged is checked by the same detector the training eval uses
+(``workers/training/style.py``, pure Python): the suite's explicit markers first, then a
+character n-gram naive Bayes that must prefer another task by ``margin`` nats. A hit enters
+the task's window as crosstalk of origin ``auto`` and is counted in
+``adaptd_crosstalk_events_total{origin="auto"}``.
+
+The detector is fitted on the suite's seed responses plus the newest accepted outputs. A fit
+takes a tenth of a second or two, too much for every tick of a 1 s interval, so a worker
+process keeps it per database and suite and refits once the accepted data grew by a tenth
+or the fit is ``REFIT_AFTER_S`` old.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import func
+from sqlmodel import Session, col, select
+
+from storage.models import TrainingExample
+from storage.suite import Suite
+from workers.training.data import accepted_texts
+from workers.training.style import StyleDetector, crosstalk_source
+
+REFIT_AFTER_S = 600.0
+REFIT_GROWTH = 0.1
+
+AutoSource = Callable[[str, str], str | None]  # (task, output) -> source task or None
+
+
+@dataclass(frozen=True)
+class _Fit:
+    detector: StyleDetector
+    accepted: int  # accepted outputs in SQL when it was fitted
+    at: float
+
+
+_fits: dict[tuple[str, str], _Fit] = {}
+
+
+def _accepted_count(session: Session) -> int:
+    return int(session.execute(
+        select(func.count()).select_from(TrainingExample)
+        .where(col(TrainingExample.kind).in_(["accepted", "correction"]))
+    ).scalar_one())
+
+
+def style_detector(session: Session, suite: Suite, *, now: float | None = None) -> StyleDetector:
+    """The fitted detector for this database and suite (refitted when stale, see above)."""
+    now = time.monotonic() if now is None else now
+    bind = session.get_bind()
+    key = (str(bind.engine.url), suite.name)
+    n = _accepted_count(session)
+    fit = _fits.get(key)
+    if fit is None or n > fit.accepted * (1 + REFIT_GROWTH) or now - fit.at > REFIT_AFTER_S:
+        texts = {t: [e.response for e in suite.seed_examples(t)] for t in suite.tasks}
+        for task, more in accepted_texts(session, list(suite.tasks)).items():
+            texts[task] += more
+        fit = _Fit(StyleDetector.fit(texts), n, now)
+        _fits[key] = fit
+    return fit.detector
+
+
+def auto_source(session: Session, suite: Suite, *, margin: float) -> AutoSource:
+    """A function telling which other task's style an output of ``task`` carries, if any."""
+    detector = style_detector(session, suite)
+    markers = {t: list(s.markers) for t, s in suite.tasks.items()}
+
+    def source(task: str, output: str) -> str | None:
+        if task not in suite.tasks:
+            return None
+        return crosstalk_source(output, task, detector=detector, markers=markers, margin=margin)
+
+    return source
