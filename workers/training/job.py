@@ -285,7 +285,10 @@ def _init_source(
     if not served:
         return None, parent
     best = Path(max(served, key=lambda r: int(r["version"]))["path"])
-    if mode == "production" and _lost_tasks(best, tasks):
+    lost = _lost_tasks(best, tasks) if mode == "production" else []
+    if lost:
+        log.info("%s: training from fresh LoRA weights: the served %s learnt %s, which "
+                 "left the adapter", adapter, best.name, ", ".join(lost))
         return None, parent
     return best, parent
 
