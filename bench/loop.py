@@ -99,7 +99,7 @@ def rate_difference(k1: int, n1: int, k2: int, n2: int, z: float = 1.96) -> tupl
 
 def pooled_vs(runs: list[dict[str, Any]], baseline: list[dict[str, Any]]) -> dict[str, Any]:
     """Per task, the final phases of all seeds pooled: acceptance vs the baseline's, with a
-    95 % interval of the difference (``None`` for runs recorded without event counts)."""
+    95 % interval of the difference (empty when a run was recorded without event counts)."""
     out: dict[str, Any] = {}
     for task in sorted(runs[0]["acceptance"]):
         counts = []
