@@ -33,6 +33,7 @@ from storage.db import make_engine
 from storage.models import FeedbackEvent
 from storage.suite import load_suite
 from workers.auto_crosstalk import auto_source
+from workers.policy_inputs import feedback_examples
 
 
 def replay(db: Path, suite_ref: str, margin: float) -> dict[str, Any]:
@@ -40,7 +41,8 @@ def replay(db: Path, suite_ref: str, margin: float) -> dict[str, Any]:
     engine = make_engine(f"sqlite:///{db}")
     with Session(engine) as session:
         t0 = time.perf_counter()
-        source = auto_source(session, suite, margin=margin)
+        accepted = sum(feedback_examples(session).values())
+        source = auto_source(session, suite, margin=margin, accepted=accepted)
         fit_s = time.perf_counter() - t0
         events = session.execute(select(FeedbackEvent)).scalars().all()
         t0 = time.perf_counter()

@@ -20,13 +20,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import func
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
-from storage.models import TrainingExample
 from storage.suite import Suite
 from workers.training.data import accepted_texts
-from workers.training.style import StyleDetector, crosstalk_source
+from workers.training.style import StyleDetector, build_detector, crosstalk_source
 
 REFIT_AFTER_S = 600.0
 REFIT_GROWTH = 0.1
@@ -44,32 +42,22 @@ class _Fit:
 _fits: dict[tuple[str, str], _Fit] = {}
 
 
-def _accepted_count(session: Session) -> int:
-    return int(session.execute(
-        select(func.count()).select_from(TrainingExample)
-        .where(col(TrainingExample.kind).in_(["accepted", "correction"]))
-    ).scalar_one())
-
-
-def style_detector(session: Session, suite: Suite, *, now: float | None = None) -> StyleDetector:
-    """The fitted detector for this database and suite (refitted when stale, see above)."""
+def style_detector(session: Session, suite: Suite, *, accepted: int,
+                   now: float | None = None) -> StyleDetector:
+    """The fitted detector for this database and suite (refitted when stale, see above).
+    ``accepted``: accepted outputs and corrections in SQL now (the tick counts them anyway)."""
     now = time.monotonic() if now is None else now
-    bind = session.get_bind()
-    key = (str(bind.engine.url), suite.name)
-    n = _accepted_count(session)
+    key = (str(session.get_bind().engine.url), suite.name)
     fit = _fits.get(key)
-    if fit is None or n > fit.accepted * (1 + REFIT_GROWTH) or now - fit.at > REFIT_AFTER_S:
-        texts = {t: [e.response for e in suite.seed_examples(t)] for t in suite.tasks}
-        for task, more in accepted_texts(session, list(suite.tasks)).items():
-            texts[task] += more
-        fit = _Fit(StyleDetector.fit(texts), n, now)
-        _fits[key] = fit
+    if fit is None or accepted > fit.accepted * (1 + REFIT_GROWTH) or now - fit.at > REFIT_AFTER_S:
+        detector = build_detector(suite, accepted_texts(session, list(suite.tasks)))
+        fit = _fits[key] = _Fit(detector, accepted, now)
     return fit.detector
 
 
-def auto_source(session: Session, suite: Suite, *, margin: float) -> AutoSource:
+def auto_source(session: Session, suite: Suite, *, margin: float, accepted: int) -> AutoSource:
     """A function telling which other task's style an output of ``task`` carries, if any."""
-    detector = style_detector(session, suite)
+    detector = style_detector(session, suite, accepted=accepted)
     markers = {t: list(s.markers) for t, s in suite.tasks.items()}
 
     def source(task: str, output: str) -> str | None:

@@ -42,6 +42,7 @@ from workers.policy_inputs import (
     account_finished_jobs,
     affinity_estimate,
     data_sizes,
+    feedback_examples,
     load_state,
     observe_new_events,
 )
@@ -226,12 +227,15 @@ def _tick(engine: Engine, suite: Suite, config: PolicyConfig, mode: str, now: fl
           enqueue: Callable[[int], None] | None, max_events: int, resend_after_s: float) -> TickResult:
     result = TickResult()
     with Session(engine, expire_on_commit=False) as session:
-        state, meta = load_state(session, suite, config)
+        fed = feedback_examples(session)
+        sizes = data_sizes(suite, fed)
+        state, meta = load_state(session, config, sizes)
         # 1. What training did since the last tick: promotions (which reset the promoted
         #    adapter's detectors and windows), eval regressions, failures.
         state = account_finished_jobs(session, state, meta, config, now)
         # 2. Feed new feedback to the detectors and windows (exactly once: same commit).
-        auto = (auto_source(session, suite, margin=config.auto_crosstalk_margin)
+        auto = (auto_source(session, suite, margin=config.auto_crosstalk_margin,
+                            accepted=sum(fed.values()))
                 if config.auto_crosstalk_margin is not None else None)
         result.observed = observe_new_events(session, state, max_events, auto)
         meta["observed_total"] = int(meta.get("observed_total", 0)) + result.observed
@@ -241,7 +245,6 @@ def _tick(engine: Engine, suite: Suite, config: PolicyConfig, mode: str, now: fl
         active = crud.active_jobs(session)
         busy = {j.adapter for j in active}
         buffers = crud.buffered_counts(session)
-        sizes = data_sizes(session, suite)
         # 4. Tasks nobody serves yet: their adapter gets a first version before anything
         #    else. (A forked adapter's task is still served by its old adapter until the
         #    fork is promoted, so a rejected fork is not "bootstrapped" over and over.)

@@ -27,15 +27,16 @@ def parse_adapter(value: str | None) -> tuple[str | None, int | None]:
     return name, int(ver) if ver.isdigit() else None
 
 
-def load_state(session: Session, suite: Suite, config: PolicyConfig) -> tuple[PolicyState, dict[str, Any]]:
+def load_state(session: Session, config: PolicyConfig,
+               sizes: dict[str, int]) -> tuple[PolicyState, dict[str, Any]]:
     """The stored engine state (created from the SQL adapters on the first tick) and the
-    wrapper's bookkeeping: jobs already accounted for, events observed so far."""
+    wrapper's bookkeeping: jobs already accounted for, events observed so far. ``sizes``:
+    ``data_sizes(...)``."""
     row = session.get(PolicyStateRow, 1)
     tasks = {t.name: t for t in crud.list_tasks(session)}
     profiles = {n: TaskProfile(risk=t.risk, tone=t.tone) for n, t in tasks.items()}  # type: ignore[arg-type]
     adapters = {a.name: list(a.tasks) for a in crud.list_adapters(session)
                 if a.status == "active" and a.tasks}
-    sizes = data_sizes(session, suite)
     if row is None or not row.state.get("engine"):
         state = policies.init_state(adapters, profiles, config, data_sizes=sizes)
         meta: dict[str, Any] = {"jobs_seen": 0, "observed_total": 0}
@@ -51,12 +52,16 @@ def state_adapters(state: PolicyState) -> dict[str, list[str]]:
     return {name: list(ad.tasks) for name, ad in state.adapters.items()}
 
 
-def data_sizes(session: Session, suite: Suite) -> dict[str, int]:
-    """Training examples per task: the suite's seed data plus usable feedback examples."""
+def feedback_examples(session: Session) -> dict[str, int]:
+    """Usable training examples from feedback (accepted outputs, corrections) per task."""
     stmt = (select(col(TrainingExample.task), func.count())
             .where(col(TrainingExample.kind).in_(["accepted", "correction"]))
             .group_by(col(TrainingExample.task)))
-    fed = {t: int(n) for t, n in session.execute(stmt)}
+    return {t: int(n) for t, n in session.execute(stmt)}
+
+
+def data_sizes(suite: Suite, fed: dict[str, int]) -> dict[str, int]:
+    """Training examples per task: the suite's seed data plus ``feedback_examples``."""
     return {t: suite.examples_per_task + fed.get(t, 0) for t in suite.tasks}
 
 

@@ -7,7 +7,8 @@ from typing import Any
 from storage.suite import Suite
 from workers.training.config import EvalConfig
 from workers.training.data import assemble
-from workers.training.evaluate import build_detector, evaluate_model
+from workers.training.evaluate import evaluate_model
+from workers.training.style import build_detector
 
 
 def _eval(bundle: Any, suite: Suite, cfg: EvalConfig) -> dict[str, Any]:

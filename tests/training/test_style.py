@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from storage.suite import Suite
-from workers.training.evaluate import build_detector, char_f1, default_scorer
-from workers.training.style import StyleDetector, crosstalk_source, marker_source
+from workers.training.evaluate import char_f1, default_scorer
+from workers.training.style import StyleDetector, build_detector, crosstalk_source, marker_source
 
 
 def test_detector_recognizes_each_tasks_style(suite: Suite) -> None:

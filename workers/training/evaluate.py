@@ -62,15 +62,6 @@ def default_scorer(suite: Suite) -> Scorer:
     return score
 
 
-def build_detector(suite: Suite, extra: Mapping[str, Sequence[str]] | None = None) -> StyleDetector:
-    """Style detector over every suite task: seed responses + ``extra`` accepted outputs."""
-    texts = {t: [e.response for e in suite.seed_examples(t)] for t in suite.tasks}
-    for task, more in (extra or {}).items():
-        if task in texts:
-            texts[task] = texts[task] + list(more)
-    return StyleDetector.fit(texts)
-
-
 @torch.no_grad()
 def mean_loss(model: Any, tokenizer: Any, samples: Sequence[Sample], task: str) -> float | None:
     """Mean token cross-entropy of the responses (None without samples)."""

@@ -44,11 +44,12 @@ from workers.training.base_model import BaseModelError, load_base, quiet_peft
 from workers.training.config import DataConfig, EvalConfig, GateConfig, TrainConfig
 from workers.training.data import accepted_texts, assemble
 from workers.training.eval_run import side_by_side
-from workers.training.evaluate import Scorer, build_detector
+from workers.training.evaluate import Scorer
 from workers.training.gate import gate
 from workers.training.lease import Heartbeat, claim_job
 from workers.training.promote import LeaseLost, finalize, mark_failed, publish_routing
 from workers.training.sampler import default_ratios
+from workers.training.style import build_detector
 from workers.training.trainer import Progress, TrainingAborted, train_adapter
 from workers.training.versions import evaluate_version, list_versions
 

@@ -16,6 +16,8 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from storage.suite import Suite
+
 NGRAMS = (1, 2, 3)
 
 
@@ -78,6 +80,15 @@ class StyleDetector:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> StyleDetector:
         return cls(data["counts"], float(data.get("alpha", 0.5)))
+
+
+def build_detector(suite: Suite, extra: Mapping[str, Sequence[str]] | None = None) -> StyleDetector:
+    """Style detector over every suite task: seed responses + ``extra`` accepted outputs."""
+    texts = {t: [e.response for e in suite.seed_examples(t)] for t in suite.tasks}
+    for task, more in (extra or {}).items():
+        if task in texts:
+            texts[task] = texts[task] + list(more)
+    return StyleDetector.fit(texts)
 
 
 def marker_source(

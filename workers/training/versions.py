@@ -51,7 +51,8 @@ def evaluate_version(
 
     from workers.training.base_model import load_base, quiet_peft
     from workers.training.data import accepted_texts, assemble
-    from workers.training.evaluate import build_detector, evaluate_model
+    from workers.training.evaluate import evaluate_model
+    from workers.training.style import build_detector
 
     path = version_dir(artifacts_dir, adapter, version)
     with Session(engine) as session:
