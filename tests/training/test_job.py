@@ -76,6 +76,10 @@ def test_promote_then_reject_and_read_side(engine: Any, suite: Suite, artifacts:
     for key in ("base_model", "tasks", "ratios", "data_hashes", "parent_version", "eval",
                 "train_config", "job_id"):
         assert key in meta
+    # A three-task adapter trains three times the one-task steps (each task drawn as often).
+    steps = train_cfg().steps
+    assert meta["train"]["steps"] == meta["train_config"]["steps"] == 3 * steps
+    assert meta["train_config"]["task_scaling"] == 0.0  # saved as it ran
     assert not (artifacts / "shared" / ".work" / f"job-{job1}").exists()
     # 2. A finished job is never run (or promoted) again.
     assert run_training_job(job1, gate_config=LENIENT_GATE, **kwargs).status == "not_claimed"
@@ -117,6 +121,7 @@ def test_promote_then_reject_and_read_side(engine: Any, suite: Suite, artifacts:
         v3 = session.execute(select(AdapterVersion).where(col(AdapterVersion.version) == 3)).scalar_one()
     meta3 = read_meta(Path(v3.path))
     assert (meta3["tasks"], meta3["init_from"], meta3["parent_version"]) == (["greeting"], "", 1)
+    assert meta3["train"]["steps"] == steps
 
 
 def test_claim_is_exclusive_until_the_lease_expires(engine: Any) -> None:

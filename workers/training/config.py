@@ -51,6 +51,11 @@ class TrainConfig(_Model):
     """One training run of an adapter."""
 
     steps: int = Field(120, ge=1, le=1_000_000)
+    # An adapter with n tasks trains ``steps * n ** task_scaling`` steps (``for_tasks``). With
+    # 1.0 every task of a shared adapter is drawn about as often as in a one-task adapter;
+    # with 0 a four-task adapter sees each task a quarter as often, and answers its terse
+    # requests in a co-task's style more often (bench/README "Steps per task").
+    task_scaling: float = Field(1.0, ge=0.0, le=1.0)
     batch_examples: int = Field(16, ge=1, le=4096)  # examples per optimizer micro-step
     grad_accum: int = Field(1, ge=1, le=1024)
     lr: float = Field(2e-3, gt=0.0, le=1.0)
@@ -78,6 +83,21 @@ class TrainConfig(_Model):
         if not self.stages or abs(total - 1.0) > 1e-6:
             raise ValueError(f"stage fractions must sum to 1 (got {total:.3f})")
         return self
+
+    def for_tasks(self, n_tasks: int) -> TrainConfig:
+        """This config with ``steps`` resolved for an adapter of ``n_tasks`` tasks (and
+        ``task_scaling`` 0, so the copy saved next to a version is exactly what ran).
+
+        >>> cfg = TrainConfig(steps=100)
+        >>> cfg.for_tasks(4).steps, cfg.for_tasks(1).steps
+        (400, 100)
+        >>> TrainConfig(steps=100, task_scaling=0.5).for_tasks(4).steps
+        200
+        >>> TrainConfig(steps=100, task_scaling=0.0).for_tasks(4).steps
+        100
+        """
+        steps = max(1, round(self.steps * max(n_tasks, 1) ** self.task_scaling))
+        return self.model_copy(update={"steps": steps, "task_scaling": 0.0})
 
     def stage_steps(self) -> list[tuple[Stage, int]]:
         """Steps per stage; rounding goes to the first stage so the total is exact."""

@@ -148,6 +148,7 @@ def _run(
         tasks = _tasks(params, row, suite, adapter)
         if params.get("train"):
             tcfg = TrainConfig.model_validate({**tcfg.model_dump(), **params["train"]})
+        tcfg = tcfg.for_tasks(len(tasks))
         if params.get("gate"):
             gcfg = GateConfig.model_validate({**gcfg.model_dump(), **params["gate"]})
         # 2. Data: SQL rows + suite seeds, cleaned and split; the style detector's texts.
