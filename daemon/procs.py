@@ -56,19 +56,23 @@ def start_redis(port: int, workdir: Path, *, appendonly: bool = False,
     return proc
 
 
-def spawn(args: Sequence[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    """Run ``python -m daemon.cli ...`` style commands with output to a log file."""
+def spawn(args: Sequence[str], env: dict[str, str], log_path: Path, *,
+          on_parent_death: signal.Signals = signal.SIGTERM) -> subprocess.Popen[bytes]:
+    """Run ``python -m daemon.cli ...`` style commands with output to a log file.
+
+    ``on_parent_death``: the signal the child gets when this process dies (see
+    ``die_with_parent``)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = log_path.open("ab")
     return subprocess.Popen([sys.executable, "-m", "daemon.cli", *args], env=env,
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            preexec_fn=die_with_parent())
+                            preexec_fn=die_with_parent(on_parent_death))
 
 
-def die_with_parent() -> Callable[[], None] | None:
-    """A ``preexec_fn`` that has Linux SIGTERM the child when this process dies, even by
-    SIGKILL: a killed demo or bench must not leave API, workers and Redis running (they would
-    hold ports and eat the CPU of the next run). ``None`` elsewhere.
+def die_with_parent(sig: signal.Signals = signal.SIGTERM) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has Linux send ``sig`` to the child when this process dies, even
+    by SIGKILL: a killed demo or bench must not leave API, workers and Redis running (they
+    would hold ports and eat the CPU of the next run). ``None`` elsewhere.
 
     The kernel sends the signal when the *thread* that forked exits, so spawn from the main
     thread (as every caller here does), not from a short-lived helper thread."""
@@ -78,9 +82,9 @@ def die_with_parent() -> Callable[[], None] | None:
     libc = ctypes.CDLL(None, use_errno=True)
 
     def preexec() -> None:
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        libc.prctl(PR_SET_PDEATHSIG, sig)
         if os.getppid() != parent:  # the parent died before prctl took effect
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), sig)
 
     return preexec
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -91,11 +92,15 @@ class LocalStack:
             raise RuntimeError(f"adaptd init failed; see {logs / 'init.log'}")
         api = procs.spawn(["serve", "--port", str(port)], env, logs / "api.log")
         self.procs.append(api)
+        # Workers get SIGQUIT (Celery's cold shutdown) if this process dies: SIGTERM's warm
+        # shutdown would finish the running training job first, minutes of CPU for a stack
+        # nobody uses any more. Their tasks are acks-late and leased, so none is lost.
         self.procs.append(procs.spawn(["worker", "--queues", "ingest,policy"], env,
-                                      logs / "worker.log"))
+                                      logs / "worker.log", on_parent_death=signal.SIGQUIT))
         for i in range(self.train_workers):
             self.procs.append(procs.spawn(["worker", "--queues", "train"], env,
-                                          logs / f"train-{i}.log"))
+                                          logs / f"train-{i}.log",
+                                          on_parent_death=signal.SIGQUIT))
         self.procs.append(procs.spawn(["beat"], env, logs / "beat.log"))
         self.url = f"http://127.0.0.1:{port}"
         procs.wait_http(f"{self.url}/healthz", proc=api)

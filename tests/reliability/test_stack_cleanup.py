@@ -28,7 +28,16 @@ from daemon.settings import Settings
 from daemon.stack import LocalStack
 settings = Settings(redis_url=sys.argv[1], key_prefix=sys.argv[2], webhook_secret=sys.argv[3],
                     database_url="sqlite:///" + sys.argv[4] + "/unused.db")
-with LocalStack(settings, Path(sys.argv[4]), suite=sys.argv[5], say=lambda *a: None) as stack:
+train = json.loads(sys.argv[6])
+with LocalStack(settings, Path(sys.argv[4]), suite=sys.argv[5], train=train,
+                base_cache=Path(sys.argv[7]) if sys.argv[7] else None,
+                say=lambda *a: None) as stack:
+    if train:  # wait until the bootstrap training job is in its training loop
+        log = stack.logs / "train-0.log"
+        deadline = time.monotonic() + 420  # the first use builds the base model
+        while " step " not in (log.read_text() if log.exists() else ""):
+            assert time.monotonic() < deadline, "no training step logged"
+            time.sleep(0.2)
     print(json.dumps([p.pid for p in stack.procs]), flush=True)
     time.sleep(600)
 """
@@ -51,17 +60,29 @@ def _group_members(groups: set[int]) -> list[int]:
     return out
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+# A training job that would run for hours: the worker must not finish it first (Celery's
+# warm shutdown on SIGTERM would), nobody is left to use its result.
+LONG_TRAINING = {"steps": 500_000, "log_every": 1, "checkpoint_every": 100_000}
+
+
+@pytest.mark.parametrize(("sig", "train"), [
+    pytest.param(signal.SIGTERM, {}, id="sigterm"),
+    pytest.param(signal.SIGKILL, {}, id="sigkill"),
+    # The first use of the base model cache builds it (shared with tests/test_loop.py).
+    pytest.param(signal.SIGKILL, LONG_TRAINING, id="sigkill-while-training",
+                 marks=pytest.mark.timeout(600)),
+])
 def test_stack_processes_die_with_their_parent(redis_url: str, prefix: str, tmp_path: Path,
-                                               sig: signal.Signals) -> None:
+                                               sig: signal.Signals, train: dict[str, int]) -> None:
     pids: list[int] = []
     parent = subprocess.Popen(
-        [sys.executable, "-c", PARENT, redis_url, prefix, SECRET, str(tmp_path), SUITE],
+        [sys.executable, "-c", PARENT, redis_url, prefix, SECRET, str(tmp_path), SUITE,
+         json.dumps(train), str(tmp_path.parent / "adaptd-base-cache") if train else ""],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
         assert parent.stdout is not None
-        ready, _, _ = select.select([parent.stdout], [], [], 120)
-        assert ready, "the stack did not start within 120 s"
+        ready, _, _ = select.select([parent.stdout], [], [], 450)
+        assert ready, "the stack did not start (or train) within 450 s"
         pids = json.loads(parent.stdout.readline() or "[]")
         assert len(pids) == 4, pids  # API, ingest/policy worker, train worker, beat
         groups = set(pids)  # each was started in its own session: pgid == pid
