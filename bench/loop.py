@@ -145,6 +145,9 @@ def main() -> None:
                     help="reuse reports already in --workdir instead of re-running them")
     ap.add_argument("--min-new", type=int, default=300,
                     help="new examples that trigger a retrain (all policies)")
+    ap.add_argument("--task-scaling", type=float, default=None, metavar="X",
+                    help="TrainConfig.task_scaling for every run (default: the trainer's, 0 = "
+                         "fixed steps; 1 trains an n-task adapter n times the steps)")
     ap.add_argument("--runs-from", type=Path, default=None, metavar="RESULTS",
                     help="take the policies not re-run here from an earlier results file of the "
                          "same scenario and seeds (e.g. static/isolated, which do not use the "
@@ -156,6 +159,7 @@ def main() -> None:
     _, suite, _ = load_scenario(args.scenario)
     risk = {t: spec.risk for t, spec in suite.tasks.items()}
     settings = Settings()
+    train = {} if args.task_scaling is None else {"task_scaling": args.task_scaling}
     runs: dict[str, list[dict[str, Any]]] = {p: [] for p in args.policies}
     t0 = time.monotonic()
     for seed in args.seeds:
@@ -169,7 +173,8 @@ def main() -> None:
             report = run_simulation(settings, args.scenario, policy=policy, seed=seed,
                                     report_path=work / "report.json", workdir=work / "state",
                                     console=console, base_cache=args.workdir / "base-cache",
-                                    policy_overrides={"min_new_examples": args.min_new})
+                                    policy_overrides={"min_new_examples": args.min_new},
+                                    train_overrides=train)
             runs[policy].append(summarize(report, risk))
     reused: set[str] = set()
     if args.runs_from is not None:
@@ -231,6 +236,7 @@ def main() -> None:
     console.print(goals)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"scenario": args.scenario, "seeds": args.seeds,
+                                    "train_overrides": train,
                                     "policies": rows, "goals": goals,
                                     "seconds": round(time.monotonic() - t0, 1)}, indent=2))
     console.print(f"wrote {args.out}")

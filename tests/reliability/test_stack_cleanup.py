@@ -87,6 +87,10 @@ def test_stack_processes_die_with_their_parent(redis_url: str, prefix: str, tmp_
         assert len(pids) == 4, pids  # API, ingest/policy worker, train worker, beat
         groups = set(pids)  # each was started in its own session: pgid == pid
         before = _group_members(groups)
+        deadline = time.monotonic() + 60  # the workers fork their pool children after start
+        while len(before) <= len(pids) and time.monotonic() < deadline:
+            time.sleep(0.2)
+            before = _group_members(groups)
         assert set(pids) <= set(before)
         assert len(before) > len(pids)  # the workers' pool children are counted too
         os.kill(parent.pid, sig)

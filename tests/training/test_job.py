@@ -50,7 +50,7 @@ def test_promote_then_reject_and_read_side(engine: Any, suite: Suite, artifacts:
     _seed_db(engine, suite)
     kwargs = dict(engine=engine, redis_client=routing_feed.client, key_prefix=routing_feed.prefix,
                   artifacts_dir=artifacts, suite=suite, worker_id="w1", lease_seconds=30,
-                  train_config=train_cfg(), eval_config=eval_cfg, device="cpu")
+                  train_config=train_cfg(task_scaling=1.0), eval_config=eval_cfg, device="cpu")
     # 1. First version: compared with the bare base model; a lenient gate promotes it.
     job1 = _job(engine)
     out = run_training_job(job1, gate_config=LENIENT_GATE, **kwargs)
