@@ -23,6 +23,9 @@ from workers.training.job import run_training_job
 CONFIG = PolicyConfig.from_dict({
     "cooldown_s": 0, "structural_cooldown_s": 0, "rebalance_patience_s": 0,
     "min_new_examples": 10**6, "probation_min_events": 10**9, "crosstalk_min_events": 20,
+    # This test is the leak path. The bootstrap's affinity probes can also measure negative
+    # transfer into some task and fork that first (a path of its own, tested in tests/policies).
+    "risk": {level: {"max_negative_affinity": -10.0} for level in ("low", "medium", "high")},
 })
 
 
@@ -59,7 +62,7 @@ def test_leak_goes_rebalance_then_fork_then_reroute(settings: Settings, engine: 
 
     assert tick(1000.0) == ["retrain:None"]  # bootstrap
     train_all()
-    assert outcomes == ["promoted"]
+    assert outcomes == ["promoted"], reasons
     first = httpx.get(f"{live_api.url}/v1/routing").json()
     assert first["routes"]["apology"]["adapter"] == "shared"
 

@@ -54,10 +54,9 @@ class TrainConfig(_Model):
     # An adapter with n tasks trains ``steps * n ** task_scaling`` steps (``for_tasks``). With
     # 1.0 every task of a shared adapter is drawn about as often as in a one-task adapter;
     # with 0 (fixed steps) a four-task adapter sees each task a quarter as often and answers
-    # terse requests in a co-task's style more often (README, the loop bench). Not the
-    # default yet: office-en's seven-task adapter at 700 steps raised the general-data loss
-    # by 47 % and failed the retention gate, so its first version was never promoted.
-    task_scaling: float = Field(0.0, ge=0.0, le=1.0)
+    # terse requests in a co-task's style more often (README, bench/task_steps.py). 0.5 is
+    # the middle way for adapters of many tasks on a large model, where steps are dear.
+    task_scaling: float = Field(1.0, ge=0.0, le=1.0)
     batch_examples: int = Field(16, ge=1, le=4096)  # examples per optimizer micro-step
     grad_accum: int = Field(1, ge=1, le=1024)
     lr: float = Field(2e-3, gt=0.0, le=1.0)
@@ -95,7 +94,7 @@ class TrainConfig(_Model):
         (400, 100)
         >>> TrainConfig(steps=100, task_scaling=0.5).for_tasks(4).steps
         200
-        >>> TrainConfig(steps=100).for_tasks(4).steps  # the default: fixed steps
+        >>> TrainConfig(steps=100, task_scaling=0.0).for_tasks(4).steps  # fixed steps
         100
         """
         steps = max(1, round(self.steps * max(n_tasks, 1) ** self.task_scaling))

@@ -24,6 +24,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from storage.suite import Suite
+from workers.training.data import assemble, norm_key
 from workers.training.encode import (
     BOS_TOKEN,
     EOS_TOKEN,
@@ -39,7 +40,7 @@ from workers.training.packing import make_batch
 
 GENERAL = "_general"  # pseudo-task of general data; cannot clash (task names start a-z)
 TINY_SPEC = {
-    "builder": 3,  # bump when the recipe changes so cached bases are rebuilt
+    "builder": 4,  # bump when the recipe changes so cached bases are rebuilt
     "vocab_size": 2048,
     "hidden_size": 128,
     "intermediate_size": 256,
@@ -54,9 +55,16 @@ TINY_SPEC = {
 
 
 def suite_texts(suite: Suite) -> tuple[list[tuple[str, str, str]], list[tuple[str, str]]]:
-    """(task, prompt, response) of every task's seed data, and (prompt, response) of general."""
+    """(task, prompt, response) of every task's seed data, and (prompt, response) of general.
+
+    General data leaves out the held-out split the training jobs measure general-ability
+    retention on (``assemble``'s split): a base that memorised those examples made every
+    adapter look like it forgot general ability, the longer it trained the more.
+    """
     tasks = [(t, e.prompt, e.response) for t in sorted(suite.tasks) for e in suite.seed_examples(t)]
-    general = [(e.prompt, e.response) for e in suite.general_examples()]
+    held = {(norm_key(s.prompt), norm_key(s.response)) for s in assemble(suite, []).general_heldout}
+    general = [(e.prompt, e.response) for e in suite.general_examples()
+               if (norm_key(e.prompt), norm_key(e.response)) not in held]
     return tasks, general
 
 
