@@ -1,0 +1,96 @@
+"""General-ability retention by training steps: the loss the retention gate watches.
+
+Trains, on a suite's seed data only, one adapter over all its tasks from fresh LoRA weights per
+step count, and measures the mean token loss on the held-out general split (what the gate
+compares, limit ``GateConfig.general_loss_tolerance``) next to the base model's. With
+``task_scaling: 1`` a seven-task suite trains 7 × the one-task steps, so this is the question
+of whether scaled steps still pass the gate.
+
+    .venv/bin/python bench/retention.py                                   # both builtin suites
+    .venv/bin/python bench/retention.py --suites builtin:office-en --steps 100 700 1400
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from storage.suite import Suite, load_suite  # noqa: E402
+from workers.training.config import GateConfig  # noqa: E402
+
+
+def measure(suite: Suite, artifacts: Path, steps: int, seed: int) -> dict[str, Any]:
+    """Base and adapter general loss (held-out split) for an all-task adapter of ``steps``."""
+    from workers.training.base_model import load_base
+    from workers.training.config import TrainConfig
+    from workers.training.data import assemble
+    from workers.training.evaluate import mean_loss
+    from workers.training.sampler import GENERAL, default_ratios
+    from workers.training.trainer import train_adapter
+
+    tasks = sorted(suite.tasks)
+    data = assemble(suite, tasks)
+    held = data.general_heldout
+    bundle = load_base(suite, artifacts, device="cpu")  # a fresh copy: LoRA wraps it in place
+    base = mean_loss(bundle.model, bundle.tokenizer, held, GENERAL)
+    cfg = TrainConfig(steps=steps, task_scaling=0.0, seed=seed, checkpoint_every=10**6)
+    t0 = time.monotonic()
+    result = train_adapter(bundle, data, ratios=default_ratios(data.sizes()), config=cfg,
+                           general_share=suite.general_share)
+    seconds = time.monotonic() - t0
+    result.model.eval()
+    after = mean_loss(result.model, bundle.tokenizer, held, GENERAL)
+    assert base is not None and after is not None, "suite has no held-out general data"
+    return {"suite": suite.name, "tasks": len(tasks), "steps": steps, "heldout": len(held),
+            "base_loss": round(base, 4), "adapter_loss": round(after, 4),
+            "rise": round(after / base - 1, 4), "train_s": round(seconds, 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--suites", nargs="+", default=["builtin:festive-zh", "builtin:office-en"])
+    ap.add_argument("--steps", type=int, nargs="+", default=[100, 400, 700])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=REPO / "bench/results/retention.json")
+    args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(1)  # a shared 2-core machine: more threads mostly measure neighbours
+    limit = GateConfig().general_loss_tolerance
+    console = Console()
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for ref in args.suites:
+            suite = load_suite(ref)
+            for steps in args.steps:
+                row = measure(suite, Path(tmp), steps, args.seed)
+                console.print(f"{suite.name} × {steps} steps: general loss "
+                              f"{row['base_loss']:.3f} → {row['adapter_loss']:.3f}")
+                rows.append(row)
+    table = Table(title=f"general loss on the held-out general split (gate limit +{100 * limit:.0f} %)")
+    for col in ("suite", "tasks", "steps", "base", "adapter", "rise", "gate"):
+        table.add_column(col, justify="left" if col == "suite" else "right")
+    for r in rows:
+        table.add_row(r["suite"], str(r["tasks"]), str(r["steps"]), f"{r['base_loss']:.3f}",
+                      f"{r['adapter_loss']:.3f}", f"{100 * r['rise']:+.1f} %",
+                      "pass" if r["rise"] <= limit else "FAIL")
+    console.print(table)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"seed": args.seed, "limit": limit, "runs": rows}, indent=1))
+    console.print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
