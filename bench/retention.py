@@ -16,7 +16,6 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -27,31 +26,22 @@ if str(REPO) not in sys.path:
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from bench.task_steps import train_fresh  # noqa: E402
 from storage.suite import Suite, load_suite  # noqa: E402
 from workers.training.config import GateConfig  # noqa: E402
 
 
 def measure(suite: Suite, artifacts: Path, steps: int, seed: int) -> dict[str, Any]:
     """Base and adapter general loss (held-out split) for an all-task adapter of ``steps``."""
-    from workers.training.base_model import load_base
-    from workers.training.config import TrainConfig
-    from workers.training.data import assemble
     from workers.training.evaluate import mean_loss
-    from workers.training.sampler import GENERAL, default_ratios
-    from workers.training.trainer import train_adapter
+    from workers.training.sampler import GENERAL
 
     tasks = sorted(suite.tasks)
-    data = assemble(suite, tasks)
+    bundle, result, data, seconds = train_fresh(suite, artifacts, tasks, steps, seed)
     held = data.general_heldout
-    bundle = load_base(suite, artifacts, device="cpu")  # a fresh copy: LoRA wraps it in place
-    base = mean_loss(bundle.model, bundle.tokenizer, held, GENERAL)
-    cfg = TrainConfig(steps=steps, task_scaling=0.0, seed=seed, checkpoint_every=10**6)
-    t0 = time.monotonic()
-    result = train_adapter(bundle, data, ratios=default_ratios(data.sizes()), config=cfg,
-                           general_share=suite.general_share)
-    seconds = time.monotonic() - t0
-    result.model.eval()
     after = mean_loss(result.model, bundle.tokenizer, held, GENERAL)
+    with result.model.disable_adapter():  # the same weights without LoRA: the base model
+        base = mean_loss(result.model, bundle.tokenizer, held, GENERAL)
     assert base is not None and after is not None, "suite has no held-out general data"
     return {"suite": suite.name, "tasks": len(tasks), "steps": steps, "heldout": len(held),
             "base_loss": round(base, 4), "adapter_loss": round(after, 4),

@@ -38,15 +38,13 @@ from storage.suite import Suite, load_suite  # noqa: E402
 FESTIVE_SHARED = ["festival_wish", "greeting", "praise", "thanks"]
 
 
-def train_and_judge(suite: Suite, artifacts: Path, tasks: list[str], steps: int,
-                    measured: list[str], prompts: int, seed: int) -> dict[str, Any]:
-    """Train one adapter on ``tasks`` for ``steps`` and judge its answers on ``measured``."""
-    import torch
-
+def train_fresh(suite: Suite, artifacts: Path, tasks: list[str], steps: int,
+                seed: int) -> tuple[Any, Any, Any, float]:
+    """A fresh base copy with an adapter over ``tasks`` trained ``steps`` on seed data only:
+    (bundle, train result with the model in eval mode, data, training seconds)."""
     from workers.training.base_model import load_base
     from workers.training.config import TrainConfig
     from workers.training.data import assemble
-    from workers.training.generate import generate_batch
     from workers.training.sampler import default_ratios
     from workers.training.trainer import train_adapter
 
@@ -58,6 +56,17 @@ def train_and_judge(suite: Suite, artifacts: Path, tasks: list[str], steps: int,
                            general_share=suite.general_share)
     seconds = time.monotonic() - t0
     result.model.eval()
+    return bundle, result, data, seconds
+
+
+def train_and_judge(suite: Suite, artifacts: Path, tasks: list[str], steps: int,
+                    measured: list[str], prompts: int, seed: int) -> dict[str, Any]:
+    """Train one adapter on ``tasks`` for ``steps`` and judge its answers on ``measured``."""
+    import torch
+
+    from workers.training.generate import generate_batch
+
+    bundle, result, _, seconds = train_fresh(suite, artifacts, tasks, steps, seed)
     out: dict[str, Any] = {"tasks": tasks, "steps": steps, "train_s": round(seconds, 1)}
     for task in measured:
         rng = random.Random(seed + 5)
