@@ -1,11 +1,12 @@
 """Adapter artifact store: immutable versions on disk (DESIGN section 7). No torch needed.
 
 ``<artifacts>/<adapter>/v<N>/`` holds PEFT's ``adapter_config.json`` and
-``adapter_model.safetensors`` plus ``adaptd.json`` (base model, tasks, ratios, data hashes,
-parent version, eval results, train config). A version is written into a temporary sibling
-(``.tmp-v<N>-<tag>``), every file and the directory are fsync'ed, and only then is it renamed
-to ``v<N>``: a reader (or a crash) never sees half a version. Pickle files are refused: a
-version holding ``.bin``/``.pt``/``.pkl``/... cannot be written or verified.
+``adapter_model.safetensors`` plus ``adaptd.json`` (base model and the resolved base build it
+was trained on, tasks, ratios, data hashes, parent version, eval results, train config). A
+version is written into a temporary sibling (``.tmp-v<N>-<tag>``), every file and the directory
+are fsync'ed, and only then is it renamed to ``v<N>``: a reader (or a crash) never sees half a
+version. Pickle files are refused: a version holding ``.bin``/``.pt``/``.pkl``/... cannot be
+written or verified.
 """
 
 from __future__ import annotations

@@ -4,6 +4,10 @@
 ``<artifacts>/_base/tiny-<content hash>/``), a local directory holding a causal LM, or a
 Hugging Face id already in the local cache. Nothing ever touches the network: loads pass
 ``local_files_only=True``, and a bad id raises :class:`BaseModelError` naming it.
+
+A ``base_model`` string names a model, not one set of weights: ``builtin:tiny`` is rebuilt
+whenever its recipe or the suite's texts change. Each version records the resolved *build* it
+was trained on (:func:`base_build`), and :func:`check_build` refuses to load it onto another.
 """
 
 from __future__ import annotations
@@ -12,19 +16,22 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 import uuid
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from storage.artifacts import fsync_path
+from storage.artifacts import ArtifactError, fsync_path, read_meta
 from storage.suite import Suite
+
+log = logging.getLogger("adaptd.training")
 
 
 @contextlib.contextmanager
@@ -47,6 +54,10 @@ class BaseBundle:
     path: Path  # directory the model was loaded from (or the hub cache snapshot)
     ref: str  # the suite's base_model string
     device: torch.device
+
+    @property
+    def build(self) -> str:
+        return base_build(self.path)
 
 
 def pick_device(choice: str = "auto") -> tuple[torch.device, torch.dtype]:
@@ -127,6 +138,54 @@ def _hub_snapshot(ref: str) -> Path:
             f"base model {ref!r} is neither builtin:tiny, a local directory, nor a Hugging Face "
             f"id in the local cache (adaptd never downloads): {type(exc).__name__}"
         ) from None
+
+
+def base_build(path: Path) -> str:
+    """The identity of a resolved base: the name of the directory it is loaded from.
+
+    ``builtin:tiny``: ``tiny-<content hash>`` (a new recipe or new suite texts give a new
+    name); a hub id: the snapshot's commit hash; a local directory: its name, which does not
+    notice weights replaced in place (hashing gigabytes on every load is not worth it) but
+    lets ``base_model`` point at an old ``_base/tiny-<hash>`` directory and keep its adapters.
+    """
+    return Path(path).resolve().name
+
+
+def resolve_build(suite: Suite, artifacts_dir: Path) -> str:
+    """The build ``suite.base_model`` resolves to now (building ``builtin:tiny`` if needed)."""
+    return base_build(ensure_base(suite, artifacts_dir))
+
+
+def build_mismatch(version: Path, build: str, meta: Mapping[str, Any] | None = None) -> str | None:
+    """Why ``version`` must not be loaded onto base build ``build``; None if it may.
+
+    A version that records no build (written before builds were recorded, or with unreadable
+    meta) may, with a warning: refusing it would break every existing work directory.
+    """
+    try:
+        recorded = (read_meta(version) if meta is None else meta).get("base_build")
+    except ArtifactError:
+        recorded = None
+    if not recorded:
+        log.warning("%s records no base build; loading it onto base build %s unchecked",
+                    version, build)
+        return None
+    if recorded == build:
+        return None
+    old = Path(version).parent.parent / "_base" / str(recorded)  # <artifacts>/_base/<build>
+    hint = (f", or set base_model to {old} (the old build is still there)"
+            if (old / "config.json").is_file() else "")
+    return (f"{version} was trained on base build {recorded!r} but the base loaded now is "
+            f"build {build!r} (the base model was rebuilt or replaced: its weights and "
+            f"tokenizer are not the ones these LoRA weights were trained with); retrain the "
+            f"adapter on this base (its next training job starts from fresh LoRA weights){hint}")
+
+
+def check_build(version: Path, build: str, meta: Mapping[str, Any] | None = None) -> None:
+    """Raise :class:`ArtifactError` if ``version`` was trained on another base build."""
+    why = build_mismatch(version, build, meta)
+    if why is not None:
+        raise ArtifactError(why)
 
 
 def load_base(

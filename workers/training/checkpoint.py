@@ -4,7 +4,8 @@ A checkpoint is ``ckpt-<step>.safetensors`` (LoRA weights under ``lora/``, AdamW
 under ``opt/<param index>/<name>``, the torch CPU RNG under ``rng/cpu``) plus ``ckpt.json``
 (step, sampler state, running losses, optimizer param groups, and which tensor file belongs
 to it). The JSON is written last with an atomic rename, so it always names a complete tensor
-file; a checkpoint from a different run (its ``fingerprint`` differs) is ignored.
+file; a checkpoint from a different run (its ``fingerprint`` differs) is ignored, and so is
+one trained on another base build (:func:`pin_build`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from storage.artifacts import fsync_path
 
 META = "ckpt.json"
+BUILD = "base-build"
 
 
 @dataclass
@@ -84,3 +86,17 @@ def load_checkpoint(directory: Path, *, fingerprint: str) -> Checkpoint | None:
         step=int(meta["step"]), lora=lora, optimizer=optimizer, rng=tensors.get("rng/cpu"),
         meta=meta,
     )
+
+
+def pin_build(directory: Path, build: str) -> None:
+    """Tie ``directory``'s checkpoints to base build ``build``; drop those of another build.
+
+    The run fingerprint does not cover the base, and LoRA weights resumed onto a base that was
+    rebuilt since are the upgrade hazard itself. A directory without the marker (older code)
+    keeps its checkpoint.
+    """
+    marker = directory / BUILD
+    if marker.is_file() and marker.read_text(encoding="utf-8") != build:
+        (directory / META).unlink(missing_ok=True)  # load_checkpoint finds nothing to resume
+    directory.mkdir(parents=True, exist_ok=True)
+    marker.write_text(build, encoding="utf-8")

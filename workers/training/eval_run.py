@@ -3,7 +3,8 @@
 The candidate is the PeftModel's ``default`` adapter. Each task's production is what the
 routing table serves for it now (possibly another adapter, e.g. after a fork); production
 versions are loaded as extra adapters into the same model, evaluated on their tasks, and
-removed again. A task with no route (first training) is compared against the bare base model.
+removed again. A task with no route (first training), or whose production is unusable
+(corrupted, or trained on another base build), is compared against the bare base model.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 from storage.artifacts import ArtifactError, verify_version
 from storage.suite import Suite
-from workers.training.base_model import quiet_peft
+from workers.training.base_model import check_build, quiet_peft
 from workers.training.config import EvalConfig
 from workers.training.data import DataBundle
 from workers.training.evaluate import Scorer, compare, evaluate_model
@@ -28,9 +29,12 @@ CANDIDATE = "default"
 def side_by_side(
     model: Any, tokenizer: Any, data: DataBundle, suite: Suite, *, tasks: Sequence[str],
     routes: Mapping[str, Mapping[str, Any]], detector: StyleDetector | None,
-    cfg: EvalConfig | None = None, scorer: Scorer | None = None,
+    cfg: EvalConfig | None = None, scorer: Scorer | None = None, build: str | None = None,
 ) -> dict[str, Any]:
-    """``{"candidate": ..., "production": ..., "compare": ..., "production_routes": ...}``."""
+    """``{"candidate": ..., "production": ..., "compare": ..., "production_routes": ...}``.
+
+    ``build``: the loaded base build; production versions trained on another are not loaded.
+    """
     model.set_adapter(CANDIDATE)
     candidate = evaluate_model(model, tokenizer, data, suite, tasks=tasks, detector=detector,
                                cfg=cfg, scorer=scorer)
@@ -46,6 +50,8 @@ def side_by_side(
             name = f"prod-{key[0]}-v{key[1]}"
             try:
                 verify_version(Path(route["path"]), route.get("sha256"))
+                if build is not None:
+                    check_build(Path(route["path"]), build)
                 with quiet_peft():
                     model.load_adapter(str(route["path"]), adapter_name=name)
             except (ArtifactError, OSError, ValueError) as exc:

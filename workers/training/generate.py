@@ -2,8 +2,8 @@
 
 :func:`generate_batch` works on any (PEFT) causal LM; :class:`AdapterServer` keeps one base
 model in memory and loads adapter versions into it on demand (PEFT multi-adapter, at most
-``max_cached`` at a time), verifying each version's sha256 before it serves. It is what the
-app simulator and ``adaptd eval`` use.
+``max_cached`` at a time), verifying each version's sha256, and that it was trained on the
+loaded base build, before it serves. It is what the app simulator and ``adaptd eval`` use.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 
 from storage.artifacts import verify_version
 from storage.suite import Suite
-from workers.training.base_model import BaseBundle, load_base, quiet_peft
+from workers.training.base_model import BaseBundle, check_build, load_base, quiet_peft
 from workers.training.encode import prompt_ids
 
 
@@ -69,6 +69,7 @@ class AdapterServer:
 
         hf_logging.disable_progress_bar()
         self.bundle = bundle or load_base(suite, artifacts_dir, device=device)
+        self.build = self.bundle.build
         self.max_cached = max(1, max_cached)
         self._model: Any = None  # PeftModel once the first adapter is loaded
         self._loaded: OrderedDict[str, Path] = OrderedDict()
@@ -86,6 +87,7 @@ class AdapterServer:
             self._loaded.move_to_end(name)
         else:
             verify_version(path, sha256)  # never serve a corrupted or swapped version
+            check_build(path, self.build)  # nor one trained on another build of the base
             with quiet_peft():
                 if self._model is None:
                     self._model = PeftModel.from_pretrained(

@@ -2,7 +2,7 @@
 
 Crash safety (a SIGKILL can land anywhere):
 - training checkpoints go to ``<artifacts>/<adapter>/.work/job-<id>/``; the next claim (after
-  the lease expired) resumes from there;
+  the lease expired) resumes from there, unless the base was rebuilt in between;
 - a version is written to a temporary sibling and renamed; leftovers of this job are removed
   at the start of its next attempt, and any temporary directory older than a day as well;
 - a complete version whose SQL row is missing, or a ``candidate`` row of this job, is adopted
@@ -40,7 +40,8 @@ from storage.artifacts import list_versions as disk_versions
 from storage.crud import routing_table
 from storage.models import Adapter, AdapterVersion, TrainingJob
 from storage.suite import Suite, SuiteError
-from workers.training.base_model import BaseModelError, load_base, quiet_peft
+from workers.training.base_model import BaseModelError, build_mismatch, load_base, quiet_peft, resolve_build
+from workers.training.checkpoint import pin_build
 from workers.training.config import DataConfig, EvalConfig, GateConfig, TrainConfig
 from workers.training.data import accepted_texts, assemble
 from workers.training.eval_run import side_by_side
@@ -137,6 +138,9 @@ def _run(
 ) -> JobOutcome:
     from peft import PeftModel
 
+    # 0. The resolved base build (built once for builtin:tiny): versions and checkpoints of
+    #    another build are never continued from, adopted, compared with or resumed.
+    build = resolve_build(suite, artifacts_dir)
     # 1. What to train: the adapter's tasks, ratios, targeted tasks, config overrides.
     with Session(engine) as session:
         job = session.get(TrainingJob, job_id)
@@ -156,9 +160,9 @@ def _run(
         detector = build_detector(suite, accepted_texts(session, list(suite.tasks)))
         _, all_routes = routing_table(session)
         routes = {t: r for t, r in all_routes.items() if t in tasks}
-        init, parent = _init_source(params, row, adapter, all_routes, kind, tasks)
+        init, parent = _init_source(params, row, adapter, all_routes, kind, tasks, build)
         ratios = _ratios(params, row, data.sizes(), tasks)
-        candidate = _adoptable(session, artifacts_dir, adapter, job_id)  # may commit
+        candidate = _adoptable(session, artifacts_dir, adapter, job_id, build)  # may commit
     risks = {t: suite.tasks[t].risk for t in tasks}
     targeted = [t for t in params.get("targeted", [params.get("task")]) if t in tasks]
     tag = f"job{job_id}"
@@ -177,9 +181,10 @@ def _run(
         train_summary = read_meta(vpath).get("train", {})
     else:
         # 4b. Train (resuming from this job's checkpoint if a previous attempt left one).
+        pin_build(work := _work_dir(artifacts_dir, adapter, job_id), build)
         result = train_adapter(
             bundle, data, ratios=ratios, config=tcfg, general_share=general_share,
-            init_adapter=init, checkpoint_dir=_work_dir(artifacts_dir, adapter, job_id),
+            init_adapter=init, checkpoint_dir=work,
             progress=progress, should_stop=should_stop, show_bar=show_bar,
         )
         model = result.model
@@ -190,13 +195,13 @@ def _run(
     for _ in range(3):
         # 5. Candidate vs production, side by side, then the gate.
         ev = side_by_side(model, bundle.tokenizer, data, suite, tasks=tasks, routes=routes,
-                          detector=detector, cfg=ecfg, scorer=scorer)
+                          detector=detector, cfg=ecfg, scorer=scorer, build=build)
         verdict = gate(ev["candidate"], ev["production"], risks=risks, targeted=targeted,
                        config=gcfg)
         if candidate is None:
             # 6. Write the version atomically, then record it as a candidate.
             meta = {
-                "base_model": suite.base_model, "tasks": tasks, "ratios": ratios,
+                "base_model": suite.base_model, "base_build": build, "tasks": tasks, "ratios": ratios,
                 "general_share": general_share, "data_hashes": data.hashes(),
                 "data_sizes": data.sizes(), "parent_version": parent, "init_from": str(init or ""),
                 "job_id": job_id, "job_kind": kind, "targeted": targeted,
@@ -265,7 +270,7 @@ def _ratios(params: Mapping[str, Any], row: Adapter | None, sizes: Mapping[str, 
 
 def _init_source(
     params: Mapping[str, Any], row: Adapter | None, adapter: str,
-    routes: Mapping[str, Mapping[str, Any]], kind: str, tasks: list[str],
+    routes: Mapping[str, Mapping[str, Any]], kind: str, tasks: list[str], build: str,
 ) -> tuple[Path | None, int | None]:
     """(LoRA weights to continue from, parent version of this adapter).
 
@@ -276,6 +281,9 @@ def _init_source(
     job no longer trains (it was forked out): continuing from those weights would keep
     serving that task's style to the tasks left behind, and a few hundred steps on the
     remaining mixture do not unlearn it.
+
+    Either starts fresh from a version trained on another base build: its weights do not fit
+    this base, and failing would fail every job of the adapter until someone retrains it.
     """
     own = [int(r["version"]) for r in routes.values() if r["adapter"] == adapter]
     parent = max(own) if own else None
@@ -292,6 +300,9 @@ def _init_source(
         log.info("%s: training from fresh LoRA weights: the served %s learnt %s, which "
                  "left the adapter", adapter, best.name, ", ".join(lost))
         return None, parent
+    if why := build_mismatch(best, build):
+        log.warning("%s: training from fresh LoRA weights: %s", adapter, why)
+        return None, parent
     return best, parent
 
 
@@ -305,9 +316,9 @@ def _lost_tasks(version: Path, tasks: list[str]) -> list[str]:
 
 
 def _adoptable(
-    session: Session, artifacts_dir: Path, adapter: str, job_id: int
+    session: Session, artifacts_dir: Path, adapter: str, job_id: int, build: str
 ) -> tuple[int, int, Path] | None:
-    """A complete version an earlier attempt of this job wrote, if any (verified)."""
+    """A complete version an earlier attempt of this job wrote on base ``build``, if any."""
     rows = session.execute(
         select(AdapterVersion).where(col(AdapterVersion.adapter) == adapter)
         .where(col(AdapterVersion.job_id) == job_id)
@@ -316,11 +327,13 @@ def _adoptable(
     for r in rows:
         try:
             verify_version(Path(r.path), r.sha256)
+            if why := build_mismatch(Path(r.path), build):
+                raise ArtifactError(why)
             assert r.id is not None
             return r.id, r.version, Path(r.path)
         except ArtifactError as exc:
-            log.warning("job %s: discarding corrupted candidate v%s: %s", job_id, r.version, exc)
-            r.status, r.reason = "rejected", f"corrupted: {exc}"
+            log.warning("job %s: discarding unusable candidate v%s: %s", job_id, r.version, exc)
+            r.status, r.reason = "rejected", f"unusable: {exc}"
             session.commit()
     known = set(session.execute(select(col(AdapterVersion.version))
                                 .where(col(AdapterVersion.adapter) == adapter)).scalars())
@@ -333,7 +346,7 @@ def _adoptable(
             meta = read_meta(path)
         except ArtifactError:
             continue
-        if meta.get("job_id") != job_id:
+        if meta.get("job_id") != job_id or build_mismatch(path, build, meta):
             continue
         # Renamed into place but the attempt died before recording it: record it now.
         vrow = AdapterVersion(adapter=adapter, version=v, path=str(path), sha256=sha,

@@ -45,11 +45,12 @@ def evaluate_version(
 ) -> dict[str, Any]:
     """Evaluate ``adapter@version`` on its tasks' held-out data (and the base for reference).
 
-    Raises :class:`storage.artifacts.ArtifactError` for a missing or corrupted version.
+    Raises :class:`storage.artifacts.ArtifactError` for a missing or corrupted version, or
+    one trained on another base build than the suite's base resolves to now.
     """
     from peft import PeftModel
 
-    from workers.training.base_model import load_base, quiet_peft
+    from workers.training.base_model import check_build, load_base, quiet_peft
     from workers.training.data import accepted_texts, assemble
     from workers.training.evaluate import evaluate_model
     from workers.training.style import build_detector
@@ -70,6 +71,7 @@ def evaluate_version(
         data = assemble(suite, tasks, session=session)
         detector = build_detector(suite, accepted_texts(session, list(suite.tasks)))
     bundle = load_base(suite, artifacts_dir, device=device)
+    check_build(path, bundle.build, meta)
     with quiet_peft():
         model = PeftModel.from_pretrained(bundle.model, str(path))
     result = evaluate_model(model, bundle.tokenizer, data, suite, tasks=tasks, detector=detector,
