@@ -13,7 +13,7 @@ from sqlmodel import Session, col
 
 from storage.artifacts import read_meta, verify_version
 from storage.crud import create_job, routing_table, sync_suite
-from storage.models import AdapterVersion, TrainingExample, TrainingJob
+from storage.models import Adapter, AdapterVersion, TrainingExample, TrainingJob
 from storage.suite import Suite
 from tests.training.conftest import RoutingFeed
 from tests.training.fast import LENIENT_GATE
@@ -122,6 +122,22 @@ def test_promote_then_reject_and_read_side(engine: Any, suite: Suite, artifacts:
     meta3 = read_meta(Path(v3.path))
     assert (meta3["tasks"], meta3["init_from"], meta3["parent_version"]) == (["greeting"], "", 1)
     assert meta3["train"]["steps"] == steps
+    # 6. A fork's first version starts from fresh LoRA weights, not from its parent's, which
+    #    carry the mixture it was forked out of.
+    with Session(engine) as session:
+        session.add(Adapter(name="apology", tasks=["apology"], parent="shared"))
+        fork = create_job(session, adapter="apology", kind="fork",
+                          params={"tasks": ["apology"], "targeted": ["apology"]})
+        session.commit()
+        assert fork.id is not None
+        fork_id = fork.id
+    out4 = run_training_job(fork_id, gate_config=LENIENT_GATE, **kwargs)
+    assert (out4.adapter, out4.version) == ("apology", 1), (out4.error, out4)
+    with Session(engine) as session:
+        v4 = session.execute(select(AdapterVersion)
+                             .where(col(AdapterVersion.adapter) == "apology")).scalar_one()
+    meta4 = read_meta(Path(v4.path))
+    assert (meta4["tasks"], meta4["job_kind"], meta4["init_from"]) == (["apology"], "fork", "")
 
 
 def test_claim_is_exclusive_until_the_lease_expires(engine: Any) -> None:

@@ -48,6 +48,7 @@ from workers.training.eval_run import side_by_side
 from workers.training.evaluate import Scorer
 from workers.training.gate import gate
 from workers.training.lease import Heartbeat, claim_job
+from workers.training.lineage import init_source
 from workers.training.promote import LeaseLost, finalize, mark_failed, publish_routing
 from workers.training.sampler import default_ratios
 from workers.training.style import build_detector
@@ -160,7 +161,7 @@ def _run(
         detector = build_detector(suite, accepted_texts(session, list(suite.tasks)))
         _, all_routes = routing_table(session)
         routes = {t: r for t, r in all_routes.items() if t in tasks}
-        init, parent = _init_source(params, row, adapter, all_routes, kind, tasks, build)
+        init, parent = init_source(params, row, adapter, all_routes, kind, tasks, build)
         ratios = _ratios(params, row, data.sizes(), tasks)
         candidate = _adoptable(session, artifacts_dir, adapter, job_id, build)  # may commit
     risks = {t: suite.tasks[t].risk for t in tasks}
@@ -266,53 +267,6 @@ def _ratios(params: Mapping[str, Any], row: Adapter | None, sizes: Mapping[str, 
         return default_ratios({t: sizes.get(t, 0) for t in tasks})
     total = sum(given.values())
     return {t: v / total for t, v in given.items()}
-
-
-def _init_source(
-    params: Mapping[str, Any], row: Adapter | None, adapter: str,
-    routes: Mapping[str, Mapping[str, Any]], kind: str, tasks: list[str], build: str,
-) -> tuple[Path | None, int | None]:
-    """(LoRA weights to continue from, parent version of this adapter).
-
-    ``params["init"]``: ``production`` (default: this adapter's served version), ``parent``
-    (default for forks: the parent adapter's served version) or ``fresh``.
-
-    ``production`` starts fresh instead when the served version was trained on a task this
-    job no longer trains (it was forked out): continuing from those weights would keep
-    serving that task's style to the tasks left behind, and a few hundred steps on the
-    remaining mixture do not unlearn it.
-
-    Either starts fresh from a version trained on another base build: its weights do not fit
-    this base, and failing would fail every job of the adapter until someone retrains it.
-    """
-    own = [int(r["version"]) for r in routes.values() if r["adapter"] == adapter]
-    parent = max(own) if own else None
-    mode = params.get("init") or ("parent" if kind == "fork" else "production")
-    source = adapter if mode == "production" else (row.parent if row is not None else None)
-    if mode == "fresh" or source is None:
-        return None, parent
-    served = [r for r in routes.values() if r["adapter"] == source]
-    if not served:
-        return None, parent
-    best = Path(max(served, key=lambda r: int(r["version"]))["path"])
-    lost = _lost_tasks(best, tasks) if mode == "production" else []
-    if lost:
-        log.info("%s: training from fresh LoRA weights: the served %s learnt %s, which "
-                 "left the adapter", adapter, best.name, ", ".join(lost))
-        return None, parent
-    if why := build_mismatch(best, build):
-        log.warning("%s: training from fresh LoRA weights: %s", adapter, why)
-        return None, parent
-    return best, parent
-
-
-def _lost_tasks(version: Path, tasks: list[str]) -> list[str]:
-    """Tasks ``version`` was trained on that are not in ``tasks`` (unreadable meta: none)."""
-    try:
-        trained = read_meta(version).get("tasks") or []
-    except ArtifactError:
-        return []
-    return sorted(set(trained) - set(tasks))
 
 
 def _adoptable(

@@ -1,0 +1,205 @@
+"""A forked high-risk adapter through rounds of feedback: live crosstalk by training settings.
+
+The loop's remaining miss is a forked one-task adapter of a high-risk task that keeps answering
+a few percent of ambiguous requests in a cheerful co-task's style, through several targeted
+retrains. This bench replays that cycle offline, without the daemon, so training settings can
+be compared side by side in minutes instead of 40-minute loop runs:
+
+1. train a fresh one-task adapter on the suite's seed data (what a fork serves first);
+2. each round: the adapter answers ``--traffic`` fresh requests with production's sampling, the
+   simulator's judge labels them as the app's users would (accepted outputs become training
+   examples; rejected ones negatives, ``--edit-share`` of them also a correction, as in
+   ``daemon.sim.app``), and the adapter is retrained from its own weights on seed data plus all
+   feedback so far (a targeted retrain);
+3. after every round, ``--eval-prompts`` fixed requests measure acceptance and crosstalk.
+
+Every variant sees the same prompts and sampling seeds. Variants are TrainConfig overrides
+(``data.<field>`` for DataConfig, ``init="fresh"`` to fork from fresh weights):
+
+    .venv/bin/python bench/fork_retrain.py                      # default vs the built-in variants
+    .venv/bin/python bench/fork_retrain.py --variant ul1:unlikelihood_weight=1.0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from daemon.sim.judge import judge  # noqa: E402
+from storage.suite import Suite, load_suite  # noqa: E402
+
+DEFAULT_VARIANTS = ["default:", "ul1:unlikelihood_weight=1.0,negative_share=0.3",
+                    "steps300:steps=300"]
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
+    """``name:key=value,key=value`` -> (name, TrainConfig overrides)."""
+    name, _, body = text.partition(":")
+    overrides: dict[str, Any] = {}
+    for part in filter(None, body.split(",")):
+        key, _, value = part.partition("=")
+        overrides[key.strip()] = json.loads(value)
+    return name, overrides
+
+
+def answer(suite: Suite, model: Any, tokenizer: Any, task: str, prompts: list[str],
+           seed: int) -> list[tuple[str, str, Any]]:
+    """(prompt, output, verdict) for each prompt, sampled as production samples."""
+    import torch
+
+    from workers.training.generate import generate_batch
+
+    with torch.no_grad():
+        texts = generate_batch(model, tokenizer, task, prompts, max_new_tokens=40, seed=seed)
+    return [(p, t, judge(suite, task, t)) for p, t in zip(prompts, texts, strict=True)]
+
+
+def train_parent(suite: Suite, args: argparse.Namespace, workdir: Path, base_dir: Path) -> Path:
+    """A shared adapter over every task, trained on seed data with the mixture skewed as
+    ``--parent-traffic`` says (a holiday-skewed shared adapter); the fork continues from it,
+    as the daemon's fork does (``init: parent``)."""
+    from workers.training.base_model import load_base
+    from workers.training.config import TrainConfig
+    from workers.training.data import assemble
+    from workers.training.trainer import train_adapter
+
+    path = workdir / "parent"
+    if path.exists():
+        return path
+    ratios = {k: float(v) for k, v in (p.split("=") for p in args.parent_traffic)}
+    tasks = sorted(suite.tasks)
+    cfg = TrainConfig(steps=args.parent_steps, seed=args.seed, checkpoint_every=10**6)
+    data = assemble(suite, tasks)
+    result = train_adapter(load_base(suite, base_dir, device="cpu"), data,
+                           ratios={t: ratios.get(t, 0.0) for t in tasks},
+                           config=cfg.for_tasks(len(tasks)), general_share=suite.general_share)
+    result.model.save_pretrained(str(path))
+    return path
+
+
+def run_variant(suite: Suite, task: str, overrides: dict[str, Any], args: argparse.Namespace,
+                workdir: Path, base_dir: Path) -> list[dict[str, Any]]:
+    from workers.training.base_model import load_base
+    from workers.training.config import DataConfig, TrainConfig
+    from workers.training.data import Sample, assemble
+    from workers.training.sampler import default_ratios
+    from workers.training.trainer import train_adapter
+
+    overrides = dict(overrides)
+    fresh = overrides.pop("init", None) == "fresh"  # not a TrainConfig field: the fork's init
+    data_cfg = DataConfig.model_validate({k.removeprefix("data."): overrides.pop(k)
+                                          for k in list(overrides) if k.startswith("data.")})
+    cfg = TrainConfig.model_validate({"steps": 100, "seed": args.seed, "checkpoint_every": 10**6,
+                                      **overrides})
+    eval_rng = random.Random(args.seed + 5)
+    eval_prompts = [suite.prompt_for(task, eval_rng) for _ in range(args.eval_prompts)]
+    corrections = suite.seed_examples(task, seed=args.seed + 1)
+    feedback_rng = random.Random(args.seed + 11)
+    positives: list[Sample] = []
+    negatives: list[Sample] = []
+    rows: list[dict[str, Any]] = []
+    init = (train_parent(suite, args, workdir.parent, base_dir)
+            if args.parent_traffic and not fresh else None)
+    for rnd in range(args.rounds + 1):
+        # Train: fresh at round 0, then continued from the served weights with all feedback.
+        bundle = load_base(suite, base_dir, device="cpu")  # fresh copy
+        data = assemble(suite, [task], cfg=data_cfg)
+        data.tasks[task].train.extend(positives)
+        data.tasks[task].negatives.extend(negatives)
+        t0 = time.monotonic()
+        result = train_adapter(bundle, data, ratios=default_ratios(data.sizes()),
+                               config=cfg.model_copy(update={"seed": args.seed + rnd}),
+                               general_share=suite.general_share, init_adapter=init)
+        seconds = time.monotonic() - t0
+        model = result.model
+        model.eval()
+        init = workdir / f"round{rnd}"
+        model.save_pretrained(str(init))
+        # Measure on the fixed requests.
+        judged = answer(suite, model, bundle.tokenizer, task, eval_prompts, seed=args.seed + 3)
+        n = len(judged)
+        row = {"round": rnd, "train_s": round(seconds, 1),
+               "acceptance": sum(v.accepted for _, _, v in judged) / n,
+               "crosstalk": sum(v.crosstalk_source is not None for _, _, v in judged) / n,
+               "positives": len(positives), "negatives": len(negatives)}
+        rows.append(row)
+        # Live traffic of this round: the users' verdicts become the next round's feedback.
+        asks = [suite.prompt_for(task, feedback_rng) for _ in range(args.traffic)]
+        for prompt, output, verdict in answer(suite, model, bundle.tokenizer, task, asks,
+                                              seed=feedback_rng.randrange(2**31)):
+            if verdict.accepted:
+                positives.append(Sample(task, prompt, output, "accepted"))
+                continue
+            negatives.append(Sample(task, prompt, output, "negative"))
+            if feedback_rng.random() < args.edit_share:
+                fix = feedback_rng.choice(corrections).response
+                positives.append(Sample(task, prompt, fix, "correction"))
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--suite", default="builtin:festive-zh")
+    ap.add_argument("--task", default=None, help="default: the suite's first high-risk task")
+    ap.add_argument("--variant", action="append", default=None,
+                    help="name:key=value,... TrainConfig overrides (repeatable)")
+    ap.add_argument("--rounds", type=int, default=4, help="feedback + retrain rounds")
+    ap.add_argument("--traffic", type=int, default=120, help="live requests per round")
+    ap.add_argument("--eval-prompts", type=int, default=400)
+    ap.add_argument("--parent-traffic", nargs="+", default=None, metavar="TASK=SHARE",
+                    help="fork from a shared adapter trained with this mixture (default: fresh)")
+    ap.add_argument("--parent-steps", type=int, default=100, help="per task (task_scaling 1)")
+    ap.add_argument("--edit-share", type=float, default=0.3)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--base-cache", type=Path, default=None,
+                    help="where the builtin base is built/cached (default: a temporary dir)")
+    ap.add_argument("--out", type=Path, default=REPO / "bench/results/fork_retrain.json")
+    args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(1)  # a shared 2-core machine: more threads mostly measure neighbours
+    suite = load_suite(args.suite)
+    task = args.task or next((t for t, s in suite.tasks.items() if s.risk == "high"), None)
+    if task is None or task not in suite.tasks:
+        sys.exit(f"error: no such (high-risk) task in {suite.name}: {args.task}")
+    console = Console()
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for text in args.variant or DEFAULT_VARIANTS:
+            name, overrides = parse_variant(text)
+            rows = run_variant(suite, task, overrides, args, Path(tmp) / name,
+                              args.base_cache or Path(tmp))
+            results[name] = {"overrides": overrides, "rounds": rows}
+            console.print(f"{name}: crosstalk by round " + " → ".join(
+                f"{100 * r['crosstalk']:.1f} %" for r in rows))
+    table = Table(title=f"{suite.name} {task}: crosstalk / acceptance of {args.eval_prompts} "
+                        f"sampled answers after each round")
+    table.add_column("variant")
+    for rnd in range(args.rounds + 1):
+        table.add_column(f"round {rnd}", justify="right")
+    for name, res in results.items():
+        table.add_row(name, *[f"{100 * r['crosstalk']:.1f} / {100 * r['acceptance']:.1f}"
+                              for r in res["rounds"]])
+    console.print(table)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"suite": suite.name, "task": task, "args": {
+        k: v for k, v in vars(args).items() if k not in ("out", "variant", "base_cache")},
+        "variants": results}, indent=1))
+    console.print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
