@@ -5,7 +5,10 @@ a few percent of ambiguous requests in a cheerful co-task's style, through sever
 retrains. This bench replays that cycle offline, without the daemon, so training settings can
 be compared side by side in minutes instead of 40-minute loop runs:
 
-1. train a fresh one-task adapter on the suite's seed data (what a fork serves first);
+1. train a one-task adapter on the suite's seed data (what a fork serves first), continued
+   from a shared parent trained with a skewed mixture (``--parent-traffic``: by default
+   festive-zh's holiday traffic, the mixture the fork leaves) or, with ``init="fresh"``,
+   from fresh LoRA weights;
 2. each round: the adapter answers ``--traffic`` fresh requests with production's sampling, the
    simulator's judge labels them as the app's users would (accepted outputs become training
    examples; rejected ones negatives, ``--edit-share`` of them also a correction, as in
@@ -16,8 +19,8 @@ be compared side by side in minutes instead of 40-minute loop runs:
 Every variant sees the same prompts and sampling seeds. Variants are TrainConfig overrides
 (``data.<field>`` for DataConfig, ``init="fresh"`` to fork from fresh weights):
 
-    .venv/bin/python bench/fork_retrain.py                      # default vs the built-in variants
-    .venv/bin/python bench/fork_retrain.py --variant ul1:unlikelihood_weight=1.0
+    .venv/bin/python bench/fork_retrain.py      # parent vs fresh init, high-risk tasks, 3 seeds
+    .venv/bin/python bench/fork_retrain.py --seeds 1 --variant ul1:unlikelihood_weight=1.0
 """
 
 from __future__ import annotations
@@ -41,8 +44,12 @@ from rich.table import Table  # noqa: E402
 from daemon.sim.judge import judge  # noqa: E402
 from storage.suite import Suite, load_suite  # noqa: E402
 
-DEFAULT_VARIANTS = ["default:", "ul1:unlikelihood_weight=1.0,negative_share=0.3",
-                    "steps300:steps=300"]
+# The fork's init as the daemon did it before (its parent's weights), as it does now (fresh),
+# and fresh with a 10x stronger unlikelihood term on rejected outputs.
+DEFAULT_VARIANTS = ["parent:", 'fresh:init="fresh"',
+                    'fresh_ul1:init="fresh",unlikelihood_weight=1.0']
+HOLIDAY = ["greeting=0.5", "festival_wish=0.35", "thanks=0.04", "praise=0.03", "apology=0.04",
+           "complaint_reply=0.04"]
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
@@ -153,51 +160,69 @@ def run_variant(suite: Suite, task: str, overrides: dict[str, Any], args: argpar
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--suite", default="builtin:festive-zh")
-    ap.add_argument("--task", default=None, help="default: the suite's first high-risk task")
+    ap.add_argument("--tasks", nargs="+", default=None, help="default: the high-risk tasks")
     ap.add_argument("--variant", action="append", default=None,
                     help="name:key=value,... TrainConfig overrides (repeatable)")
-    ap.add_argument("--rounds", type=int, default=4, help="feedback + retrain rounds")
+    ap.add_argument("--rounds", type=int, default=3, help="feedback + retrain rounds")
     ap.add_argument("--traffic", type=int, default=120, help="live requests per round")
     ap.add_argument("--eval-prompts", type=int, default=400)
-    ap.add_argument("--parent-traffic", nargs="+", default=None, metavar="TASK=SHARE",
-                    help="fork from a shared adapter trained with this mixture (default: fresh)")
+    ap.add_argument("--parent-traffic", nargs="+", default=HOLIDAY, metavar="TASK=SHARE",
+                    help="the parent's mixture (default: festive-zh's holiday traffic); "
+                         "'none': no parent, every variant starts fresh")
     ap.add_argument("--parent-steps", type=int, default=100, help="per task (task_scaling 1)")
     ap.add_argument("--edit-share", type=float, default=0.3)
-    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--base-cache", type=Path, default=None,
                     help="where the builtin base is built/cached (default: a temporary dir)")
     ap.add_argument("--out", type=Path, default=REPO / "bench/results/fork_retrain.json")
     args = ap.parse_args()
     import torch
+    from transformers.utils import logging as hf_logging
 
     torch.set_num_threads(1)  # a shared 2-core machine: more threads mostly measure neighbours
+    hf_logging.disable_progress_bar()  # one "Loading weights" bar per round otherwise
+    if args.parent_traffic == ["none"]:
+        args.parent_traffic = None
     suite = load_suite(args.suite)
-    task = args.task or next((t for t, s in suite.tasks.items() if s.risk == "high"), None)
-    if task is None or task not in suite.tasks:
-        sys.exit(f"error: no such (high-risk) task in {suite.name}: {args.task}")
+    tasks = args.tasks or [t for t, s in suite.tasks.items() if s.risk == "high"]
+    unknown = [t for t in tasks if t not in suite.tasks]
+    if not tasks or unknown:
+        sys.exit(f"error: no such task in {suite.name}: {', '.join(unknown) or '(no high-risk)'}")
     console = Console()
-    results: dict[str, Any] = {}
+    variants = [parse_variant(v) for v in args.variant or DEFAULT_VARIANTS]
+    # results[task][variant][seed] = rows by round
+    results: dict[str, dict[str, dict[str, Any]]] = {t: {n: {} for n, _ in variants}
+                                                     for t in tasks}
     with tempfile.TemporaryDirectory() as tmp:
-        for text in args.variant or DEFAULT_VARIANTS:
-            name, overrides = parse_variant(text)
-            rows = run_variant(suite, task, overrides, args, Path(tmp) / name,
-                              args.base_cache or Path(tmp))
-            results[name] = {"overrides": overrides, "rounds": rows}
-            console.print(f"{name}: crosstalk by round " + " → ".join(
-                f"{100 * r['crosstalk']:.1f} %" for r in rows))
-    table = Table(title=f"{suite.name} {task}: crosstalk / acceptance of {args.eval_prompts} "
-                        f"sampled answers after each round")
+        for seed in args.seeds:
+            args.seed = seed
+            for task in tasks:
+                for name, overrides in variants:
+                    rows = run_variant(suite, task, overrides, args,
+                                       Path(tmp) / str(seed) / task / name,
+                                       args.base_cache or Path(tmp))
+                    results[task][name][str(seed)] = rows
+                    console.print(f"seed {seed} {task} {name}: crosstalk by round " + " → ".join(
+                        f"{100 * r['crosstalk']:.1f} %" for r in rows))
+    table = Table(title=f"{suite.name}: crosstalk of {args.eval_prompts} sampled answers after "
+                        f"each round, mean over seeds {args.seeds}")
+    table.add_column("task")
     table.add_column("variant")
     for rnd in range(args.rounds + 1):
         table.add_column(f"round {rnd}", justify="right")
-    for name, res in results.items():
-        table.add_row(name, *[f"{100 * r['crosstalk']:.1f} / {100 * r['acceptance']:.1f}"
-                              for r in res["rounds"]])
+    means: dict[str, dict[str, list[float]]] = {}
+    for task, by_variant in results.items():
+        for name, by_seed in by_variant.items():
+            mean = [sum(rows[r]["crosstalk"] for rows in by_seed.values()) / len(by_seed)
+                    for r in range(args.rounds + 1)]
+            means.setdefault(task, {})[name] = mean
+            table.add_row(task, name, *[f"{100 * m:.1f} %" for m in mean])
     console.print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"suite": suite.name, "task": task, "args": {
-        k: v for k, v in vars(args).items() if k not in ("out", "variant", "base_cache")},
-        "variants": results}, indent=1))
+    args.out.write_text(json.dumps({
+        "suite": suite.name, "variants": dict(variants), "mean_crosstalk": means,
+        "args": {k: v for k, v in vars(args).items() if k not in ("out", "variant", "base_cache")},
+        "runs": results}, indent=1))
     console.print(f"wrote {args.out}")
 
 
