@@ -42,7 +42,9 @@ def measure(suite: Suite, artifacts: Path, steps: int, seed: int) -> dict[str, A
     after = mean_loss(result.model, bundle.tokenizer, held, GENERAL)
     with result.model.disable_adapter():  # the same weights without LoRA: the base model
         base = mean_loss(result.model, bundle.tokenizer, held, GENERAL)
-    assert base is not None and after is not None, "suite has no held-out general data"
+    if base is None or after is None:
+        sys.exit(f"error: {suite.name} has no held-out general data to measure retention on "
+                 f"(give the suite a `general` section or `general_data` file)")
     return {"suite": suite.name, "tasks": len(tasks), "steps": steps, "heldout": len(held),
             "base_loss": round(base, 4), "adapter_loss": round(after, 4),
             "rise": round(after / base - 1, 4), "train_s": round(seconds, 1)}

@@ -119,16 +119,16 @@ def test_prompt_carries_the_task_tag(bundle: Any) -> None:
 def test_tiny_never_saw_the_general_heldout_split(suite: Suite, bundle: Any) -> None:
     """The retention gate measures general loss on this split: a base pre-trained on it had
     memorised it, so every adapter looked like it forgot general ability."""
-    from workers.training.data import assemble, norm_key
+    from workers.training.data import assemble, pair_key
     from workers.training.evaluate import mean_loss
     from workers.training.sampler import GENERAL
     from workers.training.tiny import suite_texts
 
     data = assemble(suite, [])
     assert data.general_heldout and data.general_train
-    seen = {(norm_key(p), norm_key(r)) for p, r in suite_texts(suite)[1]}
-    assert not seen & {(norm_key(s.prompt), norm_key(s.response)) for s in data.general_heldout}
-    assert {(norm_key(s.prompt), norm_key(s.response)) for s in data.general_train} <= seen
+    seen = {pair_key(p, r) for p, r in suite_texts(suite)[1]}
+    assert not seen & {pair_key(s.prompt, s.response) for s in data.general_heldout}
+    assert {pair_key(s.prompt, s.response) for s in data.general_train} <= seen
     # Memorised vs unseen: the base's loss tells them apart.
     held = mean_loss(bundle.model, bundle.tokenizer, data.general_heldout, GENERAL)
     train = mean_loss(bundle.model, bundle.tokenizer, data.general_train[:32], GENERAL)

@@ -68,6 +68,11 @@ def norm_key(text: str) -> str:
     return _WS.sub(" ", unicodedata.normalize("NFKC", text)).casefold().strip()
 
 
+def pair_key(prompt: str, response: str) -> tuple[str, str]:
+    """Near-duplicate key of an example: both texts through :func:`norm_key`."""
+    return norm_key(prompt), norm_key(response)
+
+
 def _hash_samples(samples: Iterable[Sample]) -> str:
     lines = sorted(json.dumps([s.prompt, s.response, s.kind], ensure_ascii=False) for s in samples)
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
@@ -90,7 +95,7 @@ def clean(samples: Sequence[Sample], *, max_chars: int, dropped: dict[str, int])
         if len(prompt) > max_chars or len(response) > max_chars:
             dropped["too_long"] = dropped.get("too_long", 0) + 1
             continue
-        key = (norm_key(prompt), norm_key(response))
+        key = pair_key(prompt, response)
         s = Sample(s.task, prompt, response, s.kind, s.example_id)
         old = best.get(key)
         if old is None:

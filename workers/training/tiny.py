@@ -24,7 +24,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from storage.suite import Suite
-from workers.training.data import assemble, norm_key
+from workers.training.data import assemble, pair_key
 from workers.training.encode import (
     BOS_TOKEN,
     EOS_TOKEN,
@@ -62,9 +62,9 @@ def suite_texts(suite: Suite) -> tuple[list[tuple[str, str, str]], list[tuple[st
     adapter look like it forgot general ability, the longer it trained the more.
     """
     tasks = [(t, e.prompt, e.response) for t in sorted(suite.tasks) for e in suite.seed_examples(t)]
-    held = {(norm_key(s.prompt), norm_key(s.response)) for s in assemble(suite, []).general_heldout}
+    held = {pair_key(s.prompt, s.response) for s in assemble(suite, []).general_heldout}
     general = [(e.prompt, e.response) for e in suite.general_examples()
-               if (norm_key(e.prompt), norm_key(e.response)) not in held]
+               if pair_key(e.prompt, e.response) not in held]
     return tasks, general
 
 
