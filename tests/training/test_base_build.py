@@ -17,7 +17,7 @@ from storage.models import AdapterVersion
 from storage.suite import Suite
 from tests.training.conftest import RoutingFeed
 from tests.training.fast import LENIENT_GATE
-from workers.training.base_model import find_lora_targets, quiet_peft, resolve_build
+from workers.training.base_model import base_build, ensure_base, find_lora_targets, quiet_peft
 from workers.training.checkpoint import META, pin_build
 from workers.training.generate import AdapterServer
 from workers.training.job import evaluate_version, run_training_job
@@ -40,7 +40,7 @@ def _write(artifacts: Path, bundle: Any, version: int, meta: dict[str, Any]) -> 
 
 def test_version_of_another_build_is_refused(bundle: Any, suite: Suite, artifacts: Path,
                                              engine: Any) -> None:
-    build = resolve_build(suite, artifacts)
+    build = base_build(ensure_base(suite, artifacts))
     assert build.startswith("tiny-") and build != OLD
     tasks = sorted(suite.tasks)
     stale = _write(artifacts, bundle, 1, {"base_model": suite.base_model, "base_build": OLD,
@@ -102,7 +102,7 @@ def test_job_records_its_build_and_starts_fresh_from_a_parent_of_another_build(
         assert rows[2].status == "rejected" and OLD in rows[2].reason
         assert rows[3].parent_version == 1
     meta = read_meta(Path(rows[3].path))
-    assert meta["base_build"] == resolve_build(suite, artifacts) == bundle.build
+    assert meta["base_build"] == base_build(ensure_base(suite, artifacts)) == bundle.build
     assert meta["base_model"] == suite.base_model
     assert (meta["init_from"], meta["parent_version"]) == ("", 1)
 

@@ -151,11 +151,6 @@ def base_build(path: Path) -> str:
     return Path(path).resolve().name
 
 
-def resolve_build(suite: Suite, artifacts_dir: Path) -> str:
-    """The build ``suite.base_model`` resolves to now (building ``builtin:tiny`` if needed)."""
-    return base_build(ensure_base(suite, artifacts_dir))
-
-
 def build_mismatch(version: Path, build: str, meta: Mapping[str, Any] | None = None) -> str | None:
     """Why ``version`` must not be loaded onto base build ``build``; None if it may.
 

@@ -29,7 +29,7 @@ CANDIDATE = "default"
 def side_by_side(
     model: Any, tokenizer: Any, data: DataBundle, suite: Suite, *, tasks: Sequence[str],
     routes: Mapping[str, Mapping[str, Any]], detector: StyleDetector | None,
-    cfg: EvalConfig | None = None, scorer: Scorer | None = None, build: str | None = None,
+    cfg: EvalConfig | None = None, scorer: Scorer | None = None, build: str,
 ) -> dict[str, Any]:
     """``{"candidate": ..., "production": ..., "compare": ..., "production_routes": ...}``.
 
@@ -50,8 +50,7 @@ def side_by_side(
             name = f"prod-{key[0]}-v{key[1]}"
             try:
                 verify_version(Path(route["path"]), route.get("sha256"))
-                if build is not None:
-                    check_build(Path(route["path"]), build)
+                check_build(Path(route["path"]), build)
                 with quiet_peft():
                     model.load_adapter(str(route["path"]), adapter_name=name)
             except (ArtifactError, OSError, ValueError) as exc:

@@ -40,7 +40,7 @@ from storage.artifacts import list_versions as disk_versions
 from storage.crud import routing_table
 from storage.models import Adapter, AdapterVersion, TrainingJob
 from storage.suite import Suite, SuiteError
-from workers.training.base_model import BaseModelError, build_mismatch, load_base, quiet_peft, resolve_build
+from workers.training.base_model import BaseModelError, build_mismatch, load_base, quiet_peft
 from workers.training.checkpoint import pin_build
 from workers.training.config import DataConfig, EvalConfig, GateConfig, TrainConfig
 from workers.training.data import accepted_texts, assemble
@@ -139,10 +139,12 @@ def _run(
 ) -> JobOutcome:
     from peft import PeftModel
 
-    # 0. The resolved base build (built once for builtin:tiny): versions and checkpoints of
-    #    another build are never continued from, adopted, compared with or resumed.
-    build = resolve_build(suite, artifacts_dir)
-    # 1. What to train: the adapter's tasks, ratios, targeted tasks, config overrides.
+    # 1. Base model (built once for builtin:tiny) on the chosen device. Its build decides
+    #    which versions and checkpoints may be continued from, adopted, compared with or
+    #    resumed: never those of another build.
+    bundle = load_base(suite, artifacts_dir, device=device)
+    build = bundle.build
+    # 2. What to train: the adapter's tasks, ratios, targeted tasks, config overrides.
     with Session(engine) as session:
         job = session.get(TrainingJob, job_id)
         assert job is not None
@@ -156,7 +158,7 @@ def _run(
         tcfg = tcfg.for_tasks(len(tasks))
         if params.get("gate"):
             gcfg = GateConfig.model_validate({**gcfg.model_dump(), **params["gate"]})
-        # 2. Data: SQL rows + suite seeds, cleaned and split; the style detector's texts.
+        # 3. Data: SQL rows + suite seeds, cleaned and split; the style detector's texts.
         data = assemble(suite, tasks, session=session, cfg=DataConfig())
         detector = build_detector(suite, accepted_texts(session, list(suite.tasks)))
         _, all_routes = routing_table(session)
@@ -170,8 +172,6 @@ def _run(
     cleanup_temp(artifacts_dir, adapter, tag=tag)
     cleanup_temp(artifacts_dir, adapter, older_than=86400)
     _sweep_work_dirs(engine, artifacts_dir, adapter)
-    # 3. Base model (built once for builtin:tiny) on the chosen device.
-    bundle = load_base(suite, artifacts_dir, device=device)
     general_share = tcfg.general_share if tcfg.general_share is not None else suite.general_share
     train_summary: dict[str, Any] = {}
     if candidate is not None:
