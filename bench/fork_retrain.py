@@ -41,7 +41,7 @@ if str(REPO) not in sys.path:
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from daemon.sim.judge import judge  # noqa: E402
+from bench.task_steps import answer  # noqa: E402
 from storage.suite import Suite, load_suite  # noqa: E402
 
 # The fork's init as the daemon did it before (its parent's weights), as it does now (fresh),
@@ -60,18 +60,6 @@ def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
         key, _, value = part.partition("=")
         overrides[key.strip()] = json.loads(value)
     return name, overrides
-
-
-def answer(suite: Suite, model: Any, tokenizer: Any, task: str, prompts: list[str],
-           seed: int) -> list[tuple[str, str, Any]]:
-    """(prompt, output, verdict) for each prompt, sampled as production samples."""
-    import torch
-
-    from workers.training.generate import generate_batch
-
-    with torch.no_grad():
-        texts = generate_batch(model, tokenizer, task, prompts, max_new_tokens=40, seed=seed)
-    return [(p, t, judge(suite, task, t)) for p, t in zip(prompts, texts, strict=True)]
 
 
 def train_parent(suite: Suite, args: argparse.Namespace, workdir: Path, base_dir: Path) -> Path:

@@ -59,22 +59,28 @@ def train_fresh(suite: Suite, artifacts: Path, tasks: list[str], steps: int,
     return bundle, result, data, seconds
 
 
-def train_and_judge(suite: Suite, artifacts: Path, tasks: list[str], steps: int,
-                    measured: list[str], prompts: int, seed: int) -> dict[str, Any]:
-    """Train one adapter on ``tasks`` for ``steps`` and judge its answers on ``measured``."""
+def answer(suite: Suite, model: Any, tokenizer: Any, task: str, prompts: list[str],
+           seed: int) -> list[tuple[str, str, Any]]:
+    """(prompt, output, verdict) for each prompt, sampled as production samples."""
     import torch
 
     from workers.training.generate import generate_batch
 
+    with torch.no_grad():
+        texts = generate_batch(model, tokenizer, task, prompts, max_new_tokens=40, seed=seed)
+    return [(p, t, judge(suite, task, t)) for p, t in zip(prompts, texts, strict=True)]
+
+
+def train_and_judge(suite: Suite, artifacts: Path, tasks: list[str], steps: int,
+                    measured: list[str], prompts: int, seed: int) -> dict[str, Any]:
+    """Train one adapter on ``tasks`` for ``steps`` and judge its answers on ``measured``."""
     bundle, result, _, seconds = train_fresh(suite, artifacts, tasks, steps, seed)
     out: dict[str, Any] = {"tasks": tasks, "steps": steps, "train_s": round(seconds, 1)}
     for task in measured:
         rng = random.Random(seed + 5)
         asks = [suite.prompt_for(task, rng) for _ in range(prompts)]
-        with torch.no_grad():
-            texts = generate_batch(result.model, bundle.tokenizer, task, asks,
-                                   max_new_tokens=40, seed=seed + 3)
-        verdicts = [judge(suite, task, t) for t in texts]
+        verdicts = [v for _, _, v in answer(suite, result.model, bundle.tokenizer, task, asks,
+                                            seed=seed + 3)]
         out[task] = {"acceptance": sum(v.accepted for v in verdicts) / prompts,
                      "crosstalk": sum(v.crosstalk_source is not None for v in verdicts) / prompts}
     return out
