@@ -61,6 +61,34 @@ def summarize(report: dict[str, Any], risk: Mapping[str, str]) -> dict[str, Any]
     }
 
 
+def parse_train(items: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` TrainConfig overrides (VALUE in JSON), checked against TrainConfig here so
+    a typo stops the bench before an hour of runs, not inside the first training job.
+
+    >>> parse_train(["unlikelihood_weight=1.0", "steps=80"])
+    {'unlikelihood_weight': 1.0, 'steps': 80}
+    """
+    from pydantic import ValidationError
+
+    from workers.training.config import TrainConfig
+
+    train: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        try:
+            train[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            sep = ""
+        if not sep or key.strip() not in TrainConfig.model_fields:
+            raise SystemExit(f"error: --train {item!r}: want KEY=VALUE with a TrainConfig "
+                             f"field and a JSON value (fields: {', '.join(TrainConfig.model_fields)})")
+    try:
+        TrainConfig.model_validate(train)
+    except ValidationError as exc:
+        raise SystemExit(f"error: --train: {exc}") from None
+    return train
+
+
 def per_task_table(runs: dict[str, list[dict[str, Any]]]) -> Table:
     """Final phase per task and policy: mean acceptance / crosstalk over the seeds."""
     table = Table(title="final phase per task: acceptance / crosstalk (mean over seeds)")
@@ -148,6 +176,9 @@ def main() -> None:
     ap.add_argument("--task-scaling", type=float, default=None, metavar="X",
                     help="TrainConfig.task_scaling for every run (default: the trainer's, 0 = "
                          "fixed steps; 1 trains an n-task adapter n times the steps)")
+    ap.add_argument("--train", action="append", default=[], metavar="KEY=VALUE",
+                    help="a TrainConfig override for every run, VALUE in JSON (repeatable), "
+                         "e.g. --train unlikelihood_weight=1.0")
     ap.add_argument("--runs-from", type=Path, default=None, metavar="RESULTS",
                     help="take the policies not re-run here from an earlier results file of the "
                          "same scenario and seeds (e.g. static/isolated, which do not use the "
@@ -159,7 +190,9 @@ def main() -> None:
     _, suite, _ = load_scenario(args.scenario)
     risk = {t: spec.risk for t, spec in suite.tasks.items()}
     settings = Settings()
-    train = {} if args.task_scaling is None else {"task_scaling": args.task_scaling}
+    train = parse_train(args.train)
+    if args.task_scaling is not None:
+        train["task_scaling"] = args.task_scaling
     runs: dict[str, list[dict[str, Any]]] = {p: [] for p in args.policies}
     t0 = time.monotonic()
     for seed in args.seeds:
