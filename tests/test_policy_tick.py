@@ -7,6 +7,7 @@ its routes); tests/test_loop.py runs the real trainer.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -50,14 +51,21 @@ def feed(settings: Settings, engine: Engine, events: list[dict[str, Any]]) -> No
 
 
 def finish(engine: Engine, job_id: int, *, promote: bool = True,
-           eval_result: dict[str, Any] | None = None) -> None:
-    """What the trainer writes when a job ends."""
+           eval_result: dict[str, Any] | None = None, build_in: Path | None = None,
+           build: str = "") -> None:
+    """What the trainer writes when a job ends (with ``build_in``: a real version directory
+    whose ``adaptd.json`` records base build ``build``)."""
     with session_scope(engine) as session:
         job = session.get(TrainingJob, job_id)
         assert job is not None
         version = 1 + len(crud.list_versions(session, adapter=job.adapter))
         tasks = job.params.get("tasks") or []
-        session.add(AdapterVersion(adapter=job.adapter, version=version, path=f"/a/{version}",
+        path = f"/a/{version}"
+        if build_in is not None:
+            (build_in / job.adapter / f"v{version}").mkdir(parents=True)
+            path = str(build_in / job.adapter / f"v{version}")
+            (Path(path) / "adaptd.json").write_text(json.dumps({"base_build": build}))
+        session.add(AdapterVersion(adapter=job.adapter, version=version, path=path,
                                    sha256="0" * 64, status="promoted" if promote else "rejected",
                                    job_id=job_id, promoted_at=1.0, eval=eval_result))
         job.status, job.result_version = ("succeeded" if promote else "rejected"), version
@@ -66,16 +74,17 @@ def finish(engine: Engine, job_id: int, *, promote: bool = True,
                         .values(trained_in=f"{job.adapter}@{version}"))
         if promote:
             crud.set_routes(session, reason="test", routes={t: {
-                "adapter": job.adapter, "version": version, "path": f"/a/{version}",
+                "adapter": job.adapter, "version": version, "path": path,
                 "sha256": "0" * 64} for t in tasks})
 
 
 def tick(settings: Settings, engine: Engine, sent: list[int], now: float,
-         mode: str = "adaptive", config: PolicyConfig = FAST) -> list[dict[str, Any]]:
+         mode: str = "adaptive", config: PolicyConfig = FAST,
+         base_build: str | None = None) -> list[dict[str, Any]]:
     client = redis.Redis.from_url(settings.redis_url)
     result = policy_tick(engine=engine, client=client, prefix=settings.key_prefix,
                          suite=load_suite(settings.suite), config=config, mode=mode, now=now,
-                         enqueue=sent.append)
+                         enqueue=sent.append, base_build=base_build)
     return result.decisions
 
 
@@ -234,3 +243,47 @@ def test_a_first_version_the_gate_keeps_rejecting_is_not_retried_forever(
     with Session(engine) as session:
         holds = [d for d in crud.list_decisions(session) if d.action == "hold"]
     assert len(holds) == 1 and holds[0].reason.startswith("hold bootstrap: 3 first versions")
+
+
+@pytest.mark.parametrize("mode", ["adaptive", "static"])
+def test_adapters_serving_another_base_build_retrain_once_each(
+        settings: Settings, engine: Engine, tmp_path: Path, mode: str) -> None:
+    sent: list[int] = []
+    tick(settings, engine, sent, now=1000.0, mode=mode, base_build="tiny-old")
+    finish(engine, sent[0], build_in=tmp_path, build="tiny-old")
+    # Same build: nothing to do.
+    assert tick(settings, engine, sent, now=1010.0, mode=mode, base_build="tiny-old") == []
+    # The base was rebuilt: one retrain of the served adapter, saying why.
+    decisions = tick(settings, engine, sent, now=1020.0, mode=mode, base_build="tiny-new")
+    assert [(d["action"], d["adapter"]) for d in decisions] == [("retrain", "shared")]
+    assert decisions[0]["reason"].startswith("base rebuilt: shared serves v1, trained on base "
+                                             "build 'tiny-old'; the base is now 'tiny-new'")
+    with Session(engine) as session:
+        job = session.get(TrainingJob, sent[-1])
+        assert job is not None and job.params["rebuild"] == "tiny-new"
+        assert job.params["tasks"] == sorted(load_suite(settings.suite).tasks)
+    # While it runs, no second job; once promoted on the new build, quiet again.
+    assert tick(settings, engine, sent, now=1030.0, mode=mode, base_build="tiny-new") == []
+    finish(engine, sent[-1], build_in=tmp_path, build="tiny-new")
+    assert tick(settings, engine, sent, now=1040.0, mode=mode, base_build="tiny-new") == []
+    assert len(sent) == 2
+
+
+def test_a_rebuild_retrain_the_gate_keeps_rejecting_gives_up_with_a_hold(
+        settings: Settings, engine: Engine, tmp_path: Path) -> None:
+    sent: list[int] = []
+    tick(settings, engine, sent, now=1000.0)
+    finish(engine, sent[0], build_in=tmp_path, build="tiny-old")
+    seeds = []
+    for i in range(5):
+        tick(settings, engine, sent, now=1010.0 + i, base_build="tiny-new")
+        if i < 3:
+            with Session(engine) as session:
+                job = session.get(TrainingJob, sent[-1])
+                assert job is not None
+                seeds.append((job.params.get("train") or {}).get("seed"))
+            finish(engine, sent[-1], promote=False)
+    assert len(sent) == 4 and seeds == [None, 1, 2]  # each retry draws its own batches
+    with Session(engine) as session:
+        holds = [d for d in crud.list_decisions(session) if d.action == "hold"]
+    assert len(holds) == 1 and holds[0].reason.startswith("hold rebuild: 3 versions of shared")

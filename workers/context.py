@@ -52,6 +52,15 @@ class WorkerContext:
     def suite(self) -> Suite:
         return load_suite(self.suite_ref)
 
+    @cached_property
+    def base_build(self) -> str | None:
+        """The base build training jobs use now, resolved once per process without building
+        it (the policy tick retrains adapters serving another build). A rebuilt base comes
+        with new code or a new suite, i.e. a restart, which resolves it again."""
+        from workers.training.base_model import expected_build
+
+        return expected_build(self.suite, self.artifacts_dir)
+
     @property
     def consumer(self) -> str:
         """This process's name in the consumer group (a dead one's entries get reclaimed)."""

@@ -46,6 +46,7 @@ from workers.policy_inputs import (
     load_state,
     observe_new_events,
 )
+from workers.rebuilds import stale_adapters
 
 log = logging.getLogger(__name__)
 MODES = ("adaptive", "static", "uniform", "isolated")
@@ -68,12 +69,13 @@ def _promoted(session: Session, adapter: str) -> bool:
     ).scalar_one() > 0
 
 
-def _bootstrap_tries(session: Session, adapter: str) -> int:
-    """First-version jobs of ``adapter`` that ended without a promotion."""
+def _failed_tries(session: Session, adapter: str, key: str, value: Any = True) -> int:
+    """Jobs of ``adapter`` with ``params[key] == value`` (first versions: ``bootstrap``,
+    retrains after a base rebuild: ``rebuild``) that ended without a promotion."""
     jobs = session.execute(select(TrainingJob).where(
         col(TrainingJob.adapter) == adapter,
         col(TrainingJob.status).in_(["rejected", "failed"]))).scalars().all()
-    return sum(1 for j in jobs if (j.params or {}).get("bootstrap"))
+    return sum(1 for j in jobs if (j.params or {}).get(key) == value)
 
 
 def _schedule_ratios(mode: str, tasks: list[str], sizes: dict[str, int]) -> dict[str, float]:
@@ -202,11 +204,57 @@ def _stale_jobs(session: Session, now: float) -> list[int]:
         or (j.status == "running" and (j.lease_until or 0) < now))]
 
 
+def _retrain_stale_builds(session: Session, state: PolicyState, build: str, *, mode: str,
+                          sizes: dict[str, int], busy: set[str], running: int,
+                          config: PolicyConfig, result: TickResult, at_event: int,
+                          meta: dict[str, Any], now: float) -> None:
+    """One retrain per adapter still serving a version of another base build (module doc of
+    ``workers.rebuilds``); given up with a hold after BOOTSTRAP_TRIES rejected tries."""
+    _, routes = crud.routing_table(session)
+    for stale in stale_adapters(routes, build):
+        name = stale.adapter
+        ad = state.adapters.get(name)
+        if ad is None or not ad.tasks or name in busy:
+            continue
+        tries = _failed_tries(session, name, "rebuild", build)
+        if tries >= BOOTSTRAP_TRIES:
+            given_up = meta.setdefault("rebuild_given_up", {})
+            if given_up.get(name) != build:
+                given_up[name] = build
+                _record(session, result, at_event, action="hold", task=None, adapter=name,
+                        reason=f"hold rebuild: {tries} versions of {name} on base build "
+                               f"{build!r} were rejected; {', '.join(stale.tasks)} stay "
+                               f"unservable", signals={"tries": tries, "build": build})
+            continue
+        if running + len(result.jobs) >= max(1, config.max_concurrent_jobs):
+            return
+        row = session.get(Adapter, name)
+        tasks = list(ad.tasks)
+        if mode != "adaptive":
+            ratios = _schedule_ratios(mode, tasks, sizes)
+        elif row is not None and row.ratios:
+            ratios = dict(row.ratios)  # the engine's current mixture for this adapter
+        else:
+            ratios = policies.prior_ratios({t: sizes.get(t, 0) for t in tasks}, config.ratios)
+        decision = _record(session, result, at_event, action="retrain", task=None, adapter=name,
+                           reason=stale.reason(build), at=now,
+                           signals={"served_version": stale.version, "served_build": stale.build,
+                                    "build": build, "tasks": tasks, "ratios": ratios})
+        params = {"tasks": tasks, "ratios": ratios, "rebuild": build, **_baseline_gate(mode)}
+        if tries:
+            params["train"] = {"seed": tries}
+        _new_job(session, adapter=name, kind="retrain", decision_id=decision.id, params=params,
+                 created=result.jobs)
+        busy.add(name)
+
+
 def policy_tick(*, engine: Engine, client: redis.Redis | None, prefix: str, suite: Suite,
                 config: PolicyConfig, mode: str = "adaptive", now: float | None = None,
                 enqueue: Callable[[int], None] | None = None, max_events: int = 50_000,
-                resend_after_s: float = 600.0) -> TickResult:
-    """Run one tick (see the module doc). ``enqueue`` hands a job id to the train queue."""
+                resend_after_s: float = 600.0, base_build: str | None = None) -> TickResult:
+    """Run one tick (see the module doc). ``enqueue`` hands a job id to the train queue.
+    ``base_build``: the base build jobs train on now (``expected_build``); adapters serving
+    a version of another build are retrained. None: not checked."""
     if mode not in MODES:
         raise ValueError(f"policy mode {mode!r}: one of {MODES}")
     lock = client.lock(f"{prefix}lock:policy", timeout=600, blocking_timeout=0) if client else None
@@ -214,7 +262,7 @@ def policy_tick(*, engine: Engine, client: redis.Redis | None, prefix: str, suit
         return TickResult(skipped="another tick holds the lock")
     try:
         return _tick(engine, suite, config, mode, time.time() if now is None else now,
-                     enqueue, max_events, resend_after_s)
+                     enqueue, max_events, resend_after_s, base_build)
     finally:
         if lock is not None:
             try:
@@ -224,7 +272,8 @@ def policy_tick(*, engine: Engine, client: redis.Redis | None, prefix: str, suit
 
 
 def _tick(engine: Engine, suite: Suite, config: PolicyConfig, mode: str, now: float,
-          enqueue: Callable[[int], None] | None, max_events: int, resend_after_s: float) -> TickResult:
+          enqueue: Callable[[int], None] | None, max_events: int, resend_after_s: float,
+          base_build: str | None) -> TickResult:
     result = TickResult()
     with Session(engine, expire_on_commit=False) as session:
         fed = feedback_examples(session)
@@ -255,7 +304,7 @@ def _tick(engine: Engine, suite: Suite, config: PolicyConfig, mode: str, now: fl
             unserved = [t for t in ad.tasks if t not in routes]
             if not unserved or name in busy or _promoted(session, name):
                 continue
-            tries = _bootstrap_tries(session, name)
+            tries = _failed_tries(session, name, "bootstrap")
             if tries >= BOOTSTRAP_TRIES:
                 if not meta.setdefault("bootstrap_given_up", {}).get(name):
                     meta["bootstrap_given_up"][name] = now
@@ -280,6 +329,12 @@ def _tick(engine: Engine, suite: Suite, config: PolicyConfig, mode: str, now: fl
                 _new_job(session, adapter=name, kind="retrain", decision_id=row.id,
                          params=params, created=result.jobs)
                 busy.add(name)
+        # 4b. Adapters serving a version trained on another base build (the base was
+        #     rebuilt): the server refuses those versions, so each adapter retrains once.
+        if base_build is not None:
+            _retrain_stale_builds(session, state, base_build, mode=mode, sizes=sizes,
+                                  busy=busy, running=len(active), config=config, result=result,
+                                  at_event=at_event, meta=meta, now=now)
         # 5. Decide.
         running = len(active) + len(result.jobs)
         if mode == "adaptive":

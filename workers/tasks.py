@@ -48,6 +48,7 @@ def policy_tick(self: Task) -> dict[str, Any]:
         engine=ctx.engine, client=ctx.redis, prefix=ctx.key_prefix, suite=ctx.suite,
         config=PolicyConfig.from_dict(ctx.policy), mode=ctx.policy_mode,
         enqueue=lambda job_id: train_job.apply_async(args=[job_id], queue="train"),
+        base_build=ctx.base_build,
     )
     return {"observed": result.observed, "decisions": len(result.decisions),
             "jobs": result.jobs, "skipped": result.skipped}

@@ -17,7 +17,13 @@ from storage.models import AdapterVersion
 from storage.suite import Suite
 from tests.training.conftest import RoutingFeed
 from tests.training.fast import LENIENT_GATE
-from workers.training.base_model import base_build, ensure_base, find_lora_targets, quiet_peft
+from workers.training.base_model import (
+    base_build,
+    ensure_base,
+    expected_build,
+    find_lora_targets,
+    quiet_peft,
+)
 from workers.training.checkpoint import META, pin_build
 from workers.training.generate import AdapterServer
 from workers.training.job import evaluate_version, run_training_job
@@ -118,3 +124,17 @@ def test_checkpoints_of_another_build_are_not_resumed(tmp_path: Path) -> None:
     pin_build(work, "tiny-b")  # the base was rebuilt since: start over
     assert not (work / META).exists()
     assert (work / "base-build").read_text() == "tiny-b"
+
+
+def test_expected_build_resolves_without_building(suite: Suite, artifacts: Path,
+                                                  tmp_path: Path) -> None:
+    """What the policy tick compares served versions with: the build a job would load."""
+    built = ensure_base(suite, artifacts)
+    assert expected_build(suite, artifacts) == base_build(built)
+    # Never builds: another artifacts directory has no base yet, and still gets none.
+    assert expected_build(suite, tmp_path) == base_build(built)
+    assert not (tmp_path / "_base").exists()
+    local = suite.model_copy(update={"base_model": str(built)})
+    assert expected_build(local, tmp_path) == built.name
+    missing = suite.model_copy(update={"base_model": "nobody/not-in-the-cache"})
+    assert expected_build(missing, tmp_path) is None

@@ -151,6 +151,18 @@ def base_build(path: Path) -> str:
     return Path(path).resolve().name
 
 
+def expected_build(suite: Suite, artifacts_dir: Path) -> str | None:
+    """The build :func:`ensure_base` resolves to now, without building or loading a model
+    (for the policy tick, which must not build a base); None if the base cannot be resolved
+    (the next training job reports why)."""
+    try:
+        if suite.base_model == "builtin:tiny":
+            return f"tiny-{tiny_cache_key(suite)}"
+        return base_build(ensure_base(suite, artifacts_dir))  # a directory or hub cache lookup
+    except BaseModelError:
+        return None
+
+
 def build_mismatch(version: Path, build: str, meta: Mapping[str, Any] | None = None) -> str | None:
     """Why ``version`` must not be loaded onto base build ``build``; None if it may.
 
