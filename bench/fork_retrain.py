@@ -44,8 +44,8 @@ from rich.table import Table  # noqa: E402
 from bench.task_steps import answer  # noqa: E402
 from storage.suite import Suite, load_suite  # noqa: E402
 
-# The fork's init as the daemon did it before (its parent's weights) and fresh, both with the
-# old unlikelihood weight 0.1, and fresh with today's default 1.0 on rejected outputs.
+# The fork's init as the daemon did it before (its parent's weights) and as it does now (fresh),
+# and fresh with a 10x stronger unlikelihood term on rejected outputs (0.1 is the default).
 DEFAULT_VARIANTS = ["parent:unlikelihood_weight=0.1", 'fresh:init="fresh",unlikelihood_weight=0.1',
                     'fresh_ul1:init="fresh",unlikelihood_weight=1.0']
 HOLIDAY = ["greeting=0.5", "festival_wish=0.35", "thanks=0.04", "praise=0.03", "apology=0.04",

@@ -70,11 +70,7 @@ class TrainConfig(_Model):
     seed: int = 0
     stages: list[Stage] = Field(default_factory=_default_stages)
     lora: LoraSettings = Field(default_factory=LoraSettings)
-    # Weight of the unlikelihood term on rejected outputs. 1.0 rather than 0.1: a forked
-    # high-risk adapter unlearns a co-task's style faster from its users' rejections
-    # (bench/fork_retrain.py), and in the holiday loop every policy got a little cleaner
-    # (adaptive high-risk crosstalk 2.3 -> 1.9 %, isolated 10.9 -> 9.8 %; README).
-    unlikelihood_weight: float = Field(1.0, ge=0.0, le=10.0)
+    unlikelihood_weight: float = Field(0.1, ge=0.0, le=10.0)
     negative_share: float = Field(0.1, ge=0.0, le=0.5)  # of a task's draws, when it has any
     general_share: float | None = Field(None, ge=0.0, lt=1.0)  # None: the suite's value
     checkpoint_every: int = Field(20, ge=1)
