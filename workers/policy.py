@@ -204,13 +204,13 @@ def _stale_jobs(session: Session, now: float) -> list[int]:
         or (j.status == "running" and (j.lease_until or 0) < now))]
 
 
-def _retrain_stale_builds(session: Session, state: PolicyState, build: str, *, mode: str,
-                          sizes: dict[str, int], busy: set[str], running: int,
-                          config: PolicyConfig, result: TickResult, at_event: int,
-                          meta: dict[str, Any], now: float) -> None:
+def _retrain_stale_builds(session: Session, state: PolicyState, build: str, *,
+                          routes: dict[str, dict[str, Any]], mode: str, sizes: dict[str, int],
+                          busy: set[str], running: int, config: PolicyConfig,
+                          result: TickResult, at_event: int, meta: dict[str, Any],
+                          now: float) -> None:
     """One retrain per adapter still serving a version of another base build (module doc of
     ``workers.rebuilds``); given up with a hold after BOOTSTRAP_TRIES rejected tries."""
-    _, routes = crud.routing_table(session)
     for stale in stale_adapters(routes, build):
         name = stale.adapter
         ad = state.adapters.get(name)
@@ -332,8 +332,8 @@ def _tick(engine: Engine, suite: Suite, config: PolicyConfig, mode: str, now: fl
         # 4b. Adapters serving a version trained on another base build (the base was
         #     rebuilt): the server refuses those versions, so each adapter retrains once.
         if base_build is not None:
-            _retrain_stale_builds(session, state, base_build, mode=mode, sizes=sizes,
-                                  busy=busy, running=len(active), config=config, result=result,
+            _retrain_stale_builds(session, state, base_build, routes=routes, mode=mode,
+                                  sizes=sizes, busy=busy, running=len(active), config=config, result=result,
                                   at_event=at_event, meta=meta, now=now)
         # 5. Decide.
         running = len(active) + len(result.jobs)

@@ -81,6 +81,11 @@ def tiny_cache_key(suite: Suite) -> str:
     return hashlib.sha256(blob).hexdigest()[:20]
 
 
+def _tiny_name(suite: Suite) -> str:
+    """The directory (and so the build) name of the suite's ``builtin:tiny`` under ``_base``."""
+    return f"tiny-{tiny_cache_key(suite)}"
+
+
 @contextlib.contextmanager
 def _file_lock(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -102,7 +107,7 @@ def ensure_base(
         if name != "tiny":
             raise BaseModelError(f"base model {ref!r}: unknown builtin (have: builtin:tiny)")
         root = Path(artifacts_dir) / "_base"
-        target = root / f"tiny-{tiny_cache_key(suite)}"
+        target = root / _tiny_name(suite)
         if (target / "config.json").is_file():
             return target
         with _file_lock(root / f".{target.name}.lock"):
@@ -157,7 +162,7 @@ def expected_build(suite: Suite, artifacts_dir: Path) -> str | None:
     (the next training job reports why)."""
     try:
         if suite.base_model == "builtin:tiny":
-            return f"tiny-{tiny_cache_key(suite)}"
+            return _tiny_name(suite)
         return base_build(ensure_base(suite, artifacts_dir))  # a directory or hub cache lookup
     except BaseModelError:
         return None
