@@ -55,8 +55,9 @@ class TrainConfig(_Model):
     # 1.0 every task of a shared adapter is drawn about as often as in a one-task adapter;
     # with 0 (fixed steps) a four-task adapter sees each task a quarter as often and answers
     # terse requests in a co-task's style more often (README, bench/task_steps.py). 0.5 is
-    # the middle way for adapters of many tasks on a large model, where steps are dear.
-    task_scaling: float = Field(1.0, ge=0.0, le=1.0)
+    # the middle way for adapters of many tasks on a large model, where steps are dear; above
+    # 1 a shared adapter sees each task more often than a one-task adapter does.
+    task_scaling: float = Field(1.0, ge=0.0, le=2.0)
     batch_examples: int = Field(16, ge=1, le=4096)  # examples per optimizer micro-step
     grad_accum: int = Field(1, ge=1, le=1024)
     lr: float = Field(2e-3, gt=0.0, le=1.0)
@@ -94,6 +95,8 @@ class TrainConfig(_Model):
         (400, 100)
         >>> TrainConfig(steps=100, task_scaling=0.5).for_tasks(4).steps
         200
+        >>> TrainConfig(steps=100, task_scaling=1.5).for_tasks(4).steps
+        800
         >>> TrainConfig(steps=100, task_scaling=0.0).for_tasks(4).steps  # fixed steps
         100
         """
