@@ -55,8 +55,9 @@ class TrainConfig(_Model):
     # 1.0 every task of a shared adapter is drawn about as often as in a one-task adapter;
     # with 0 (fixed steps) a four-task adapter sees each task a quarter as often and answers
     # terse requests in a co-task's style more often (README, bench/task_steps.py). 0.5 is
-    # the middle way for adapters of many tasks on a large model, where steps are dear; above
-    # 1 a shared adapter sees each task more often than a one-task adapter does.
+    # the middle way for adapters of many tasks on a large model, where steps are dear. Above
+    # 1 a shared adapter sees each task more often than a one-task adapter does; at 1.5 a
+    # seven-task adapter (1,852 steps) already fails the retention gate (README, The loop).
     task_scaling: float = Field(1.0, ge=0.0, le=2.0)
     batch_examples: int = Field(16, ge=1, le=4096)  # examples per optimizer micro-step
     grad_accum: int = Field(1, ge=1, le=1024)
