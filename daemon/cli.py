@@ -52,6 +52,9 @@ def serve(host: Annotated[str | None, typer.Option(help="bind address")] = None,
 def worker(
     queues: Annotated[str, typer.Option(help="comma-separated: ingest,policy,train")] = "ingest,policy",
     concurrency: Annotated[int, typer.Option(min=1, help="worker processes")] = 1,
+    exit_with_parent: Annotated[int | None, typer.Option(
+        hidden=True, help="exit soon after this parent process dies (set by adaptd demo "
+                          "and simulate for the workers they start)")] = None,
 ) -> None:
     """Run a Celery worker. `train` workers run one job per child process."""
     from daemon.celery_app import QUEUES, make_celery
@@ -67,6 +70,11 @@ def worker(
             "-n", f"adaptd-{'-'.join(wanted)}-{uuid.uuid4().hex[:6]}@%h"]
     if "train" in wanted:
         argv += ["--max-tasks-per-child", "1"]
+    if exit_with_parent is not None:
+        from daemon.procs import ORPHAN_GRACE_SECONDS
+        from daemon.procs import exit_with_parent as watch_parent
+
+        watch_parent(exit_with_parent, grace=ORPHAN_GRACE_SECONDS)
     celery.worker_main(argv)
 
 

@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -19,6 +20,8 @@ import httpx
 import redis
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# How long an orphaned worker waits for its own shutdown before `exit_with_parent` ends it.
+ORPHAN_GRACE_SECONDS = 15.0
 
 
 def free_port() -> int:
@@ -87,6 +90,32 @@ def die_with_parent(sig: signal.Signals = signal.SIGTERM) -> Callable[[], None] 
             os.kill(os.getpid(), sig)
 
     return preexec
+
+
+def exit_with_parent(parent_pid: int, *, grace: float,
+                     poll: float = 0.5) -> threading.Thread:
+    """A backstop for ``die_with_parent``: once ``parent_pid`` is no longer this process's
+    parent (it died), give the parent-death signal's own shutdown ``grace`` seconds, then
+    exit hard. Runs as a daemon thread of the calling process.
+
+    Why: the stack's workers get SIGQUIT, Celery's cold shutdown, which ends by joining the
+    pool; a task the pool child has started but the main process has not yet seen start is
+    not cancelled, so the join waits for it to finish. A killed demo's worker once outlived
+    it by more than a minute. Exiting without Celery's cleanup loses nothing: tasks are
+    acks-late (Redis redelivers them) and training jobs are leased; pool children get
+    SIGKILL from their own parent-death signal (Celery sets it)."""
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(poll)
+        time.sleep(grace)
+        sys.stderr.write(f"parent {parent_pid} died and shutdown did not finish in "
+                         f"{grace:g} s; exiting\n")
+        sys.stderr.flush()
+        os._exit(1)
+
+    thread = threading.Thread(target=watch, name="exit-with-parent", daemon=True)
+    thread.start()
+    return thread
 
 
 def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:

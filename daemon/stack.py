@@ -95,10 +95,13 @@ class LocalStack:
         # Workers get SIGQUIT (Celery's cold shutdown) if this process dies: SIGTERM's warm
         # shutdown would finish the running training job first, minutes of CPU for a stack
         # nobody uses any more. Their tasks are acks-late and leased, so none is lost.
-        self.procs.append(procs.spawn(["worker", "--queues", "ingest,policy"], env,
+        # A cold shutdown can still wait on a task it did not cancel: `--exit-with-parent`
+        # ends the worker anyway soon after this process is gone.
+        orphan = ["--exit-with-parent", str(os.getpid())]
+        self.procs.append(procs.spawn(["worker", "--queues", "ingest,policy", *orphan], env,
                                       logs / "worker.log", on_parent_death=signal.SIGQUIT))
         for i in range(self.train_workers):
-            self.procs.append(procs.spawn(["worker", "--queues", "train"], env,
+            self.procs.append(procs.spawn(["worker", "--queues", "train", *orphan], env,
                                           logs / f"train-{i}.log",
                                           on_parent_death=signal.SIGQUIT))
         self.procs.append(procs.spawn(["beat"], env, logs / "beat.log"))

@@ -104,3 +104,64 @@ def test_stack_processes_die_with_their_parent(redis_url: str, prefix: str, tmp_
             parent.kill()
         for pid in _group_members(set(pids)):
             os.kill(pid, signal.SIGKILL)
+
+
+# A process whose shutdown never finishes (it ignores the parent-death signal), started the
+# way the stack starts workers; with `exit_with_parent` it must still go once its parent dies.
+STUCK_CHILD = """
+import signal, sys, time
+from daemon.procs import exit_with_parent
+signal.signal(signal.SIGQUIT, signal.SIG_IGN)
+if sys.argv[1] == "watch":
+    exit_with_parent(int(sys.argv[2]), grace=float(sys.argv[3]), poll=0.05)
+print("ready", flush=True)
+time.sleep(600)
+"""
+STUCK_PARENT = """
+import os, signal, subprocess, sys, time
+from daemon.procs import die_with_parent
+child = subprocess.Popen([sys.executable, "-c", sys.argv[1], sys.argv[2], str(os.getpid()),
+                          sys.argv[3]], stdout=subprocess.PIPE,
+                         preexec_fn=die_with_parent(signal.SIGQUIT))
+assert child.stdout.readline() == b"ready\\n"
+print(child.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return state[state.rindex(")") + 2] != "Z"
+
+
+@pytest.mark.parametrize("watch", [True, False], ids=["with-watchdog", "without"])
+def test_exit_with_parent_ends_a_stuck_orphan(watch: bool) -> None:
+    grace = 5.0
+    parent = subprocess.Popen(
+        [sys.executable, "-c", STUCK_PARENT, STUCK_CHILD, "watch" if watch else "none",
+         str(grace)], cwd=ROOT, stdout=subprocess.PIPE)
+    child = 0
+    try:
+        assert parent.stdout is not None
+        ready, _, _ = select.select([parent.stdout], [], [], 60)
+        assert ready, "the child did not start"
+        child = int(parent.stdout.readline())
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(10)
+        killed = time.monotonic()
+        # It got SIGQUIT and ignored it: still there right after its parent died ...
+        assert _alive(child)
+        while _alive(child) and time.monotonic() - killed < grace + 10:
+            time.sleep(0.05)
+        # ... and gone after the grace period only if the watchdog runs.
+        assert _alive(child) is not watch
+        if watch:
+            assert time.monotonic() - killed >= grace - 2  # not before its grace period
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        if child and _alive(child):
+            os.kill(child, signal.SIGKILL)
