@@ -4,6 +4,8 @@ suite's texts change: same shapes, different weights and tokenizer)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ from storage.artifacts import ArtifactError, read_meta, verify_version, write_ve
 from storage.crud import create_job, set_routes, sync_suite
 from storage.models import AdapterVersion
 from storage.suite import Suite
-from tests.training.conftest import RoutingFeed
+from tests.training.conftest import SUITE_PATH, RoutingFeed
 from tests.training.fast import LENIENT_GATE
 from workers.training.base_model import (
     base_build,
@@ -138,3 +140,17 @@ def test_expected_build_resolves_without_building(suite: Suite, artifacts: Path,
     assert expected_build(local, tmp_path) == built.name
     missing = suite.model_copy(update={"base_model": "nobody/not-in-the-cache"})
     assert expected_build(missing, tmp_path) is None
+
+
+def test_expected_build_loads_no_torch(suite: Suite, artifacts: Path) -> None:
+    """The policy tick resolves the build inside the ingest/policy worker, which must not
+    carry torch and transformers (~400 MB resident) for a hash; same build name as the
+    process that built the base."""
+    code = ("import sys; from pathlib import Path; from storage.suite import load_suite; "
+            "from workers.training.base_model import expected_build; "
+            "print(expected_build(load_suite(sys.argv[1]), Path(sys.argv[2]))); "
+            "print(sorted({'torch', 'transformers', 'peft'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code, str(SUITE_PATH), str(artifacts)],
+                         cwd=Path(__file__).resolve().parents[2], capture_output=True,
+                         text=True, check=True).stdout.splitlines()
+    assert out == [base_build(ensure_base(suite, artifacts)), "[]"]

@@ -122,7 +122,7 @@ def test_tiny_never_saw_the_general_heldout_split(suite: Suite, bundle: Any) -> 
     from workers.training.data import assemble, pair_key
     from workers.training.evaluate import mean_loss
     from workers.training.sampler import GENERAL
-    from workers.training.tiny import suite_texts
+    from workers.training.tiny_recipe import suite_texts
 
     data = assemble(suite, [])
     assert data.general_heldout and data.general_train

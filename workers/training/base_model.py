@@ -24,12 +24,13 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from storage.artifacts import ArtifactError, fsync_path, read_meta
 from storage.suite import Suite
+
+if TYPE_CHECKING:  # torch loads only where a model does: the policy tick needs none
+    import torch
 
 log = logging.getLogger("adaptd.training")
 
@@ -62,6 +63,8 @@ class BaseBundle:
 
 def pick_device(choice: str = "auto") -> tuple[torch.device, torch.dtype]:
     """CUDA with bf16 when available (and asked for), else CPU with fp32."""
+    import torch
+
     if choice in ("auto", "cuda") and torch.cuda.is_available():
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
         return torch.device("cuda"), dtype
@@ -72,7 +75,7 @@ def pick_device(choice: str = "auto") -> tuple[torch.device, torch.dtype]:
 
 def tiny_cache_key(suite: Suite) -> str:
     """Content hash of everything the tiny base is built from."""
-    from workers.training.tiny import TINY_SPEC, suite_texts
+    from workers.training.tiny_recipe import TINY_SPEC, suite_texts
 
     tasks, general = suite_texts(suite)
     blob = json.dumps(
@@ -228,6 +231,8 @@ def load_base(
 
 def find_lora_targets(model: torch.nn.Module) -> list[str]:
     """Names (leaf suffixes) of the Linear/Conv1D layers inside attention and MLP blocks."""
+    import torch
+
     linear_types: tuple[type, ...] = (torch.nn.Linear,)
     with contextlib.suppress(ImportError):
         from transformers.pytorch_utils import Conv1D

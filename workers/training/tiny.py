@@ -24,7 +24,6 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from storage.suite import Suite
-from workers.training.data import assemble, pair_key
 from workers.training.encode import (
     BOS_TOKEN,
     EOS_TOKEN,
@@ -37,35 +36,9 @@ from workers.training.encode import (
     task_tag,
 )
 from workers.training.packing import make_batch
+from workers.training.tiny_recipe import TINY_SPEC, suite_texts
 
 GENERAL = "_general"  # pseudo-task of general data; cannot clash (task names start a-z)
-TINY_SPEC = {
-    "builder": 4,  # bump when the recipe changes so cached bases are rebuilt
-    "vocab_size": 2048,
-    "hidden_size": 128,
-    "intermediate_size": 256,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "max_position_embeddings": 512,
-    "pretrain_steps": 1000,
-    "pretrain_batch": 32,
-    "pretrain_lr": 3e-3,
-    "seed": 1234,
-}
-
-
-def suite_texts(suite: Suite) -> tuple[list[tuple[str, str, str]], list[tuple[str, str]]]:
-    """(task, prompt, response) of every task's seed data, and (prompt, response) of general.
-
-    General data leaves out the held-out split the training jobs measure general-ability
-    retention on (``assemble``'s split): a base that memorised those examples made every
-    adapter look like it forgot general ability, the longer it trained the more.
-    """
-    tasks = [(t, e.prompt, e.response) for t in sorted(suite.tasks) for e in suite.seed_examples(t)]
-    held = {pair_key(s.prompt, s.response) for s in assemble(suite, []).general_heldout}
-    general = [(e.prompt, e.response) for e in suite.general_examples()
-               if pair_key(e.prompt, e.response) not in held]
-    return tasks, general
 
 
 def train_tokenizer(suite: Suite, vocab_size: int) -> PreTrainedTokenizerFast:
