@@ -99,9 +99,10 @@ def exit_with_parent(parent_pid: int, *, grace: float,
     exit hard. Runs as a daemon thread of the calling process.
 
     Why: the stack's workers get SIGQUIT, Celery's cold shutdown, which ends by joining the
-    pool; a task the pool child has started but the main process has not yet seen start is
-    not cancelled, so the join waits for it to finish. A killed demo's worker once outlived
-    it by more than a minute. Exiting without Celery's cleanup loses nothing: tasks are
+    pool; by Celery 5.7's code, a task the pool child has started but the main process has
+    not yet seen start is not cancelled, so the join would wait for it to finish. In a CI
+    run the ingest/policy worker outlived its SIGKILLed parent by more than a minute (not
+    reproduced since). Exiting without Celery's cleanup loses nothing: tasks are
     acks-late (Redis redelivers them) and training jobs are leased; pool children get
     SIGKILL from their own parent-death signal (Celery sets it)."""
     def watch() -> None:
