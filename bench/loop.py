@@ -89,6 +89,31 @@ def parse_train(items: list[str]) -> dict[str, Any]:
     return train
 
 
+def parse_policy(items: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` PolicyConfig overrides (VALUE in JSON; ``risk`` and ``ratios`` take partial
+    dicts), checked against PolicyConfig before any run starts.
+
+    >>> parse_policy(['risk={"low": {"crosstalk_on": 0.05, "crosstalk_off": 0.025}}'])
+    {'risk': {'low': {'crosstalk_on': 0.05, 'crosstalk_off': 0.025}}}
+    """
+    from policies.config import PolicyConfig
+
+    policy: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        try:
+            policy[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            sep = ""
+        if not sep:
+            raise SystemExit(f"error: --policy {item!r}: want KEY=VALUE with a JSON value")
+    try:
+        PolicyConfig.from_dict(policy)
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise SystemExit(f"error: --policy: {exc}") from None
+    return policy
+
+
 def per_task_table(runs: dict[str, list[dict[str, Any]]]) -> Table:
     """Final phase per task and policy: mean acceptance / crosstalk over the seeds."""
     table = Table(title="final phase per task: acceptance / crosstalk (mean over seeds)")
@@ -179,6 +204,9 @@ def main() -> None:
     ap.add_argument("--train", action="append", default=[], metavar="KEY=VALUE",
                     help="a TrainConfig override for every run, VALUE in JSON (repeatable), "
                          "e.g. --train unlikelihood_weight=1.0")
+    ap.add_argument("--policy", action="append", default=[], metavar="KEY=VALUE",
+                    help="a PolicyConfig override for every run (the engine, so mostly adaptive), VALUE in JSON "
+                         "(repeatable), e.g. --policy 'risk={\"low\": {\"crosstalk_on\": 0.05}}'")
     ap.add_argument("--runs-from", type=Path, default=None, metavar="RESULTS",
                     help="take the policies not re-run here from an earlier results file of the "
                          "same scenario and seeds (e.g. static/isolated, which do not use the "
@@ -191,6 +219,7 @@ def main() -> None:
     risk = {t: spec.risk for t, spec in suite.tasks.items()}
     settings = Settings()
     train = parse_train(args.train)
+    policy_overrides = {"min_new_examples": args.min_new, **parse_policy(args.policy)}
     if args.task_scaling is not None:
         train["task_scaling"] = args.task_scaling
     runs: dict[str, list[dict[str, Any]]] = {p: [] for p in args.policies}
@@ -206,7 +235,7 @@ def main() -> None:
             report = run_simulation(settings, args.scenario, policy=policy, seed=seed,
                                     report_path=work / "report.json", workdir=work / "state",
                                     console=console, base_cache=args.workdir / "base-cache",
-                                    policy_overrides={"min_new_examples": args.min_new},
+                                    policy_overrides=policy_overrides,
                                     train_overrides=train)
             runs[policy].append(summarize(report, risk))
     reused: set[str] = set()
@@ -270,6 +299,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"scenario": args.scenario, "seeds": args.seeds,
                                     "train_overrides": train,
+                                    "policy_overrides": parse_policy(args.policy),
                                     "policies": rows, "goals": goals,
                                     "seconds": round(time.monotonic() - t0, 1)}, indent=2))
     console.print(f"wrote {args.out}")
