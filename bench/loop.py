@@ -52,6 +52,7 @@ def summarize(report: dict[str, Any], risk: Mapping[str, str]) -> dict[str, Any]
         "acceptance": {t: r["acceptance"] for t, r in last.items()},
         "events": {t: r["events"] for t, r in last.items()},
         "crosstalk": {t: r["crosstalk_rate"] for t, r in last.items()},
+        "crosstalk_sources": {t: r.get("crosstalk_sources", {}) for t, r in last.items()},
         "sharing": {name: a["tasks"] for name, a in report["adapters"].items()},
         "mean_acceptance": statistics.mean(r["acceptance"] for r in last.values()),
         "adapters": len(report["adapters"]),
@@ -205,8 +206,9 @@ def main() -> None:
                     help="a TrainConfig override for every run, VALUE in JSON (repeatable), "
                          "e.g. --train unlikelihood_weight=1.0")
     ap.add_argument("--policy", action="append", default=[], metavar="KEY=VALUE",
-                    help="a PolicyConfig override for every run (the engine, so mostly adaptive), VALUE in JSON "
-                         "(repeatable), e.g. --policy 'risk={\"low\": {\"crosstalk_on\": 0.05}}'")
+                    help="a PolicyConfig override for every run (read by the engine, so it "
+                         "matters to adaptive), VALUE in JSON (repeatable), e.g. "
+                         "--policy 'risk={\"low\": {\"crosstalk_on\": 0.05}}'")
     ap.add_argument("--runs-from", type=Path, default=None, metavar="RESULTS",
                     help="take the policies not re-run here from an earlier results file of the "
                          "same scenario and seeds (e.g. static/isolated, which do not use the "

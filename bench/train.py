@@ -46,11 +46,12 @@ def _rss_mb() -> float:
 def _setup(suite: Suite, artifacts: Path) -> tuple[Any, Any, list[Any], dict[str, list[Any]]]:
     from workers.training.base_model import load_base
     from workers.training.data import assemble
+    from workers.training.sampler import GENERAL
 
     bundle = load_base(suite, artifacts, device="cpu")
     data = assemble(suite, sorted(suite.tasks))
     held = {t: d.heldout for t, d in data.tasks.items()}
-    held["_general"] = data.general_heldout
+    held[GENERAL] = data.general_heldout
     return bundle, data, sorted(data.tasks), held
 
 
@@ -102,6 +103,7 @@ def run_baseline(suite: Suite, artifacts: Path, steps: int, batch: int) -> dict[
 
     from workers.training.base_model import find_lora_targets
     from workers.training.encode import encode_example
+    from workers.training.sampler import GENERAL
 
     torch.manual_seed(SEED)
     bundle, data, tasks, held = _setup(suite, artifacts)
@@ -109,7 +111,7 @@ def run_baseline(suite: Suite, artifacts: Path, steps: int, batch: int) -> dict[
     tok = bundle.tokenizer
     t0 = time.perf_counter()
     samples = [(t, s) for t in tasks for s in data.tasks[t].train]
-    samples += [("_general", s) for s in data.general_train]
+    samples += [(GENERAL, s) for s in data.general_train]
     seqs = [encode_example(tok, t, s.prompt, s.response, task_index=0) for t, s in samples]
     width = max(len(s.ids) for s in seqs)
     pad = int(tok.pad_token_id)

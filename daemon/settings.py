@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_.:-]{0,32}$")
@@ -79,6 +79,28 @@ class Settings(BaseSettings):
     def _check_prefix(cls, value: str) -> str:
         if not _PREFIX_RE.match(value):
             raise ValueError("key_prefix may hold only [A-Za-z0-9_.:-], at most 32 characters")
+        return value
+
+    @field_validator("policy")
+    @classmethod
+    def _check_policy(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # Checked where the settings are read, so a bad threshold stops the daemon at start
+        # instead of failing every policy tick in a worker's log.
+        from policies.config import PolicyConfig
+
+        try:
+            PolicyConfig.from_dict(value)
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"policy overrides: {exc}") from None
+        return value
+
+    @field_validator("train", "eval")
+    @classmethod
+    def _check_training(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        from workers.training.config import EvalConfig, TrainConfig
+
+        model = TrainConfig if info.field_name == "train" else EvalConfig
+        model.model_validate(value)  # its ValidationError names the bad field
         return value
 
     @field_validator("webhook_secret")

@@ -39,6 +39,18 @@ class RiskPolicy:
     # Measured affinity below this is negative transfer: fork the harmed task.
     max_negative_affinity: float = -0.03
 
+    def __post_init__(self) -> None:
+        # Caught here, where the operator's config is read, not deep inside a task's window.
+        if not 0.0 < self.crosstalk_off <= self.crosstalk_on <= 1.0:
+            raise ValueError(f"need 0 < crosstalk_off <= crosstalk_on <= 1, got "
+                             f"{self.crosstalk_off} and {self.crosstalk_on}")
+        if not 0.0 < self.min_drop < 1.0 or self.regression_tolerance < 0.0:
+            raise ValueError("min_drop must be in (0, 1) and regression_tolerance >= 0")
+        for name in ("fork_after_rebalances", "fork_after_regressions"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 or None (never), got {value}")
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

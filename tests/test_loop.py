@@ -26,6 +26,12 @@ def check_contract(report: dict, tasks: set[str], total: int) -> None:  # type: 
         for row in phase["tasks"].values():
             assert set(row) >= CONTRACT_PHASE_FIELDS
             assert 0.0 <= row["acceptance"] <= 1.0
+            # Every crosstalk answer is attributed to another task of the phase's suite.
+            flagged = sum(row["crosstalk_sources"].values())
+            assert flagged == round(row["crosstalk_rate"] * row["events"])
+            assert set(row["crosstalk_sources"]) <= tasks
+        for task, row in phase["tasks"].items():
+            assert task not in row["crosstalk_sources"]
     assert set(report["routing"]) == tasks  # every task is served by a promoted version
     for d in report["decisions"]:
         assert {"at_event", "action", "task", "reason"} <= set(d)

@@ -35,14 +35,39 @@ class Generator(Protocol):
 
 @dataclass
 class Tally:
+    """Judged answers of one task over a span of events.
+
+    >>> a, b = Tally(), Tally()
+    >>> a.add(True, None); a.add(False, "greeting"); b.add(False, "greeting")
+    >>> a.merge(b); a.as_report()
+    {'events': 3, 'acceptance': 0.3333, 'crosstalk_rate': 0.6667, 'crosstalk_sources': {'greeting': 2}}
+    """
+
     events: int = 0
     accepted: int = 0
     crosstalk: int = 0
+    # Crosstalk answers by the task whose style they carried: which co-task leaks into which.
+    sources: dict[str, int] = field(default_factory=dict)
+
+    def add(self, accepted: bool, crosstalk_source: str | None) -> None:
+        self.events += 1
+        self.accepted += accepted
+        if crosstalk_source is not None:
+            self.crosstalk += 1
+            self.sources[crosstalk_source] = self.sources.get(crosstalk_source, 0) + 1
+
+    def merge(self, other: Tally) -> None:
+        self.events += other.events
+        self.accepted += other.accepted
+        self.crosstalk += other.crosstalk
+        for source, n in other.sources.items():
+            self.sources[source] = self.sources.get(source, 0) + n
 
     def as_report(self) -> dict[str, Any]:
         return {"events": self.events,
                 "acceptance": round(self.accepted / self.events, 4) if self.events else None,
-                "crosstalk_rate": round(self.crosstalk / self.events, 4) if self.events else None}
+                "crosstalk_rate": round(self.crosstalk / self.events, 4) if self.events else None,
+                "crosstalk_sources": dict(sorted(self.sources.items()))}
 
 
 @dataclass
@@ -122,10 +147,7 @@ class AppSimulator:
                 event["correction"] = self.rng.choice(self.correction_pool[task]).response
             if event["adapter"] is None:
                 del event["adapter"]
-            tally = tallies.setdefault(task, Tally())
-            tally.events += 1
-            tally.accepted += verdict.accepted
-            tally.crosstalk += verdict.crosstalk_source is not None
+            tallies.setdefault(task, Tally()).add(verdict.accepted, verdict.crosstalk_source)
             self.sent += 1
             events.append(event)
         self.post(events)

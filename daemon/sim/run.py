@@ -123,10 +123,7 @@ def run_simulation(
                     window: dict[str, Tally] = {}
                     sim.step(phase.traffic, n, window)
                     for task, t in window.items():
-                        agg = tallies.setdefault(task, Tally())
-                        agg.events += t.events
-                        agg.accepted += t.accepted
-                        agg.crosstalk += t.crosstalk
+                        tallies.setdefault(task, Tally()).merge(t)
                     done += n
                     series.append({"at_event": sim.sent, "phase": phase.name,
                                    "tasks": {k: v.as_report() for k, v in window.items()}})
@@ -190,12 +187,13 @@ def summary_table(report: dict[str, Any], suite_risk: dict[str, str]) -> Table:
     """Last phase per task: acceptance and crosstalk, with the serving adapter."""
     last = report["phases"][-1]
     table = Table(title=f"{report['policy']}: phase '{last['name']}'")
-    for col in ("task", "risk", "adapter", "events", "acceptance", "crosstalk"):
+    for col in ("task", "risk", "adapter", "events", "acceptance", "crosstalk", "from"):
         table.add_column(col, justify="right" if col in ("events", "acceptance", "crosstalk") else "left")
     for task, r in last["tasks"].items():
         route = report["routing"].get(task, {})
         fmt = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+        sources = sorted(r.get("crosstalk_sources", {}).items(), key=lambda kv: (-kv[1], kv[0]))
         table.add_row(task, suite_risk.get(task, "?"), f"{route.get('adapter', '-')}@"
                       f"{route.get('version', '-')}", str(r["events"]), fmt(r["acceptance"]),
-                      fmt(r["crosstalk_rate"]))
+                      fmt(r["crosstalk_rate"]), ", ".join(f"{s} {n}" for s, n in sources) or "-")
     return table

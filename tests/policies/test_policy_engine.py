@@ -411,6 +411,17 @@ def test_config_roundtrip_and_partial_load() -> None:
         PolicyConfig.from_dict({"cooldown": 1})
 
 
+@pytest.mark.parametrize("values", [
+    {"crosstalk_on": 0.01, "crosstalk_off": 0.5},  # would switch off above where it switches on
+    {"crosstalk_on": 0.0, "crosstalk_off": 0.0},
+    {"min_drop": 0.0},
+    {"fork_after_rebalances": 0},
+])
+def test_risk_policy_rejects_inconsistent_thresholds(values: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        PolicyConfig.from_dict({"risk": {"low": values}})
+
+
 def test_summarize_for_the_api() -> None:
     st = make({"shared": ["h", "g"]}, {"h": NEG_HIGH, "g": POS_LOW})
     feed(st, "g", 300, 0.9)

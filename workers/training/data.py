@@ -23,6 +23,7 @@ from sqlmodel import Session, col
 from storage.models import TrainingExample
 from storage.suite import Suite
 from workers.training.config import DataConfig
+from workers.training.sampler import GENERAL
 
 KIND_PRIORITY = {"correction": 0, "accepted": 1, "seed": 2}
 _WS = re.compile(r"\s+")
@@ -59,7 +60,7 @@ class DataBundle:
     def hashes(self) -> dict[str, str]:
         """sha256 per task (and ``_general``) over the training samples, order-independent."""
         out = {t: _hash_samples(d.train + d.negatives) for t, d in self.tasks.items()}
-        out["_general"] = _hash_samples(self.general_train)
+        out[GENERAL] = _hash_samples(self.general_train)
         return out
 
 
@@ -169,10 +170,10 @@ def assemble(
                 if norm_key(n.response) not in good]
         data[task] = TaskData(task, train, heldout, negs)
     general = clean(
-        [Sample("_general", e.prompt, e.response, "seed") for e in suite.general_examples()],
+        [Sample(GENERAL, e.prompt, e.response, "seed") for e in suite.general_examples()],
         max_chars=cfg.max_chars, dropped=dropped,
     )
-    g_train, g_held = split("_general", general, cfg)
+    g_train, g_held = split(GENERAL, general, cfg)
     return DataBundle(data, g_train, g_held, sorted(example_ids), dropped)
 
 

@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from workers.training.config import GateConfig
+from workers.training.sampler import GENERAL
 
-GENERAL_KEY = "_general"
+GENERAL_KEY = GENERAL  # the general-data row of a gate report
 
 
 @dataclass(frozen=True)

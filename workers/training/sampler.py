@@ -20,7 +20,7 @@ from typing import Any
 
 from workers.training.config import RatioConfig, StageKind
 
-GENERAL = "_general"
+GENERAL = "_general"  # pseudo-task of general data; cannot clash (task names start a-z)
 NEG_SUFFIX = "#neg"
 
 

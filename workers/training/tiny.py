@@ -36,9 +36,8 @@ from workers.training.encode import (
     task_tag,
 )
 from workers.training.packing import make_batch
+from workers.training.sampler import GENERAL
 from workers.training.tiny_recipe import TINY_SPEC, suite_texts
-
-GENERAL = "_general"  # pseudo-task of general data; cannot clash (task names start a-z)
 
 
 def train_tokenizer(suite: Suite, vocab_size: int) -> PreTrainedTokenizerFast:

@@ -1,0 +1,42 @@
+"""Settings check the policy/train/eval overrides when they are read, not a worker later."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from pydantic import ValidationError
+
+from daemon.settings import Settings
+from tests.helpers import SECRET
+
+
+@pytest.mark.parametrize(("overrides", "field"), [
+    ({"policy": {"risk": {"low": {"crosstalk_on": 0.01, "crosstalk_off": 0.5}}}}, "policy"),
+    ({"policy": {"cooldown": 60}}, "policy"),
+    ({"train": {"stepz": 100}}, "train.stepz"),
+    ({"eval": {"prompts_per_task": 0}}, "eval.prompts_per_task"),
+])
+def test_bad_overrides_are_refused_with_the_field(overrides: dict[str, object], field: str) -> None:
+    with pytest.raises(ValidationError) as err:
+        Settings(webhook_secret=SECRET, **overrides)  # type: ignore[arg-type]
+    assert field in str(err.value)
+
+
+def test_good_overrides_pass_through_unchanged() -> None:
+    policy = {"cooldown_s": 60, "risk": {"high": {"crosstalk_on": 0.03}}}
+    s = Settings(webhook_secret=SECRET, policy=policy, train={"steps": 20})  # type: ignore[arg-type]
+    assert s.policy == policy and s.train == {"steps": 20}
+
+
+def test_cli_names_the_bad_setting_without_a_traceback() -> None:
+    env = {**os.environ, "ADAPTD_WEBHOOK_SECRET": SECRET,
+           "ADAPTD_POLICY": '{"risk": {"low": {"crosstalk_on": 0.01}}}'}
+    out = subprocess.run([sys.executable, "-m", "daemon.cli", "status"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    text = " ".join((out.stdout + out.stderr).split())  # rich wraps at the terminal width
+    assert "ADAPTD_POLICY" in text and "crosstalk_off <= crosstalk_on" in text
+    assert "Traceback" not in text
