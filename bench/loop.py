@@ -221,7 +221,8 @@ def main() -> None:
     risk = {t: spec.risk for t, spec in suite.tasks.items()}
     settings = Settings()
     train = parse_train(args.train)
-    policy_overrides = {"min_new_examples": args.min_new, **parse_policy(args.policy)}
+    policy_cli = parse_policy(args.policy)
+    policy_overrides = {"min_new_examples": args.min_new, **policy_cli}
     if args.task_scaling is not None:
         train["task_scaling"] = args.task_scaling
     runs: dict[str, list[dict[str, Any]]] = {p: [] for p in args.policies}
@@ -301,7 +302,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"scenario": args.scenario, "seeds": args.seeds,
                                     "train_overrides": train,
-                                    "policy_overrides": parse_policy(args.policy),
+                                    "policy_overrides": policy_cli,
                                     "policies": rows, "goals": goals,
                                     "seconds": round(time.monotonic() - t0, 1)}, indent=2))
     console.print(f"wrote {args.out}")
