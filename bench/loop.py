@@ -25,7 +25,7 @@ import math
 import statistics
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,26 @@ def summarize(report: dict[str, Any], risk: Mapping[str, str]) -> dict[str, Any]
     }
 
 
+def _key_values(flag: str, items: list[str], *, known: Collection[str] | None,
+                want: str) -> dict[str, Any]:
+    """``KEY=VALUE`` items (VALUE in JSON) as a dict; a clear CLI error for anything else.
+
+    >>> _key_values("--x", ["a=1", "b={\\"c\\": 2}"], known=None, want="a JSON value")
+    {'a': 1, 'b': {'c': 2}}
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            sep = ""
+        if not sep or (known is not None and key not in known):
+            raise SystemExit(f"error: {flag} {item!r}: want KEY=VALUE with {want}")
+    return out
+
+
 def parse_train(items: list[str]) -> dict[str, Any]:
     """``KEY=VALUE`` TrainConfig overrides (VALUE in JSON), checked against TrainConfig here so
     a typo stops the bench before an hour of runs, not inside the first training job.
@@ -73,16 +93,9 @@ def parse_train(items: list[str]) -> dict[str, Any]:
 
     from workers.training.config import TrainConfig
 
-    train: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        try:
-            train[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            sep = ""
-        if not sep or key.strip() not in TrainConfig.model_fields:
-            raise SystemExit(f"error: --train {item!r}: want KEY=VALUE with a TrainConfig "
-                             f"field and a JSON value (fields: {', '.join(TrainConfig.model_fields)})")
+    train = _key_values("--train", items, known=TrainConfig.model_fields,
+                        want=f"a TrainConfig field and a JSON value "
+                             f"(fields: {', '.join(TrainConfig.model_fields)})")
     try:
         TrainConfig.model_validate(train)
     except ValidationError as exc:
@@ -99,15 +112,7 @@ def parse_policy(items: list[str]) -> dict[str, Any]:
     """
     from policies.config import PolicyConfig
 
-    policy: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        try:
-            policy[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            sep = ""
-        if not sep:
-            raise SystemExit(f"error: --policy {item!r}: want KEY=VALUE with a JSON value")
+    policy = _key_values("--policy", items, known=None, want="a JSON value")
     try:
         PolicyConfig.from_dict(policy)
     except (TypeError, ValueError, AttributeError) as exc:
