@@ -11,6 +11,7 @@ from typing import Any
 
 from policies.config import PolicyConfig
 from policies.decision import Action, Decision
+from policies.mixture import mixture_leak
 from policies.ratios import RatioState, add_task, prior_ratios, remove_task, update_ratios
 from policies.state import AdapterState, PolicyState
 
@@ -43,6 +44,8 @@ def task_numbers(st: PolicyState, task: str) -> dict[str, Any]:
         "crosstalk_rate": round(win.crosstalk_rate, 6),
         "crosstalk_source": win.dominant_source,
         "leaking": win.leaking,
+        "mixture_events": ts.mixture.n,
+        "mixture_crosstalk_rate": round(ts.mixture.crosstalk_rate, 6),
         "rebalances": ts.rebalances,
         "regressions": ts.regressions,
     }
@@ -75,11 +78,16 @@ def apply_rebalance(
         leak = min(1.0, win.crosstalk_rate / (2.0 * rp.crosstalk_on))
         sev = max(sev, leak)
         pressure[t] = pressure.get(t, 0.0) + sev
-        src = win.dominant_source
-        if win.leaking and src is not None and src in ad.tasks and src not in affected:
+        src = win.dominant_source if win.leaking else None
+        if src is None and (slow := mixture_leak(st, t, config)) is not None:
+            src = slow.source  # a leak only the mixture tally sees
+        if src is not None and src in ad.tasks and src not in affected:
             pressure[src] = pressure.get(src, 0.0) - max(0.5, leak)
-        ts.rebalances += 1
-        ts.last_rebalance_at = now
+        if det.degraded or win.leaking:
+            # Counted towards a fork only for trouble the live window sees; a mixture leak
+            # alone never forks (policies.mixture).
+            ts.rebalances += 1
+            ts.last_rebalance_at = now
     ad.ratios = update_ratios(ad.ratios, pressure, config.ratios)
     _start_training(ad, now, config)
     signals = {
@@ -217,6 +225,8 @@ def apply_rollback(
         tsk = st.tasks[t]
         tsk.detector.reset(tsk.detector.baseline)
         tsk.window.reset()
+        tsk.mixture.reset()  # which ratios the old version learnt is not known here
+        tsk.mixture_of = None
     st.tasks[task].cooldown_until = now + config.structural_cooldown_s
     return Decision(
         st.next_seq(), now, "rollback", task, adapter, reason, {**signals, "to_version": to_version}

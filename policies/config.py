@@ -129,6 +129,12 @@ class PolicyConfig:
     # A leak forks a low/medium-risk task only when the window proves it: the rate's Wilson
     # lower bound at this z must exceed the switch-off rate (high-risk: the latch suffices).
     fork_leak_z: float = 1.64
+    # A task that stays shared (not high risk) is rebalanced when its crosstalk from co-tasks,
+    # counted across promotions while the mixture stays the same (``mixture_window`` events
+    # at most), is significantly above this rate (Wilson lower bound at ``fork_leak_z``).
+    # None: off. See policies/mixture.py for why the live window cannot see it.
+    mixture_leak_rate: float | None = None
+    mixture_window: int = 1000
     # Live outputs nobody flagged go through the automatic style detector (the suite's
     # markers, then n-grams preferring another task by this many nats; DESIGN section 8:
     # crosstalk = user flags + an automatic detector). None: user flags only.
@@ -148,6 +154,10 @@ class PolicyConfig:
             raise ValueError("max_concurrent_jobs must be >= 0")
         if not 0.0 < self.retry_growth <= 1.0:
             raise ValueError("retry_growth must be in (0, 1]")
+        if self.mixture_leak_rate is not None and not 0.0 < self.mixture_leak_rate < 1.0:
+            raise ValueError(f"mixture_leak_rate must be in (0, 1) or None, got {self.mixture_leak_rate}")
+        if self.mixture_window < self.window_buckets:
+            raise ValueError("mixture_window must be >= window_buckets")
 
     def for_risk(self, risk: Risk) -> RiskPolicy:
         return self.risk[risk]

@@ -11,6 +11,7 @@ import math
 from collections.abc import Collection, Mapping
 
 from policies.config import PolicyConfig
+from policies.mixture import mixture_key
 from policies.signals import eval_regressions
 from policies.state import PolicyState, Probation
 from policies.windows import Origin
@@ -53,6 +54,7 @@ def observe(
         crosstalk_source = None  # a task's own style is not crosstalk
     ts.detector.update(accepted)
     ts.window.update(accepted, crosstalk_source, origin)
+    ts.mixture.update(accepted, crosstalk_source, origin)
     ad = state.adapters.get(ts.adapter)
     if ad is not None and ad.probation is not None:
         same_adapter = adapter is None or adapter == ts.adapter
@@ -108,6 +110,11 @@ def on_promotion(
         ts.detector.reset(ts.detector.baseline if given is None else given)
         ts.window.reset()
         ts.last_hold = None
+        # The mixture tally goes on across retrains on the same ratios (policies.mixture).
+        key = mixture_key(adapter, ad.ratios.version)
+        if ts.mixture_of != key:
+            ts.mixture.reset()
+            ts.mixture_of = key
     return new
 
 

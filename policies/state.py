@@ -25,6 +25,7 @@ __all__ = [
     "TaskState",
     "init_state",
     "make_detector",
+    "make_mixture_tally",
     "make_window",
     "summarize",
     "sync_state",
@@ -56,6 +57,15 @@ def make_window(profile: TaskProfile, config: PolicyConfig) -> CrosstalkWindow:
     )
 
 
+def make_mixture_tally(config: PolicyConfig) -> CrosstalkWindow:
+    """A task's crosstalk under its adapter's serving mixture (see ``policies.mixture``).
+
+    Only its counts are read; the latch is unused (``high=1``)."""
+    return CrosstalkWindow(
+        size=config.mixture_window, buckets=config.window_buckets, high=1.0, min_events=1
+    )
+
+
 @dataclass
 class TaskState:
     """Everything the policy remembers about one task."""
@@ -74,6 +84,10 @@ class TaskState:
     healthy_since: float | None = None
     cooldown_until: float = 0.0  # structural (fork/merge/rollback) cool-down
     last_hold: str | None = None  # last hold reason logged, so a blocked action logs once
+    # Crosstalk counted across promotions while the serving mixture stays the same, and the
+    # mixture it counts under (``policies.mixture.mixture_key``; None: not yet known).
+    mixture: CrosstalkWindow = field(default_factory=lambda: make_mixture_tally(PolicyConfig()))
+    mixture_of: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -91,6 +105,8 @@ class TaskState:
             "healthy_since": self.healthy_since,
             "cooldown_until": self.cooldown_until,
             "last_hold": self.last_hold,
+            "mixture": self.mixture.to_dict(),
+            "mixture_of": self.mixture_of,
         }
 
     @classmethod
@@ -110,6 +126,10 @@ class TaskState:
             healthy_since=_opt_float(data["healthy_since"]),
             cooldown_until=float(data["cooldown_until"]),
             last_hold=data["last_hold"],
+            # States stored before the tally existed start with an empty one.
+            mixture=(CrosstalkWindow.from_dict(data["mixture"]) if "mixture" in data
+                     else make_mixture_tally(PolicyConfig())),
+            mixture_of=data.get("mixture_of"),
         )
 
 
@@ -283,6 +303,7 @@ def init_state(
             detector=make_detector(prof, config, base.get(t)),
             window=make_window(prof, config),
             data_size=int(sizes.get(t, 0)),
+            mixture=make_mixture_tally(config),
         )
     return state
 
