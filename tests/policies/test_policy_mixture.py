@@ -26,7 +26,9 @@ ON = PolicyConfig(mixture_leak_rate=0.02)
 def promoted_often(source: str = "g", task: str = "a", batches: int = 10) -> PolicyState:
     """``task`` leaks ~5 % of ``source``'s style, but each version serves only 30 of its
     events: the live window never reaches ``crosstalk_min_events``."""
-    st = make({"shared": ["a", "c", "g"], "h": ["h"]}, {"a": POS_LOW, "c": POS_MED, "g": POS_LOW, "h": NEG_HIGH})
+    st = make(
+        {"shared": ["a", "c", "g"], "h": ["h"]}, {"a": POS_LOW, "c": POS_MED, "g": POS_LOW, "h": NEG_HIGH}
+    )
     st = on_promotion(st, "shared", version=1, now=T0 - 2 * HOUR, config=ON)  # the tally starts
     for k in range(batches):
         feed(st, task, 30, 0.95, source=source)
@@ -91,7 +93,9 @@ def test_states_stored_before_the_tally_still_load() -> None:
     assert acts(run(st, T0, config=ON)[1]) == []
 
 
-@pytest.mark.parametrize("values", [{"mixture_leak_rate": 0.0}, {"mixture_leak_rate": 1.5}, {"mixture_window": 2}])
+@pytest.mark.parametrize(
+    "values", [{"mixture_leak_rate": 0.0}, {"mixture_leak_rate": 1.5}, {"mixture_window": 2}]
+)
 def test_mixture_settings_are_checked(values: dict[str, float]) -> None:
     with pytest.raises(ValueError, match="mixture_"):
         PolicyConfig.from_dict(values)
