@@ -132,7 +132,7 @@ class PolicyConfig:
     # A task that stays shared (not high risk) is rebalanced when its crosstalk from co-tasks,
     # counted across promotions while the mixture stays the same (``mixture_window`` events
     # at most), is significantly above this rate (Wilson lower bound at ``fork_leak_z``).
-    # None: off. See policies/mixture.py for why the live window cannot see it.
+    # None: off (measured, not adopted: README). See policies/mixture.py.
     mixture_leak_rate: float | None = None
     mixture_window: int = 1000
     # Live outputs nobody flagged go through the automatic style detector (the suite's
