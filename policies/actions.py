@@ -78,14 +78,13 @@ def apply_rebalance(
         leak = min(1.0, win.crosstalk_rate / (2.0 * rp.crosstalk_on))
         sev = max(sev, leak)
         pressure[t] = pressure.get(t, 0.0) + sev
-        src = win.dominant_source if win.leaking else None
-        if src is None and (slow := mixture_leak(st, t, config)) is not None:
-            src = slow.source  # a leak only the mixture tally sees
+        slow = None if win.leaking or det.degraded else mixture_leak(st, t, config)
+        src = win.dominant_source if win.leaking else None if slow is None else slow.source
         if src is not None and src in ad.tasks and src not in affected:
             pressure[src] = pressure.get(src, 0.0) - max(0.5, leak)
-        if det.degraded or win.leaking:
-            # Counted towards a fork only for trouble the live window sees; a mixture leak
-            # alone never forks (policies.mixture).
+        if slow is None:
+            # A rebalance for a leak only the mixture tally sees never counts towards a
+            # fork (policies.mixture); any other does, an operator's included.
             ts.rebalances += 1
             ts.last_rebalance_at = now
     ad.ratios = update_ratios(ad.ratios, pressure, config.ratios)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from policies import PolicyConfig, PolicyState, on_promotion
+from policies import PolicyConfig, PolicyState, on_promotion, override
 from policies.mixture import mixture_leak
 from tests.policies.test_policy_engine import (
     HOUR,
@@ -99,3 +99,21 @@ def test_states_stored_before_the_tally_still_load() -> None:
 def test_mixture_settings_are_checked(values: dict[str, float]) -> None:
     with pytest.raises(ValueError, match="mixture_"):
         PolicyConfig.from_dict(values)
+
+
+def test_other_rebalances_still_count_towards_a_fork() -> None:
+    # The tally must not change what counted before it: an operator's rebalance of a
+    # healthy task and a rebalance for a leak the live window sees.
+    st, _ = override(promoted_often(), "a", "rebalance", now=T0, config=PolicyConfig())
+    assert st.tasks["a"].rebalances == 1 and st.tasks["a"].last_rebalance_at == T0
+    st = promoted_off_window()
+    st, ds = run(st, T0, config=ON)
+    assert acts(ds) == [("rebalance", "a", "applied")] and st.tasks["a"].rebalances == 1
+    assert ds[0].reason == "a leaking 14.3% crosstalk from g"  # the live window's wording
+
+
+def promoted_off_window() -> PolicyState:
+    st = promoted_often()
+    feed(st, "a", 40, 0.8, source="g")  # now the live window sees it too (10 of 70 events)
+    assert st.tasks["a"].window.leaking
+    return st
