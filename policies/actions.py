@@ -79,7 +79,12 @@ def apply_rebalance(
         sev = max(sev, leak)
         pressure[t] = pressure.get(t, 0.0) + sev
         slow = None if win.leaking or det.degraded else mixture_leak(st, t, config)
-        src = win.dominant_source if win.leaking else None if slow is None else slow.source
+        if win.leaking:
+            src = win.dominant_source
+        elif slow is not None:
+            src = slow.source  # a leak only the mixture tally sees
+        else:
+            src = None
         if src is not None and src in ad.tasks and src not in affected:
             pressure[src] = pressure.get(src, 0.0) - max(0.5, leak)
         if slow is None:
