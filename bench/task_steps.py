@@ -1,10 +1,13 @@
 """Steps per task: a shared adapter's acceptance vs one-task adapters, by training steps.
 
-Trains, on the suite's seed data only (no feedback), one adapter per configuration from fresh
-LoRA weights: the shared adapter of the suite's compatible tasks at several step counts, and
-one-task adapters for the tasks measured. Each then answers ``--prompts`` fresh requests per
-measured task with production's sampling, judged by the simulator's judge (acceptance and
-crosstalk). Same prompts and sampling seed for every configuration.
+Trains one adapter per configuration from fresh LoRA weights: the shared adapter of the
+suite's compatible tasks at several step counts, and one-task adapters for the tasks measured.
+Data: the suite's seed data, plus (``--examples`` or ``--db``) the feedback examples a loop
+run stored, read as a training job reads them. Each adapter then answers ``--prompts`` fresh
+requests per measured task with production's sampling, judged by the simulator's judge
+(acceptance and crosstalk). Same prompts and sampling seed for every configuration; with
+several ``--seeds`` (training seeds) the tables give the mean and the spread, and the
+shared-minus-alone difference per seed, since one training run moves a task by 1-2 points.
 
 This is the measurement behind ``TrainConfig.task_scaling``: with fixed steps a four-task
 adapter sees each task a quarter as often as a one-task adapter and answers more requests in a
@@ -12,16 +15,21 @@ co-task's style.
 
     .venv/bin/python bench/task_steps.py                        # festive-zh, 100/200/400 steps
     .venv/bin/python bench/task_steps.py --shared greeting festival_wish --steps 100 200
+    .venv/bin/python bench/task_steps.py --examples bench/data/long-after-s11-1950.jsonl.gz \
+        --steps 400 --alone-steps 100 --seeds 1 2 3 4 5 --prompts 1000 --measure festival_wish
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import random
+import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +40,7 @@ if str(REPO) not in sys.path:
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from bench.loop import parse_train  # noqa: E402
 from daemon.sim.judge import judge  # noqa: E402
 from storage.suite import Suite, load_suite  # noqa: E402
 
@@ -39,8 +48,10 @@ FESTIVE_SHARED = ["festival_wish", "greeting", "praise", "thanks"]
 
 
 def train_fresh(suite: Suite, artifacts: Path, tasks: list[str], steps: int,
-                seed: int) -> tuple[Any, Any, Any, float]:
-    """A fresh base copy with an adapter over ``tasks`` trained ``steps`` on seed data only:
+                seed: int, train: dict[str, Any] | None = None,
+                db: str | None = None) -> tuple[Any, Any, Any, float]:
+    """A fresh base copy with an adapter over ``tasks`` trained ``steps`` on seed data (plus,
+    with ``db``, the feedback examples stored there, as a training job reads them):
     (bundle, train result with the model in eval mode, data, training seconds)."""
     from workers.training.base_model import load_base
     from workers.training.config import TrainConfig
@@ -49,8 +60,17 @@ def train_fresh(suite: Suite, artifacts: Path, tasks: list[str], steps: int,
     from workers.training.trainer import train_adapter
 
     bundle = load_base(suite, artifacts, device="cpu")  # a fresh copy: LoRA wraps it in place
-    data = assemble(suite, tasks)
-    cfg = TrainConfig(steps=steps, task_scaling=0.0, seed=seed, checkpoint_every=10**6)
+    if db is None:
+        data = assemble(suite, tasks)
+    else:
+        from sqlmodel import Session
+
+        from storage.db import make_engine
+
+        with Session(make_engine(db)) as session:
+            data = assemble(suite, tasks, session=session)
+    cfg = TrainConfig.model_validate({"seed": seed, "checkpoint_every": 10**6, **(train or {}),
+                                      "steps": steps, "task_scaling": 0.0})
     t0 = time.monotonic()
     result = train_adapter(bundle, data, ratios=default_ratios(data.sizes()), config=cfg,
                            general_share=suite.general_share)
@@ -72,9 +92,10 @@ def answer(suite: Suite, model: Any, tokenizer: Any, task: str, prompts: list[st
 
 
 def train_and_judge(suite: Suite, artifacts: Path, tasks: list[str], steps: int,
-                    measured: list[str], prompts: int, seed: int) -> dict[str, Any]:
+                    measured: list[str], prompts: int, seed: int,
+                    train: dict[str, Any] | None = None, db: str | None = None) -> dict[str, Any]:
     """Train one adapter on ``tasks`` for ``steps`` and judge its answers on ``measured``."""
-    bundle, result, _, seconds = train_fresh(suite, artifacts, tasks, steps, seed)
+    bundle, result, _, seconds = train_fresh(suite, artifacts, tasks, steps, seed, train, db)
     out: dict[str, Any] = {"tasks": tasks, "steps": steps, "train_s": round(seconds, 1)}
     for task in measured:
         rng = random.Random(seed + 5)
@@ -86,6 +107,85 @@ def train_and_judge(suite: Suite, artifacts: Path, tasks: list[str], steps: int,
     return out
 
 
+def _lines(path: Path) -> Iterator[str]:
+    if path.suffix == ".gz":
+        with gzip.open(path, "rt", encoding="utf-8") as fh:
+            yield from fh
+    else:
+        with path.open(encoding="utf-8") as fh:
+            yield from fh
+
+
+def examples_db(path: Path, workdir: Path) -> str:
+    """A SQLite database (migrated by alembic, like production's) holding the training examples
+    of a JSON-lines file, one ``training_example`` row per line (``task``, ``kind``, ``prompt``,
+    ``response``, ``negative``; ``.gz`` is read compressed). Returns its URL."""
+    from sqlmodel import Session
+
+    from storage.db import make_engine, migrate
+    from storage.models import TrainingExample
+
+    url = f"sqlite:///{workdir / 'examples.db'}"
+    migrate(url)
+    with Session(make_engine(url)) as session:
+        for n, line in enumerate(_lines(path), 1):
+            row = json.loads(line)
+            try:
+                session.add(TrainingExample(task=row["task"], kind=row["kind"],
+                                            prompt=row["prompt"], response=row["response"],
+                                            negative=row.get("negative")))
+            except (KeyError, TypeError) as exc:
+                sys.exit(f"error: {path}:{n}: want a training_example row ({exc})")
+        session.commit()
+    return url
+
+
+def summary_table(rows: list[dict[str, Any]], measured: list[str], title: str) -> Table:
+    """Acceptance / crosstalk per configuration, mean over the training seeds (± spread)."""
+    table = Table(title=title)
+    for col in ("adapter", "steps", "steps per task", "seeds"):
+        table.add_column(col, justify="left" if col == "adapter" else "right")
+    for t in measured:
+        table.add_column(t, justify="right")
+    configs: dict[tuple[tuple[str, ...], int], list[dict[str, Any]]] = {}
+    for row in rows:
+        configs.setdefault((tuple(row["tasks"]), row["steps"]), []).append(row)
+    for (tasks, steps), group in configs.items():
+        cells = []
+        for t in measured:
+            acc = [100 * r[t]["acceptance"] for r in group if t in r]
+            xt = [100 * r[t]["crosstalk"] for r in group if t in r]
+            spread = f" ± {statistics.stdev(acc):.1f}" if len(acc) > 1 else ""
+            cells.append(f"{statistics.mean(acc):.1f} %{spread} / {statistics.mean(xt):.1f} %"
+                         if acc else "")
+        name = "shared" if len(tasks) > 1 else tasks[0]
+        table.add_row(name, str(steps), f"{steps / len(tasks):.0f}", str(len(group)), *cells)
+    return table
+
+
+def sharing_cost(rows: list[dict[str, Any]], measured: list[str]) -> dict[str, Any]:
+    """Per measured task and shared step count: shared minus alone acceptance (points), per
+    training seed and on average (each seed's shared and alone adapters are paired).
+
+    >>> rows = [{"tasks": ["a", "b"], "steps": 400, "seed": s, "a": {"acceptance": x}}
+    ...         for s, x in [(1, 0.96), (2, 0.97)]]
+    >>> rows += [{"tasks": ["a"], "steps": 100, "seed": s, "a": {"acceptance": x}}
+    ...          for s, x in [(1, 0.99), (2, 0.98)]]
+    >>> sharing_cost(rows, ["a"])
+    {'a@400': {'per_seed': {'1': -3.0, '2': -1.0}, 'mean': -2.0}}
+    """
+    out: dict[str, Any] = {}
+    alone = {(r["tasks"][0], r["seed"]): r for r in rows if len(r["tasks"]) == 1}
+    for t in measured:
+        for r in rows:
+            a = alone.get((t, r["seed"]))
+            if len(r["tasks"]) > 1 and t in r and a is not None:
+                diff = 100 * (r[t]["acceptance"] - a[t]["acceptance"])
+                out.setdefault(f"{t}@{r['steps']}", {})[str(r["seed"])] = round(diff, 2)
+    return {k: {"per_seed": v, "mean": round(statistics.mean(v.values()), 2)}
+            for k, v in out.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--suite", default="builtin:festive-zh")
@@ -93,11 +193,28 @@ def main() -> None:
                     help="the shared adapter's tasks (default: festive-zh's cheerful four)")
     ap.add_argument("--measure", nargs="+", default=["greeting", "festival_wish"])
     ap.add_argument("--steps", type=int, nargs="+", default=[100, 200, 400],
-                    help="shared adapter step counts (one-task adapters use the first)")
+                    help="shared adapter step counts")
+    ap.add_argument("--alone-steps", type=int, default=None,
+                    help="one-task adapters' steps (default: the first --steps)")
     ap.add_argument("--prompts", type=int, default=300, help="requests judged per task")
-    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=1, help="prompts' and sampling's seed")
+    ap.add_argument("--seeds", type=int, nargs="+", default=None,
+                    help="training seeds, one run of every configuration each (default: --seed)")
+    ap.add_argument("--train", action="append", default=[], metavar="KEY=VALUE",
+                    help="a TrainConfig override for every adapter, VALUE in JSON (repeatable), "
+                         "e.g. --train unlikelihood_weight=1.0; steps come from --steps")
+    data = ap.add_mutually_exclusive_group()
+    data.add_argument("--examples", type=Path, metavar="JSONL",
+                      help="also train on these feedback examples (JSON lines of training_example "
+                           "rows, .gz allowed), e.g. bench/data/long-after-s11-1950.jsonl.gz")
+    data.add_argument("--db", metavar="URL",
+                      help="also train on the feedback examples of this database (e.g. a loop "
+                           "run's sqlite:///…/state/adaptd.db)")
     ap.add_argument("--out", type=Path, default=REPO / "bench/results/task_steps.json")
     args = ap.parse_args()
+    train = parse_train(args.train)
+    if args.examples is not None and not args.examples.is_file():
+        sys.exit(f"error: --examples {args.examples}: no such file")
     import torch
 
     torch.set_num_threads(1)  # a shared 2-core machine: more threads mostly measure neighbours
@@ -106,31 +223,35 @@ def main() -> None:
     if unknown:
         sys.exit(f"error: not tasks of {suite.name}: {', '.join(unknown)}")
     console = Console()
+    seeds = args.seeds or [args.seed]
+    alone_steps = args.alone_steps or args.steps[0]
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
+        db = examples_db(args.examples, Path(tmp)) if args.examples else args.db
         plan = [(sorted(args.shared), s) for s in args.steps]
-        plan += [([t], args.steps[0]) for t in args.measure]
-        for tasks, steps in plan:
-            measured = [t for t in args.measure if t in tasks]
-            row = train_and_judge(suite, Path(tmp), tasks, steps, measured, args.prompts, args.seed)
-            console.print(f"{'+'.join(tasks)} × {steps} steps: " + ", ".join(
-                f"{t} {100 * row[t]['acceptance']:.1f} %" for t in measured))
-            rows.append(row)
-    table = Table(title=f"{suite.name}: acceptance / crosstalk of {args.prompts} sampled answers")
-    table.add_column("adapter")
-    table.add_column("steps", justify="right")
-    table.add_column("steps per task", justify="right")
-    for t in args.measure:
-        table.add_column(t, justify="right")
-    for row in rows:
-        cells = [f"{100 * row[t]['acceptance']:.1f} % / {100 * row[t]['crosstalk']:.1f} %"
-                 if t in row else "" for t in args.measure]
-        name = "shared" if len(row["tasks"]) > 1 else row["tasks"][0]
-        table.add_row(name, str(row["steps"]), f"{row['steps'] / len(row['tasks']):.0f}", *cells)
-    console.print(table)
+        plan += [([t], alone_steps) for t in args.measure]
+        for seed in seeds:
+            for tasks, steps in plan:
+                measured = [t for t in args.measure if t in tasks]
+                row = train_and_judge(suite, Path(tmp), tasks, steps, measured, args.prompts,
+                                      args.seed, {**train, "seed": seed}, db)
+                row["seed"] = seed
+                console.print(f"seed {seed}: {'+'.join(tasks)} × {steps} steps: " + ", ".join(
+                    f"{t} {100 * row[t]['acceptance']:.1f} %" for t in measured))
+                rows.append(row)
+    console.print(summary_table(rows, args.measure, f"{suite.name}: acceptance / crosstalk of "
+                                f"{args.prompts} sampled answers per task"))
+    cost = sharing_cost(rows, args.measure)
+    for key, c in cost.items():
+        task, steps = key.split("@")
+        per_seed = ", ".join(f"{v:+.1f}" for v in c["per_seed"].values())
+        console.print(f"{task}: shared ({steps} steps) minus alone ({alone_steps}): "
+                      f"{c['mean']:+.1f} points (per seed {per_seed})")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"suite": suite.name, "prompts": args.prompts,
-                                    "seed": args.seed, "runs": rows}, indent=1))
+    args.out.write_text(json.dumps({
+        "suite": suite.name, "prompts": args.prompts, "seed": args.seed, "seeds": seeds,
+        "train_overrides": train, "examples": str(args.examples) if args.examples else args.db,
+        "sharing_cost_points": cost, "runs": rows}, indent=1))
     console.print(f"wrote {args.out}")
 
 
