@@ -129,12 +129,14 @@ def examples_db(path: Path, workdir: Path) -> str:
     migrate(url)
     with Session(make_engine(url)) as session:
         for n, line in enumerate(_lines(path), 1):
-            row = json.loads(line)
+            if not line.strip():
+                continue
             try:
+                row = json.loads(line)
                 session.add(TrainingExample(task=row["task"], kind=row["kind"],
                                             prompt=row["prompt"], response=row["response"],
                                             negative=row.get("negative")))
-            except (KeyError, TypeError) as exc:
+            except (ValueError, KeyError, TypeError) as exc:  # ValueError: not JSON
                 sys.exit(f"error: {path}:{n}: want a training_example row ({exc})")
         session.commit()
     return url

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from sqlmodel import Session
 
 from bench.task_steps import examples_db
@@ -45,14 +46,15 @@ def test_examples_file_feeds_assemble(tmp_path: Path) -> None:
     assert len(fw.train) + len(fw.heldout) == len(pf.train) + len(pf.heldout) + 2
 
 
-def test_bad_examples_line_is_a_clear_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize("bad", ['{"task": "greeting", "kind": "accepted"}', "not json", "[1, 2]"])
+def test_bad_examples_line_is_a_clear_error(tmp_path: Path, bad: str) -> None:
     path = tmp_path / "ex.jsonl"
-    path.write_text('{"task": "greeting", "kind": "accepted"}\n', encoding="utf-8")
+    path.write_text(f"\n{bad}\n", encoding="utf-8")
     proc = subprocess.run(
         [sys.executable, str(REPO / "bench/task_steps.py"), "--examples", str(path),
          "--steps", "1", "--prompts", "1", "--out", str(tmp_path / "out.json")],
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode != 0
-    assert f"error: {path}:1: want a training_example row" in proc.stderr
+    assert f"error: {path}:2: want a training_example row" in proc.stderr
     assert "Traceback" not in proc.stderr
