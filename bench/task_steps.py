@@ -17,6 +17,10 @@ co-task's style.
     .venv/bin/python bench/task_steps.py --shared greeting festival_wish --steps 100 200
     .venv/bin/python bench/task_steps.py --examples bench/data/long-after-s11-1950.jsonl.gz \
         --steps 400 --alone-steps 100 --seeds 1 2 3 4 5 --prompts 1000 --measure festival_wish
+    .venv/bin/python bench/task_steps.py --tiny num_hidden_layers=3 ...   # another base size
+
+Each measured task's result also counts its crosstalk answers by the task whose style they
+carried (``crosstalk_sources`` in the JSON).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -40,7 +45,7 @@ if str(REPO) not in sys.path:
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from bench.loop import parse_train  # noqa: E402
+from bench.loop import _key_values, parse_train  # noqa: E402
 from daemon.sim.judge import judge  # noqa: E402
 from storage.suite import Suite, load_suite  # noqa: E402
 
@@ -102,9 +107,47 @@ def train_and_judge(suite: Suite, artifacts: Path, tasks: list[str], steps: int,
         asks = [suite.prompt_for(task, rng) for _ in range(prompts)]
         verdicts = [v for _, _, v in answer(suite, result.model, bundle.tokenizer, task, asks,
                                             seed=seed + 3)]
+        sources = Counter(v.crosstalk_source for v in verdicts if v.crosstalk_source)
         out[task] = {"acceptance": sum(v.accepted for v in verdicts) / prompts,
-                     "crosstalk": sum(v.crosstalk_source is not None for v in verdicts) / prompts}
+                     "crosstalk": sum(sources.values()) / prompts,
+                     # whose style the crosstalk answers carried, most first
+                     "crosstalk_sources": dict(sources.most_common())}
     return out
+
+
+def parse_tiny(items: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` overrides of ``builtin:tiny``'s recipe (``TINY_SPEC``), for measuring
+    another base size; ``builder`` cannot be set (it is bumped so the base is rebuilt).
+
+    >>> parse_tiny(["num_hidden_layers=3", "hidden_size=192"])
+    {'num_hidden_layers': 3, 'hidden_size': 192}
+    >>> parse_tiny(["layers=3"])  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    SystemExit: error: --tiny 'layers=3': want KEY=VALUE with a TINY_SPEC key ... (keys: ...)
+    >>> parse_tiny(["hidden_size=0"])  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    SystemExit: error: --tiny hidden_size=0: want a TINY_SPEC key and a positive number ...
+    """
+    from workers.training.tiny_recipe import TINY_SPEC
+
+    keys = [k for k in TINY_SPEC if k != "builder"]
+    want = f"a TINY_SPEC key and a positive number (keys: {', '.join(keys)})"
+    out = _key_values("--tiny", items, known=keys, want=want)
+    for key, value in out.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise SystemExit(f"error: --tiny {key}={value!r}: want {want}")
+    return out
+
+
+def use_tiny(overrides: dict[str, Any]) -> None:
+    """Make this process build (and cache under a different name) ``builtin:tiny`` with
+    ``overrides``: the recipe dict is patched in place, so the cache key and the builder both
+    see it. Never used by the daemon; a base worth keeping goes into ``TINY_SPEC`` itself."""
+    from workers.training.tiny_recipe import TINY_SPEC
+
+    if overrides:
+        TINY_SPEC.update(overrides)
+        TINY_SPEC["builder"] += 1000  # a cache key the shipped recipe never has
 
 
 def _lines(path: Path) -> Iterator[str]:
@@ -205,6 +248,10 @@ def main() -> None:
     ap.add_argument("--train", action="append", default=[], metavar="KEY=VALUE",
                     help="a TrainConfig override for every adapter, VALUE in JSON (repeatable), "
                          "e.g. --train unlikelihood_weight=1.0; steps come from --steps")
+    ap.add_argument("--tiny", action="append", default=[], metavar="KEY=VALUE",
+                    help="build builtin:tiny with this recipe change (repeatable), e.g. --tiny "
+                         "num_hidden_layers=3 (a base of another size; built once per run, "
+                         "in a temporary directory)")
     data = ap.add_mutually_exclusive_group()
     data.add_argument("--examples", type=Path, metavar="JSONL",
                       help="also train on these feedback examples (JSON lines of training_example "
@@ -215,11 +262,13 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=REPO / "bench/results/task_steps.json")
     args = ap.parse_args()
     train = parse_train(args.train)
+    tiny = parse_tiny(args.tiny)
     if args.examples is not None and not args.examples.is_file():
         sys.exit(f"error: --examples {args.examples}: no such file")
     import torch
 
     torch.set_num_threads(1)  # a shared 2-core machine: more threads mostly measure neighbours
+    use_tiny(tiny)
     suite = load_suite(args.suite)
     unknown = [t for t in [*args.shared, *args.measure] if t not in suite.tasks]
     if unknown:
@@ -252,7 +301,8 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "suite": suite.name, "prompts": args.prompts, "seed": args.seed, "seeds": seeds,
-        "train_overrides": train, "examples": str(args.examples) if args.examples else args.db,
+        "train_overrides": train, "tiny_overrides": tiny,
+        "examples": str(args.examples) if args.examples else args.db,
         "sharing_cost_points": cost, "runs": rows}, indent=1))
     console.print(f"wrote {args.out}")
 
