@@ -58,3 +58,26 @@ def test_bad_examples_line_is_a_clear_error(tmp_path: Path, bad: str) -> None:
     assert proc.returncode != 0
     assert f"error: {path}:2: want a training_example row" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_tiny_override_builds_another_base() -> None:
+    """``--tiny`` changes the recipe the builder reads and the cache key, so a bench base of
+    another size never reuses (or replaces) the shipped base's cache entry."""
+    from bench.task_steps import use_tiny
+    from workers.training import tiny
+    from workers.training.base_model import tiny_cache_key
+    from workers.training.tiny_recipe import TINY_SPEC
+
+    suite = load_suite("builtin:festive-zh")
+    saved = dict(TINY_SPEC)
+    shipped_key = tiny_cache_key(suite)
+    try:
+        use_tiny({"num_hidden_layers": 3})
+        assert tiny.TINY_SPEC["num_hidden_layers"] == 3  # what build_tiny reads
+        assert tiny_cache_key(suite) != shipped_key
+        use_tiny({})
+        assert TINY_SPEC["num_hidden_layers"] == 3  # no overrides: nothing changes
+    finally:
+        TINY_SPEC.clear()
+        TINY_SPEC.update(saved)
+    assert tiny_cache_key(suite) == shipped_key
