@@ -139,6 +139,10 @@ class PolicyConfig:
     # markers, then n-grams preferring another task by this many nats; DESIGN section 8:
     # crosstalk = user flags + an automatic detector). None: user flags only.
     auto_crosstalk_margin: float | None = 2.0
+    # A retrain's eval counts as regressing a task (towards ``fork_after_regressions``) only
+    # when the drop beyond tolerance is also this many standard errors of the paired
+    # difference (the promotion gate's test; 0: the tolerance alone decides).
+    regression_z: float = 1.64
     # Warm-up events to estimate a baseline when none is given at promotion.
     warmup: int = 500
     # Co-existence: affinity needed to call a pair compatible, risk gap allowed.
@@ -156,6 +160,8 @@ class PolicyConfig:
             raise ValueError("retry_growth must be in (0, 1]")
         if self.mixture_leak_rate is not None and not 0.0 < self.mixture_leak_rate < 1.0:
             raise ValueError(f"mixture_leak_rate must be in (0, 1) or None, got {self.mixture_leak_rate}")
+        if self.regression_z < 0.0:
+            raise ValueError(f"regression_z must be >= 0, got {self.regression_z}")
         if self.mixture_window < self.window_buckets:
             raise ValueError("mixture_window must be >= window_buckets")
 

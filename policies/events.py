@@ -126,13 +126,16 @@ def record_eval(
     after: Mapping[str, float],
     config: PolicyConfig,
     targeted: Collection[str] = (),
+    se: Mapping[str, float | None] | None = None,
 ) -> tuple[PolicyState, dict[str, float]]:
     """Record a retrain's eval (scores per task, higher is better) before and after.
 
     Returns the updated copy and ``{task: drop}`` for the adapter's tasks the retrain made
     worse beyond their risk level's tolerance although it was not aimed at them
     (``targeted``: the decision's ``signals["targeted"]``).  Such a task's consecutive
-    regression count grows (enough of them fork it); a clean eval resets it.
+    regression count grows (enough of them fork it); a clean eval resets it.  With ``se``
+    (per task, standard error of the paired score difference) a drop must also be
+    significant, ``config.regression_z`` standard errors (see ``eval_regressions``).
     """
     new = state.copy()
     ad = new.adapters.get(adapter)
@@ -144,6 +147,8 @@ def record_eval(
         {t: v for t, v in after.items() if t in tol},
         targeted=targeted,
         tolerance=tol,
+        se=se,
+        z=config.regression_z,
     )
     for t in ad.tasks:
         if t in targeted or t not in before or t not in after:

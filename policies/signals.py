@@ -66,17 +66,25 @@ def eval_regressions(
     *,
     targeted: Collection[str] = (),
     tolerance: float | Mapping[str, float] = 0.02,
+    se: Mapping[str, float | None] | None = None,
+    z: float = 0.0,
 ) -> dict[str, float]:
     """Tasks a retrain made worse: ``{task: drop}`` for drops beyond tolerance.
 
     Scores are "higher is better" (acceptance, judge score).  Tasks in ``targeted`` (the ones
     the retrain was aimed at) are not reported: trading their old score for a fix is the
     point of the retrain.  A task missing from either side is skipped.  ``tolerance`` may be
-    per task (e.g. tighter for high-risk tasks).
+    per task (e.g. tighter for high-risk tasks).  With ``se`` (per task, the standard error
+    of the paired score difference; the promotion gate's test) a drop must also exceed
+    ``z`` standard errors: a ~100-answer eval moves a task by a few points between two runs
+    of the same adapter, and that noise alone must not count towards a fork.
 
     >>> eval_regressions({"a": 0.9, "b": 0.8, "c": 0.7}, {"a": 0.85, "b": 0.79, "c": 0.5},
     ...                  targeted=["c"], tolerance=0.02)
     {'a': 0.05}
+    >>> eval_regressions({"a": 0.9, "b": 0.9}, {"a": 0.85, "b": 0.85}, tolerance=0.02,
+    ...                  se={"a": 0.04, "b": 0.01}, z=1.64)  # a: 0.05 < 1.64 x 0.04
+    {'b': 0.05}
     """
     out: dict[str, float] = {}
     for task in sorted(set(before) & set(after)):
@@ -84,7 +92,8 @@ def eval_regressions(
             continue
         tol = tolerance if isinstance(tolerance, int | float) else tolerance.get(task, 0.02)
         drop = float(before[task]) - float(after[task])
-        if drop > tol:
+        err = (se or {}).get(task)
+        if drop > tol and (err is None or drop > z * err):
             out[task] = round(drop, 12)
     return out
 

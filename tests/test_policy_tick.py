@@ -287,3 +287,49 @@ def test_a_rebuild_retrain_the_gate_keeps_rejecting_gives_up_with_a_hold(
     with Session(engine) as session:
         holds = [d for d in crud.list_decisions(session) if d.action == "hold"]
     assert len(holds) == 1 and holds[0].reason.startswith("hold rebuild: 3 versions of shared")
+
+
+def _eval_side(tasks: list[str], scores: dict[str, list[float]]) -> dict[str, Any]:
+    """One side of a version's eval record: per task the quality and per-answer scores."""
+    same = [1.0] * 90 + [0.0] * 10
+    return {"tasks": {t: {"quality": sum(s) / len(s), "scores": s}
+                      for t in tasks for s in [scores.get(t, same)]}}
+
+
+@pytest.mark.parametrize("paired", [False, True], ids=["noise", "significant"])
+def test_retrain_regressions_count_only_beyond_eval_noise(settings: Settings, engine: Engine,
+                                                          paired: bool) -> None:
+    """Two retrains each drop thanks (medium risk: forked after 2 regressions) by 5 points on
+    100 eval answers. Drawn independently the drop is within the paired noise and nothing
+    forks; on the same answers (5 turned bad, the rest unchanged) it is real: thanks forks."""
+    sent: list[int] = []
+    tick(settings, engine, sent, now=1000.0)
+    finish(engine, sent[0])
+    tasks = sorted(load_suite(settings.suite).tasks)
+    before = [1.0] * 90 + [0.0] * 10
+    if paired:
+        after = [0.0] * 5 + [1.0] * 85 + [0.0] * 10  # the same answers, 5 of them worse
+    else:
+        # 85 % too, but 10 answers worse and 5 better: paired se 0.039, 0.05 < 1.64 x se
+        after = [1.0, 0.0] * 5 + [1.0] * 75 + [0.0] * 10 + [1.0] * 5
+    assert len(after) == 100 and sum(after) == 85
+    evaluation = {"production": _eval_side(tasks, {"thanks": before}),
+                  "candidate": _eval_side(tasks, {"thanks": after})}
+    forks: list[dict[str, Any]] = []
+    for round_ in range(3):
+        feed(settings, engine, [event(f"r{round_}-{i}", t)
+                                for i, t in enumerate(["greeting", "apology"] * 40)])
+        decisions = tick(settings, engine, sent, now=2000.0 + 1000 * round_)
+        forks += [d for d in decisions if d["action"] == "fork"]
+        if not forks:
+            assert [d["action"] for d in decisions] == ["retrain"], decisions
+            finish(engine, sent[-1], eval_result=evaluation)
+    with Session(engine) as session:
+        row = session.get(PolicyStateRow, 1)
+        assert row is not None
+        regressions = row.state["engine"]["tasks"]["thanks"]["regressions"]
+    if paired:
+        assert [d["task"] for d in forks] == ["thanks"], forks
+        assert "regressed in 2 consecutive retrains" in forks[0]["reason"]
+    else:
+        assert forks == [] and regressions == 0

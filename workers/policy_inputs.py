@@ -17,6 +17,7 @@ from storage import crud
 from storage.models import AdapterVersion, FeedbackEvent, PolicyStateRow, TrainingExample, TrainingJob
 from storage.suite import Suite
 from workers.auto_crosstalk import AutoSource
+from workers.training.gate import paired_se  # plain arithmetic, no torch
 
 
 def parse_adapter(value: str | None) -> tuple[str | None, int | None]:
@@ -128,8 +129,9 @@ def account_finished_jobs(session: Session, state: PolicyState, meta: dict[str, 
             after = _qualities(version.eval.get("candidate"))
             if before and after:
                 targeted = tuple(job.params.get("targeted") or ())
+                se = _paired_se(version.eval.get("production"), version.eval.get("candidate"))
                 state, _ = policies.record_eval(state, job.adapter, before=before, after=after,
-                                                config=config, targeted=targeted)
+                                                config=config, targeted=targeted, se=se)
         if job.status == "succeeded" and job.result_version is not None:
             state = policies.on_promotion(state, job.adapter, version=job.result_version,
                                           now=now, config=config)
@@ -144,6 +146,15 @@ def account_finished_jobs(session: Session, state: PolicyState, meta: dict[str, 
 def affinity_estimate(meta: dict[str, Any]) -> dict[tuple[str, str], float]:
     """The running inter-task affinity estimate kept in the tick's bookkeeping."""
     return {(str(i), str(j)): float(z) for i, j, z in meta.get("affinity") or []}
+
+
+def _paired_se(production: Any, candidate: Any) -> dict[str, float | None]:
+    """Per task, the standard error of the candidate-minus-production score difference over
+    the same eval prompts (the gate's ``paired_se``; None where the scores do not pair)."""
+    prod = (production or {}).get("tasks") or {}
+    cand = (candidate or {}).get("tasks") or {}
+    return {t: paired_se(c.get("scores"), (prod.get(t) or {}).get("scores"))
+            for t, c in cand.items() if isinstance(c, dict)}
 
 
 def _qualities(side: Any) -> dict[str, float]:
