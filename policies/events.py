@@ -28,6 +28,7 @@ def observe(
     origin: Origin = "user",
     adapter: str | None = None,
     version: int | None = None,
+    mixture: bool = True,
 ) -> PolicyState:
     """Count one feedback event of ``task`` (in place; returns ``state``).
 
@@ -35,7 +36,9 @@ def observe(
     names the task whose style leaked into the output, flagged by the user or by the style
     detector (``origin``).  ``adapter``/``version`` say what produced the output; when given,
     events from anything but the task's current adapter version do not count towards the
-    live comparison that can trigger a rollback.
+    live comparison that can trigger a rollback.  ``mixture=False`` leaves the mixture tally
+    alone (callers pass ``config.mixture_leak_rate is not None``: it is read only then, and
+    its update is about 40 % of this function's time).
 
     >>> from policies.config import PolicyConfig
     >>> from policies.signals import TaskProfile
@@ -54,7 +57,8 @@ def observe(
         crosstalk_source = None  # a task's own style is not crosstalk
     ts.detector.update(accepted)
     ts.window.update(accepted, crosstalk_source, origin)
-    ts.mixture.update(accepted, crosstalk_source, origin)
+    if mixture:
+        ts.mixture.update(accepted, crosstalk_source, origin)
     ad = state.adapters.get(ts.adapter)
     if ad is not None and ad.probation is not None:
         same_adapter = adapter is None or adapter == ts.adapter

@@ -333,3 +333,23 @@ def test_retrain_regressions_count_only_beyond_eval_noise(settings: Settings, en
         assert "regressed in 2 consecutive retrains" in forks[0]["reason"]
     else:
         assert forks == [] and regressions == 0
+
+
+@pytest.mark.parametrize("rate", [None, 0.02], ids=["off", "on"])
+def test_the_tick_counts_the_mixture_tally_only_when_it_is_read(
+        settings: Settings, engine: Engine, rate: float | None) -> None:
+    sent: list[int] = []
+    config = PolicyConfig.from_dict({**FAST.to_dict(), "mixture_leak_rate": rate})
+    tick(settings, engine, sent, now=1000.0, config=config)
+    finish(engine, sent[0])
+    feed(settings, engine, [event(f"x{i}", "greeting") for i in range(30)])
+    tick(settings, engine, sent, now=2000.0, config=config)
+    with Session(engine) as session:
+        row = session.get(PolicyStateRow, 1)
+        assert row is not None
+        greeting = row.state["engine"]["tasks"]["greeting"]
+    def n(window: dict[str, Any]) -> int:
+        return sum(b["n"] for b in window["buckets"])
+
+    assert n(greeting["window"]) == 30
+    assert n(greeting["mixture"]) == (0 if rate is None else 30)

@@ -286,7 +286,8 @@ def _tick(engine: Engine, suite: Suite, config: PolicyConfig, mode: str, now: fl
         auto = (auto_source(session, suite, margin=config.auto_crosstalk_margin,
                             accepted=sum(fed.values()))
                 if config.auto_crosstalk_margin is not None else None)
-        result.observed = observe_new_events(session, state, max_events, auto)
+        result.observed = observe_new_events(session, state, max_events, auto,
+                                             mixture=config.mixture_leak_rate is not None)
         meta["observed_total"] = int(meta.get("observed_total", 0)) + result.observed
         at_event = meta["observed_total"]
         # 3. Operator overrides recorded by the API.

@@ -67,9 +67,10 @@ def data_sizes(suite: Suite, fed: dict[str, int]) -> dict[str, int]:
 
 
 def observe_new_events(session: Session, state: PolicyState, limit: int,
-                       auto: AutoSource | None = None) -> int:
+                       auto: AutoSource | None = None, *, mixture: bool = True) -> int:
     """Feed unobserved feedback to the detectors and windows. A user's crosstalk flag is
-    taken as is; an output nobody flagged is checked by ``auto`` (origin ``auto``)."""
+    taken as is; an output nobody flagged is checked by ``auto`` (origin ``auto``).
+    ``mixture``: also count the mixture tally (only read with ``mixture_leak_rate`` set)."""
     rows = session.execute(
         select(FeedbackEvent).where(col(FeedbackEvent.observed).is_(False))
         .order_by(col(FeedbackEvent.received_at), col(FeedbackEvent.id)).limit(limit)
@@ -88,7 +89,7 @@ def observe_new_events(session: Session, state: PolicyState, limit: int,
                                        {"task": ev.task, "source_task": source, "origin": "auto"})
                 found[key] = found.get(key, 0.0) + 1
         policies.observe(state, ev.task, ev.verdict == "accept", crosstalk_source=source,
-                         origin=origin, adapter=adapter, version=version)
+                         origin=origin, adapter=adapter, version=version, mixture=mixture)
     crud.add_counters(session, increments=found)
     ids = [ev.id for ev in rows]
     for i in range(0, len(ids), 500):

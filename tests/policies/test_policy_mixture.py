@@ -117,3 +117,19 @@ def promoted_off_window() -> PolicyState:
     feed(st, "a", 40, 0.8, source="g")  # now the live window sees it too (10 of 70 events)
     assert st.tasks["a"].window.leaking
     return st
+
+
+def test_the_tally_is_left_alone_when_the_rule_is_off() -> None:
+    """``observe(mixture=False)`` (what the tick passes while ``mixture_leak_rate`` is None):
+    the window and detector count the event, the unread tally does not."""
+    from policies import observe
+
+    st = make({"shared": ["a", "g"]}, {"a": POS_LOW, "g": POS_LOW})
+    for i in range(40):
+        observe(st, "a", i % 4 != 0, crosstalk_source="g" if i % 4 == 0 else None,
+                mixture=False)
+    a = st.tasks["a"]
+    assert a.window.n == 40 and a.window.crosstalk_rate == pytest.approx(0.25)
+    assert a.mixture.n == 0
+    observe(st, "a", True)
+    assert a.mixture.n == 1  # the default counts it, as before
