@@ -77,10 +77,8 @@ def train_fresh(suite: Suite, artifacts: Path, tasks: list[str], steps: int,
     cfg = TrainConfig.model_validate({"seed": seed, "checkpoint_every": 10**6, **(train or {}),
                                       "steps": steps, "task_scaling": 0.0})
     t0 = time.monotonic()
-    # As a training job does: the config's general share, else the suite's.
-    general_share = cfg.general_share if cfg.general_share is not None else suite.general_share
     result = train_adapter(bundle, data, ratios=default_ratios(data.sizes()), config=cfg,
-                           general_share=general_share)
+                           general_share=cfg.general_share_or(suite.general_share))
     seconds = time.monotonic() - t0
     result.model.eval()
     return bundle, result, data, seconds

@@ -87,6 +87,14 @@ class TrainConfig(_Model):
             raise ValueError(f"stage fractions must sum to 1 (got {total:.3f})")
         return self
 
+    def general_share_or(self, suite_share: float) -> float:
+        """The share of general data to train with: this config's, else the suite's.
+
+        >>> TrainConfig().general_share_or(0.3), TrainConfig(general_share=0.1).general_share_or(0.3)
+        (0.3, 0.1)
+        """
+        return self.general_share if self.general_share is not None else suite_share
+
     def for_tasks(self, n_tasks: int) -> TrainConfig:
         """This config with ``steps`` resolved for an adapter of ``n_tasks`` tasks (and
         ``task_scaling`` 0, so the copy saved next to a version is exactly what ran).

@@ -172,7 +172,7 @@ def _run(
     cleanup_temp(artifacts_dir, adapter, tag=tag)
     cleanup_temp(artifacts_dir, adapter, older_than=86400)
     _sweep_work_dirs(engine, artifacts_dir, adapter)
-    general_share = tcfg.general_share if tcfg.general_share is not None else suite.general_share
+    general_share = tcfg.general_share_or(suite.general_share)
     train_summary: dict[str, Any] = {}
     if candidate is not None:
         # 4a. A previous attempt already wrote this job's version: evaluate it, don't retrain.
