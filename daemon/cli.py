@@ -70,6 +70,11 @@ def worker(
             "-n", f"adaptd-{'-'.join(wanted)}-{uuid.uuid4().hex[:6]}@%h"]
     if "train" in wanted:
         argv += ["--max-tasks-per-child", "1"]
+        # Each job runs in a fresh child forked from this process: importing the training
+        # stack here, once, spares every job its own import (bench/job_start.py).
+        from workers.training.job import preload
+
+        preload()
     if exit_with_parent is not None:
         from daemon.procs import ORPHAN_GRACE_SECONDS
         from daemon.procs import exit_with_parent as watch_parent

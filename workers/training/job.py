@@ -55,8 +55,26 @@ from workers.training.style import build_detector
 from workers.training.trainer import Progress, TrainingAborted, train_adapter
 from workers.training.versions import evaluate_version, list_versions
 
-__all__ = ["JobOutcome", "claim_job", "evaluate_version", "list_versions", "run_training_job"]
+__all__ = ["JobOutcome", "claim_job", "evaluate_version", "list_versions", "preload",
+           "run_training_job"]
 log = logging.getLogger("adaptd.training")
+
+
+def preload() -> None:
+    """Import now what every job imports on its way to its first training step.
+
+    A `train` worker runs each job in a fresh child process forked from its main process,
+    which calls this first so that every child inherits the imports: this module (torch,
+    peft) and the transformers classes ``load_base`` resolves lazily (transformers scans its
+    model registry on first use). ``bench/job_start.py`` measures what it saves. Nothing is
+    loaded onto a device and no torch thread pool starts, so forking afterwards is safe.
+    A hub base of another architecture still imports its own modeling module in each job.
+    """
+    import transformers
+
+    for name in ("AutoConfig", "AutoModelForCausalLM", "AutoTokenizer",
+                 "PreTrainedTokenizerFast", "LlamaForCausalLM"):  # builtin:tiny is a Llama
+        getattr(transformers, name)
 
 
 @dataclass
