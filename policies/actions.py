@@ -68,6 +68,7 @@ def apply_rebalance(
     """Raise the affected tasks' ratios, lower their crosstalk sources', then retrain."""
     ad = st.adapters[adapter]
     pressure: dict[str, float] = {}
+    counted: list[str] = []  # tasks for which this rebalance counts towards a fork
     for t in affected:
         ts = st.tasks[t]
         rp = config.for_risk(ts.profile.risk)
@@ -92,7 +93,10 @@ def apply_rebalance(
             # fork (policies.mixture); any other does, an operator's included.
             ts.rebalances += 1
             ts.last_rebalance_at = now
+            counted.append(t)
     ad.ratios = update_ratios(ad.ratios, pressure, config.ratios)
+    for t in counted:  # see policies.mixture.rebalanced_leak
+        st.tasks[t].rebalanced_ratio = ad.ratios.version
     _start_training(ad, now, config)
     signals = {
         "tasks": {t: task_numbers(st, t) for t in affected},
@@ -159,6 +163,7 @@ def apply_fork(
     ts.isolated_since = now
     ts.compatible_since = None
     ts.rebalances = 0
+    ts.rebalanced_ratio = None
     ts.regressions = 0
     ts.cooldown_until = now + config.structural_cooldown_s
     sig = {**signals, "from_adapter": src_name, "source_ratios": dict(src.ratios.weights)}
@@ -200,6 +205,7 @@ def apply_merge(
     ts.isolated_since = None
     ts.compatible_since = None
     ts.rebalances = 0
+    ts.rebalanced_ratio = None
     ts.regressions = 0
     ts.cooldown_until = now + config.structural_cooldown_s
     return Decision(

@@ -14,7 +14,9 @@
      a low/medium-risk leak must be significant, its Wilson lower bound above the
      switch-off rate; not for a leak whose source is no longer in the adapter, which a fork
      cannot remove, nor for a non-high-risk leak from a compatible co-task, which stays
-     shared), or ``fork_after_regressions`` consecutive retrains regressed it, or measured
+     shared; a high-risk task's leak also counts when proven over every version served
+     since its rebalance, ``policies.mixture.rebalanced_leak``, where each version's own
+     window is too short), or ``fork_after_regressions`` consecutive retrains regressed it, or measured
      negative transfer from a co-task (``affinity``: the running TAG estimate);
    - rebalance (shared adapter): a task is degraded (detector alarm) or leaking crosstalk,
      or (``mixture_leak_rate``) a shared non-high-risk task leaks a co-task's style under
@@ -40,7 +42,7 @@ from policies.actions import task_numbers
 from policies.config import PolicyConfig
 from policies.decision import Decision, TaskSignals
 from policies.gates import STRUCTURAL, TRAINING, Candidate
-from policies.mixture import mixture_leak
+from policies.mixture import mixture_leak, rebalanced_leak
 from policies.signals import RISK_LEVELS, live_regression, pair_verdict, wilson_lower
 from policies.state import PolicyState, TaskState
 
@@ -129,6 +131,7 @@ def _housekeeping(
             ts.healthy_since = now if ts.healthy_since is None else ts.healthy_since
             if now - ts.healthy_since >= config.healthy_reset_s:
                 ts.rebalances = 0
+                ts.rebalanced_ratio = None
         if _compatible_with_origin(st, t, config, aff):
             ts.compatible_since = now if ts.compatible_since is None else ts.compatible_since
         else:
@@ -293,13 +296,19 @@ def _task_candidates(
         if len(ad.tasks) >= 2:
             reason = None
             limit = rp.fork_after_rebalances
-            if (limit is not None and _fork_worthy(ts, config) and ts.rebalances >= limit
-                    and _settled(st, ts, now, config) and not _leak_from_elsewhere(st, t)
-                    and not _leak_from_partner(st, t, config, aff)):
-                reason = (
-                    f"{ts.profile.risk}-risk task still {_trouble(ts)} after "
-                    f"{ts.rebalances} rebalance(s) of {ts.adapter}"
-                )
+            if limit is not None and ts.rebalances >= limit and _settled(st, ts, now, config):
+                if (_fork_worthy(ts, config) and not _leak_from_elsewhere(st, t)
+                        and not _leak_from_partner(st, t, config, aff)):
+                    reason = (
+                        f"{ts.profile.risk}-risk task still {_trouble(ts)} after "
+                        f"{ts.rebalances} rebalance(s) of {ts.adapter}"
+                    )
+                elif (since := rebalanced_leak(st, t, config)) is not None:
+                    reason = (
+                        f"high-risk task still leaking {since.rate:.1%} crosstalk from co-tasks "
+                        f"({since.source} most) over {since.events} events since its "
+                        f"rebalance of {ts.adapter}"
+                    )
             regs = rp.fork_after_regressions
             if reason is None and regs is not None and ts.regressions >= regs:
                 reason = (

@@ -11,7 +11,7 @@ import math
 from collections.abc import Collection, Mapping
 
 from policies.config import PolicyConfig
-from policies.mixture import mixture_key
+from policies.mixture import tally_key
 from policies.signals import eval_regressions
 from policies.state import PolicyState, Probation
 from policies.windows import Origin
@@ -37,8 +37,8 @@ def observe(
     detector (``origin``).  ``adapter``/``version`` say what produced the output; when given,
     events from anything but the task's current adapter version do not count towards the
     live comparison that can trigger a rollback.  ``mixture=False`` leaves the mixture tally
-    alone (callers pass ``config.mixture_leak_rate is not None``: it is read only then, and
-    its update is about 40 % of this function's time).
+    of a task that is not high-risk alone (callers pass ``config.mixture_leak_rate is not
+    None``: it is read only then, and its update is about 40 % of this function's time).
 
     >>> from policies.config import PolicyConfig
     >>> from policies.signals import TaskProfile
@@ -57,7 +57,7 @@ def observe(
         crosstalk_source = None  # a task's own style is not crosstalk
     ts.detector.update(accepted)
     ts.window.update(accepted, crosstalk_source, origin)
-    if mixture:
+    if mixture or ts.profile.risk == "high":  # high risk: read by rebalanced_leak
         ts.mixture.update(accepted, crosstalk_source, origin)
     ad = state.adapters.get(ts.adapter)
     if ad is not None and ad.probation is not None:
@@ -114,8 +114,9 @@ def on_promotion(
         ts.detector.reset(ts.detector.baseline if given is None else given)
         ts.window.reset()
         ts.last_hold = None
-        # The mixture tally goes on across retrains on the same ratios (policies.mixture).
-        key = mixture_key(adapter, ad.ratios.version)
+        # The mixture tally goes on across retrains on the same ratios, and a rebalanced
+        # high-risk task's across any ratios that follow its rebalance (policies.mixture).
+        key = tally_key(adapter, ad.ratios.version, ts)
         if ts.mixture_of != key:
             ts.mixture.reset()
             ts.mixture_of = key

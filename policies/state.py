@@ -88,6 +88,10 @@ class TaskState:
     # mixture it counts under (``policies.mixture.mixture_key``; None: not yet known).
     mixture: CrosstalkWindow = field(default_factory=lambda: make_mixture_tally(PolicyConfig()))
     mixture_of: str | None = None
+    # The adapter's ratios version made by this task's last counted rebalance: from the first
+    # version trained on it, a high-risk task's tally counts whatever ratios follow
+    # (``policies.mixture.rebalanced_leak``). None: not rebalanced since a fork/merge/reset.
+    rebalanced_ratio: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -107,6 +111,7 @@ class TaskState:
             "last_hold": self.last_hold,
             "mixture": self.mixture.to_dict(),
             "mixture_of": self.mixture_of,
+            "rebalanced_ratio": self.rebalanced_ratio,
         }
 
     @classmethod
@@ -130,6 +135,7 @@ class TaskState:
             mixture=(CrosstalkWindow.from_dict(data["mixture"]) if "mixture" in data
                      else make_mixture_tally(PolicyConfig())),
             mixture_of=data.get("mixture_of"),
+            rebalanced_ratio=data.get("rebalanced_ratio"),
         )
 
 

@@ -342,14 +342,18 @@ def test_the_tick_counts_the_mixture_tally_only_when_it_is_read(
     config = PolicyConfig.from_dict({**FAST.to_dict(), "mixture_leak_rate": rate})
     tick(settings, engine, sent, now=1000.0, config=config)
     finish(engine, sent[0])
-    feed(settings, engine, [event(f"x{i}", "greeting") for i in range(30)])
+    feed(settings, engine, [event(f"x{i}", "greeting") for i in range(30)]
+         + [event(f"y{i}", "apology") for i in range(7)])
     tick(settings, engine, sent, now=2000.0, config=config)
     with Session(engine) as session:
         row = session.get(PolicyStateRow, 1)
         assert row is not None
         greeting = row.state["engine"]["tasks"]["greeting"]
+        apology = row.state["engine"]["tasks"]["apology"]
     def n(window: dict[str, Any]) -> int:
         return sum(b["n"] for b in window["buckets"])
 
     assert n(greeting["window"]) == 30
     assert n(greeting["mixture"]) == (0 if rate is None else 30)
+    # A high-risk task's tally is always counted: policies.mixture.rebalanced_leak reads it.
+    assert n(apology["window"]) == n(apology["mixture"]) == 7
