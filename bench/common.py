@@ -394,9 +394,26 @@ def workdir(name: str) -> Path:
 
 
 def machine() -> dict[str, Any]:
+    """Where a bench ran: benches on a shared 2-core machine move with its speed and load.
+
+    >>> m = machine()
+    >>> sorted(m), m["cpus"] >= 1, len(m["loadavg_at_start"])
+    (['cpu', 'cpus', 'loadavg_at_start', 'platform', 'python'], True, 3)
+    """
     load = os.getloadavg()
-    return {"python": platform.python_version(), "cpus": os.cpu_count(),
+    return {"python": platform.python_version(), "cpus": os.cpu_count(), "cpu": cpu_model(),
             "loadavg_at_start": [round(x, 2) for x in load], "platform": platform.platform()}
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo; elsewhere what ``platform`` knows)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def write_json(name: str, data: dict[str, Any]) -> Path:

@@ -78,10 +78,9 @@ def main() -> None:
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    # Build (or find) the base model first, so no measurement includes a build.
-    subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, 'bench');"
-                    "import job_start as j; from pathlib import Path;"
-                    f"j.child_ready(Path({str(artifacts)!r}))"], cwd=ROOT, env=env, check=True)
+    # Build (or find) the base model first, so no measurement includes a build. (This
+    # process only orchestrates: each measurement is a fresh interpreter.)
+    child_ready(artifacts)
     times: dict[str, list[float]] = {m: [] for m in MODES}
     for _ in range(args.repeats):
         for mode in MODES:

@@ -34,6 +34,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import common
 from daemon.settings import Settings
 from daemon.sim.run import POLICIES, run_simulation
 from daemon.sim.scenario import load_scenario
@@ -192,30 +193,6 @@ def pooled_table(pooled: Mapping[str, Any]) -> Table:
     return table
 
 
-def machine() -> dict[str, Any]:
-    """Where a run ran. Loop figures move with machine speed and load (the simulator does not
-    wait for training: a slower trainer serves older versions for longer), so the results
-    record the CPU, its cores and the load average when the runs started.
-
-    >>> m = machine()
-    >>> sorted(m), m["cores"] >= 1, m["load_1min"] is None or m["load_1min"] >= 0
-    (['cores', 'cpu', 'load_1min'], True, True)
-    """
-    import os
-    import platform
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:  # not Linux: platform's name will do
-        pass
-    load = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
-    return {"cpu": cpu, "cores": os.cpu_count() or 1, "load_1min": load}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--scenario", default="builtin:holiday-zh")
@@ -255,9 +232,10 @@ def main() -> None:
     if args.task_scaling is not None:
         train["task_scaling"] = args.task_scaling
     runs: dict[str, list[dict[str, Any]]] = {p: [] for p in args.policies}
-    where = machine()
-    if where["load_1min"] is not None and where["load_1min"] >= 0.5 * where["cores"]:
-        console.print(f"[yellow]warning: load average {where['load_1min']} on {where['cores']} "
+    where = common.machine()
+    load = where["loadavg_at_start"][0]
+    if load >= 0.5 * where["cpus"]:
+        console.print(f"[yellow]warning: load average {load} on {where['cpus']} "
                       f"cores: loop results move with machine load (README, The loop); run "
                       f"on an idle machine to compare with stored figures[/]")
     t0 = time.monotonic()

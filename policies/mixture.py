@@ -142,8 +142,9 @@ def rebalanced_leak(st: PolicyState, task: str, config: PolicyConfig) -> Mixture
     """
     ts = st.tasks[task]
     ad = st.adapters.get(ts.adapter)
+    # The tally counts since the rebalance when it is keyed as tally_key says it should be.
     if (ts.profile.risk != "high" or ad is None or len(ad.tasks) < 2
-            or ts.rebalanced_ratio is None or ad.ratios.version < ts.rebalanced_ratio
+            or ts.rebalanced_ratio is None
             or ts.mixture_of != tally_key(ts.adapter, ad.ratios.version, ts)):
         return None
     n = ts.mixture.n
