@@ -261,12 +261,14 @@ def create_app(settings: Settings, *, engine: Engine | None = None,
 
     @app.get("/v1/status")
     def get_status() -> dict[str, Any]:
-        """How far the loop has got: stored and not yet observed events, lag, jobs, routing."""
+        """How far the loop has got: stored and not yet observed events, lag, jobs (active, and
+        finished but not yet accounted by the policy engine), routing."""
         with Session(engine) as session:
             revision, _ = crud.routing_table(session)
             status: dict[str, Any] = {"events": crud.count_feedback(session),
                       "unobserved": crud.count_unobserved(session),
                       "jobs_active": len(crud.active_jobs(session)),
+                      "jobs_unaccounted": crud.count_unaccounted_jobs(session),
                       "routing_revision": revision}
         try:
             status["ingest_lag"] = deps.stream.lag()

@@ -117,12 +117,15 @@ class LocalStack:
                 raise RuntimeError(f"a daemon process exited ({proc.args!r}); logs in {self.logs}")
 
     def wait_settled(self, *, timeout: float, jobs: bool = True, poll: float = 0.3) -> None:
-        """Until every posted event is drained and observed (and no job runs, if ``jobs``)."""
+        """Until every posted event is drained and observed (and, if ``jobs``, no job runs and
+        the policy engine has accounted every finished one, so what it decides next does not
+        depend on whether the next events arrive before or after that tick)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self.check_alive()
             s = self.status()
-            if s["ingest_lag"] == 0 and s["unobserved"] == 0 and (not jobs or s["jobs_active"] == 0):
+            if s["ingest_lag"] == 0 and s["unobserved"] == 0 and (
+                    not jobs or (s["jobs_active"] == 0 and s["jobs_unaccounted"] == 0)):
                 return
             time.sleep(poll)
         raise RuntimeError(f"the daemon did not settle within {timeout:.0f}s: {self.status()}")

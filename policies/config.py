@@ -111,6 +111,11 @@ class PolicyConfig:
     min_isolation_s: float = 86400.0
     # Retrain an adapter once its tasks have buffered this many new examples.
     min_new_examples: int = 200
+    # The engine's clock. None: wall time. A number: policy time advances this many seconds
+    # per observed feedback event and stands still otherwise (while a job trains, say), so a
+    # simulation's decisions do not depend on how fast the machine trains (`adaptd simulate`
+    # sets it). Every time above is then measured in events; a database keeps one clock.
+    seconds_per_event: float | None = None
     # After a rejected version, train again once the data grew by min_new_examples or by this
     # fraction of its size, whichever comes first.
     retry_growth: float = 0.1
@@ -160,6 +165,8 @@ class PolicyConfig:
             raise ValueError("retry_growth must be in (0, 1]")
         if self.mixture_leak_rate is not None and not 0.0 < self.mixture_leak_rate < 1.0:
             raise ValueError(f"mixture_leak_rate must be in (0, 1) or None, got {self.mixture_leak_rate}")
+        if self.seconds_per_event is not None and not self.seconds_per_event > 0.0:
+            raise ValueError(f"seconds_per_event must be > 0 or None, got {self.seconds_per_event}")
         if self.regression_z < 0.0:
             raise ValueError(f"regression_z must be >= 0, got {self.regression_z}")
         if self.mixture_window < self.window_buckets:

@@ -17,6 +17,7 @@ from storage.models import (
     Counter,
     FeedbackEvent,
     PolicyDecision,
+    PolicyStateRow,
     RoutingEntry,
     RoutingRevision,
     Task,
@@ -171,6 +172,16 @@ def create_job(
 def active_jobs(session: Session) -> list[TrainingJob]:
     stmt = select(TrainingJob).where(col(TrainingJob.status).in_(["queued", "running"]))
     return list(session.execute(stmt).scalars())
+
+
+def count_unaccounted_jobs(session: Session) -> int:
+    """Finished training jobs the policy engine has not been told about yet (a tick tells it
+    about promotions and rejections before it decides anything else)."""
+    row = session.get(PolicyStateRow, 1)
+    seen = int(((row.state or {}).get("meta") or {}).get("jobs_seen", 0)) if row else 0
+    stmt = (select(func.count()).select_from(TrainingJob).where(col(TrainingJob.id) > seen)
+            .where(col(TrainingJob.status).in_(["succeeded", "rejected", "failed"])))
+    return int(session.execute(stmt).scalar() or 0)
 
 
 def list_versions(session: Session, *, adapter: str | None = None) -> list[AdapterVersion]:

@@ -100,19 +100,25 @@ def test_bootstrap_then_quiet(settings: Settings, engine: Engine) -> None:
     assert tick(settings, engine, sent, now=1020.0) == []
 
 
-def test_leaking_high_risk_task_rebalances_then_forks(settings: Settings, engine: Engine) -> None:
+@pytest.mark.parametrize("clock", [None, 0.15])
+def test_leaking_high_risk_task_rebalances_then_forks(settings: Settings, engine: Engine,
+                                                      clock: float | None) -> None:
+    # On an event clock (a synchronous simulation) no event arrives while a job trains: the
+    # job's outcome must still count as later than the rebalance that started it.
+    config = PolicyConfig.from_dict({**FAST.to_dict(), "seconds_per_event": clock})
+
     sent: list[int] = []
-    tick(settings, engine, sent, now=1000.0)
+    tick(settings, engine, sent, now=1000.0, config=config)
     finish(engine, sent[0])
     healthy = [event(f"h{i}", t) for i, t in enumerate(["greeting", "apology", "thanks"] * 200)]
     feed(settings, engine, healthy)
-    retrain = tick(settings, engine, sent, now=2000.0)
+    retrain = tick(settings, engine, sent, now=2000.0, config=config)
     assert [d["action"] for d in retrain] == ["retrain"]  # 600 new examples >= 50
     finish(engine, sent[-1])
     # Holiday: apologies start wishing a happy new year.
     leak = [event(f"l{i}", "apology", "reject", crosstalk_source="greeting") for i in range(300)]
     feed(settings, engine, leak)
-    decisions = tick(settings, engine, sent, now=3000.0)
+    decisions = tick(settings, engine, sent, now=3000.0, config=config)
     actions = [(d["action"], d["task"]) for d in decisions]
     assert ("rebalance", "apology") in actions, [d["reason"] for d in decisions]
     rebalance = next(d for d in decisions if d["action"] == "rebalance")
@@ -123,11 +129,11 @@ def test_leaking_high_risk_task_rebalances_then_forks(settings: Settings, engine
         job = session.get(TrainingJob, sent[-1])
         assert job is not None and job.kind == "rebalance" and job.params["ratios"] == shared.ratios
     finish(engine, sent[-1])
-    tick(settings, engine, sent, now=4000.0)
+    tick(settings, engine, sent, now=4000.0, config=config)
     # Still leaking after the rebalance: a high-risk task is forked into its own adapter.
     feed(settings, engine, [event(f"m{i}", "apology", "reject", crosstalk_source="greeting")
                             for i in range(300)])
-    decisions = tick(settings, engine, sent, now=5000.0)
+    decisions = tick(settings, engine, sent, now=5000.0, config=config)
     forks = [d for d in decisions if d["action"] == "fork"]
     assert forks and forks[0]["task"] == "apology", [(d["action"], d["task"]) for d in decisions]
     with Session(engine) as session:
@@ -357,3 +363,34 @@ def test_the_tick_counts_the_mixture_tally_only_when_it_is_read(
     assert n(greeting["mixture"]) == (0 if rate is None else 30)
     # A high-risk task's tally is always counted: policies.mixture.rebalanced_leak reads it.
     assert n(apology["window"]) == n(apology["mixture"]) == 7
+
+
+@pytest.mark.parametrize("clock", ["wall", "events"])
+def test_an_event_clock_measures_the_engines_times_in_events(settings: Settings, engine: Engine,
+                                                            clock: str) -> None:
+    """With ``seconds_per_event`` the cooldown after a promotion lasts so many *events*, however
+    much wall time passes (a synchronous simulation on a slow machine); without, wall time."""
+    config = PolicyConfig.from_dict({
+        **FAST.to_dict(), "cooldown_s": 300,
+        "seconds_per_event": 1.0 if clock == "events" else None})
+    sent: list[int] = []
+    tick(settings, engine, sent, now=1000.0, config=config)  # bootstrap
+    finish(engine, sent[0])
+    with Session(engine) as session:
+        assert crud.count_unaccounted_jobs(session) == 1
+    assert tick(settings, engine, sent, now=1010.0, config=config) == []  # promotion accounted
+    with Session(engine) as session:
+        assert crud.count_unaccounted_jobs(session) == 0
+    feed(settings, engine, [event(f"a{i}", "greeting") for i in range(100)])
+    # A day of wall time but only 100 events: still cooling down on the event clock.
+    first = tick(settings, engine, sent, now=1010.0 + 86400, config=config)
+    feed(settings, engine, [event(f"b{i}", "greeting") for i in range(250)])
+    second = tick(settings, engine, sent, now=1011.0 + 86400, config=config)
+    trains = [[d["action"] for d in ds if d["action"] != "hold"] for ds in (first, second)]
+    assert trains == ([[], ["retrain"]] if clock == "events" else [["retrain"], []])
+    if clock == "events":  # 300 s of cool-down less 100 events of 1 s
+        assert "cool-down of shared for another 200s" in first[0]["reason"]
+    with Session(engine) as session:
+        decision = session.execute(select(PolicyDecision).order_by(
+            col(PolicyDecision.id).desc())).scalars().first()
+    assert decision is not None and decision.at == 1011.0 + 86400  # rows keep wall time

@@ -49,15 +49,17 @@ def style_detector(session: Session, suite: Suite, *, accepted: int,
     now = time.monotonic() if now is None else now
     key = (str(session.get_bind().engine.url), suite.name)
     fit = _fits.get(key)
-    if fit is None or accepted > fit.accepted * (1 + REFIT_GROWTH) or now - fit.at > REFIT_AFTER_S:
+    if fit is None or accepted > fit.accepted * (1 + REFIT_GROWTH) or abs(now - fit.at) > REFIT_AFTER_S:
         detector = build_detector(suite, accepted_texts(session, list(suite.tasks)))
         fit = _fits[key] = _Fit(detector, accepted, now)
     return fit.detector
 
 
-def auto_source(session: Session, suite: Suite, *, margin: float, accepted: int) -> AutoSource:
-    """A function telling which other task's style an output of ``task`` carries, if any."""
-    detector = style_detector(session, suite, accepted=accepted)
+def auto_source(session: Session, suite: Suite, *, margin: float, accepted: int,
+                now: float | None = None) -> AutoSource:
+    """A function telling which other task's style an output of ``task`` carries, if any.
+    ``now``: the policy's clock, which decides when the fit is too old (default: monotonic)."""
+    detector = style_detector(session, suite, accepted=accepted, now=now)
     markers = {t: list(s.markers) for t, s in suite.tasks.items()}
 
     def source(task: str, output: str) -> str | None:

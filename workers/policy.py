@@ -10,6 +10,11 @@ lock keeps ticks from overlapping; jobs are handed to the ``train`` queue after 
 Modes (DESIGN section 9): ``adaptive`` runs the engine; ``static`` and ``uniform`` retrain
 each adapter on a schedule (enough new examples) with data-proportional or equal ratios and
 never fork; ``isolated`` is ``static`` over a suite with one adapter per task.
+
+The engine's times (cooldowns, patience, probation) run on wall time, or, with
+``PolicyConfig.seconds_per_event``, on a clock that advances only with observed events: a
+synchronous simulation then takes the same decisions on a fast or a slow machine.
+Leases and job hand-offs always use wall time.
 """
 
 from __future__ import annotations
@@ -109,13 +114,14 @@ def _record(session: Session, result: TickResult, at_event: int, **fields: Any) 
     return row
 
 
-def _apply(session: Session, d: Decision, result: TickResult, at_event: int,
+def _apply(session: Session, d: Decision, result: TickResult, at_event: int, *, wall: float,
            row: PolicyDecision | None = None) -> None:
-    """Record one engine decision (unless ``row`` already records it) and carry it out."""
+    """Record one engine decision (unless ``row`` already records it) and carry it out.
+    The row's ``at`` is ``wall`` time (``d.at`` is the engine's clock, which may count events)."""
     if row is None:
         row = _record(session, result, at_event, action=d.action, task=d.task,
                       adapter=d.adapter, reason=d.reason, signals=dict(d.signals),
-                      status=d.status, at=d.at)
+                      status=d.status, at=wall)
     if d.status != "applied" or d.action == "hold":
         return
     if d.action == "fork":
@@ -163,7 +169,7 @@ def _rollback(session: Session, adapter: str, to_version: int) -> None:
 
 
 def _operator_requests(session: Session, state: PolicyState, config: PolicyConfig,
-                       now: float, result: TickResult, at_event: int) -> PolicyState:
+                       now: float, result: TickResult, at_event: int, wall: float) -> PolicyState:
     """Apply overrides the API recorded (status ``requested``)."""
     rows = session.execute(select(PolicyDecision).where(col(PolicyDecision.status) == "requested")
                            .order_by(col(PolicyDecision.id))).scalars().all()
@@ -177,7 +183,7 @@ def _operator_requests(session: Session, state: PolicyState, config: PolicyConfi
         req.status, req.reason, req.adapter = "applied", d.reason, d.adapter
         req.signals, req.at_event = dict(d.signals), at_event
         result.decisions.append(req.model_dump())
-        _apply(session, d, result, at_event, row=req)
+        _apply(session, d, result, at_event, wall=wall, row=req)
     return state
 
 
@@ -253,8 +259,10 @@ def policy_tick(*, engine: Engine, client: redis.Redis | None, prefix: str, suit
                 enqueue: Callable[[int], None] | None = None, max_events: int = 50_000,
                 resend_after_s: float = 600.0, base_build: str | None = None) -> TickResult:
     """Run one tick (see the module doc). ``enqueue`` hands a job id to the train queue.
-    ``base_build``: the base build jobs train on now (``expected_build``); adapters serving
-    a version of another build are retrained. None: not checked."""
+    ``now``: the wall time (default: the clock's); the engine's own clock is
+    :func:`policy_clock`. ``base_build``: the base build jobs train on now
+    (``expected_build``); adapters serving a version of another build are retrained.
+    None: not checked."""
     if mode not in MODES:
         raise ValueError(f"policy mode {mode!r}: one of {MODES}")
     lock = client.lock(f"{prefix}lock:policy", timeout=600, blocking_timeout=0) if client else None
@@ -271,7 +279,23 @@ def policy_tick(*, engine: Engine, client: redis.Redis | None, prefix: str, suit
                 log.warning("policy lock expired during the tick")
 
 
-def _tick(engine: Engine, suite: Suite, config: PolicyConfig, mode: str, now: float,
+def policy_clock(config: PolicyConfig, meta: dict[str, Any], wall: float) -> float:
+    """The engine's ``now``: wall time, or (``config.seconds_per_event`` set) that many
+    seconds per event observed and per tick that learnt of finished jobs (``clock_jobs``).
+
+    >>> policy_clock(PolicyConfig(), {"observed_total": 300}, wall=1.8e9)
+    1800000000.0
+    >>> policy_clock(PolicyConfig(seconds_per_event=0.5), {"observed_total": 300, "clock_jobs": 2},
+    ...              wall=1.8e9)
+    151.0
+    """
+    if config.seconds_per_event is None:
+        return wall
+    steps = int(meta.get("observed_total", 0)) + int(meta.get("clock_jobs", 0))
+    return steps * config.seconds_per_event
+
+
+def _tick(engine: Engine, suite: Suite, config: PolicyConfig, mode: str, wall: float,
           enqueue: Callable[[int], None] | None, max_events: int, resend_after_s: float,
           base_build: str | None) -> TickResult:
     result = TickResult()
@@ -281,17 +305,23 @@ def _tick(engine: Engine, suite: Suite, config: PolicyConfig, mode: str, now: fl
         state, meta = load_state(session, config, sizes)
         # 1. What training did since the last tick: promotions (which reset the promoted
         #    adapter's detectors and windows), eval regressions, failures.
+        if config.seconds_per_event is not None and crud.count_unaccounted_jobs(session):
+            # A job's outcome must come after the decision that started it, as on a wall
+            # clock, or "has the rebalance had its chance?" never says yes: one step.
+            meta["clock_jobs"] = int(meta.get("clock_jobs", 0)) + 1
+        now = policy_clock(config, meta, wall)
         state = account_finished_jobs(session, state, meta, config, now)
         # 2. Feed new feedback to the detectors and windows (exactly once: same commit).
         auto = (auto_source(session, suite, margin=config.auto_crosstalk_margin,
-                            accepted=sum(fed.values()))
+                            accepted=sum(fed.values()), now=now)
                 if config.auto_crosstalk_margin is not None else None)
         result.observed = observe_new_events(session, state, max_events, auto,
                                              mixture=config.mixture_leak_rate is not None)
         meta["observed_total"] = int(meta.get("observed_total", 0)) + result.observed
         at_event = meta["observed_total"]
+        now = policy_clock(config, meta, wall)  # events move the clock of a simulation
         # 3. Operator overrides recorded by the API.
-        state = _operator_requests(session, state, config, now, result, at_event)
+        state = _operator_requests(session, state, config, now, result, at_event, wall)
         active = crud.active_jobs(session)
         busy = {j.adapter for j in active}
         buffers = crud.buffered_counts(session)
@@ -308,7 +338,7 @@ def _tick(engine: Engine, suite: Suite, config: PolicyConfig, mode: str, now: fl
             tries = _failed_tries(session, name, "bootstrap")
             if tries >= BOOTSTRAP_TRIES:
                 if not meta.setdefault("bootstrap_given_up", {}).get(name):
-                    meta["bootstrap_given_up"][name] = now
+                    meta["bootstrap_given_up"][name] = wall
                     _record(session, result, at_event, action="hold", task=None, adapter=name,
                             reason=f"hold bootstrap: {tries} first versions of {name} were "
                                    f"rejected; {unserved} stay on the base model",
@@ -335,7 +365,7 @@ def _tick(engine: Engine, suite: Suite, config: PolicyConfig, mode: str, now: fl
         if base_build is not None:
             _retrain_stale_builds(session, state, base_build, routes=routes, mode=mode,
                                   sizes=sizes, busy=busy, running=len(active), config=config, result=result,
-                                  at_event=at_event, meta=meta, now=now)
+                                  at_event=at_event, meta=meta, now=wall)
         # 5. Decide.
         running = len(active) + len(result.jobs)
         if mode == "adaptive":
@@ -344,7 +374,7 @@ def _tick(engine: Engine, suite: Suite, config: PolicyConfig, mode: str, now: fl
             state, decisions = policies.decide(state, signals, now=now, config=config,
                                                running_jobs=running, affinity=affinity_estimate(meta))
             for d in decisions:
-                _apply(session, d, result, at_event)
+                _apply(session, d, result, at_event, wall=wall)
         else:
             for name, ad in sorted(state.adapters.items()):
                 new = sum(buffers.get(t, 0) for t in ad.tasks)
@@ -360,16 +390,17 @@ def _tick(engine: Engine, suite: Suite, config: PolicyConfig, mode: str, now: fl
                 running += 1
         # 6. Gauges, state, commit.
         _update_task_rows(session, state)
+        # Job hand-offs and leases are wall-clock matters whatever the engine's clock.
         sent: dict[str, float] = {k: v for k, v in (meta.get("sent") or {}).items()
-                                  if now - v < 86400}
-        resend = [j for j in _stale_jobs(session, now)
-                  if now - sent.get(str(j), 0.0) > resend_after_s and j not in result.jobs]
+                                  if wall - v < 86400}
+        resend = [j for j in _stale_jobs(session, wall)
+                  if wall - sent.get(str(j), 0.0) > resend_after_s and j not in result.jobs]
         for job_id in [*result.jobs, *resend]:
-            sent[str(job_id)] = now
+            sent[str(job_id)] = wall
         meta["sent"] = sent
         stored = session.get(PolicyStateRow, 1) or PolicyStateRow(id=1)
         stored.state = {"engine": state.to_dict(), "meta": meta, "mode": mode}
-        stored.updated_at = now
+        stored.updated_at = wall
         session.add(stored)
         session.commit()
     # 7. Hand new (and stale) jobs to the train queue only after the commit.

@@ -3,9 +3,10 @@
 A local stack (API, workers, beat) runs the chosen policy; the app simulator sends the
 scenario's traffic through the real API and generates with whatever ``/v1/routing`` names.
 By default the simulation is *synchronous*: after each chunk of requests it waits until the
-daemon has drained, observed and trained, so the comparison between policies does not depend
-on how fast this machine trains. ``--no-sync`` lets traffic run on while training happens, as
-in production.
+daemon has drained, observed, trained and accounted the training, and the engine's clock
+counts requests instead of seconds, so the decisions do not depend on how fast this machine
+trains. ``--no-sync`` lets traffic run on while training happens, on the wall clock, as in
+production.
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ from storage.suite import Suite
 POLICIES = ("adaptive", "static", "uniform", "isolated")
 
 # Time-based settings of the engine scaled down to a simulation that lasts minutes.
+# A synchronous run also puts the engine on an event clock (``PolicyConfig.seconds_per_event``):
+# SIM_SECONDS_PER_EVENT per request, about the pace of the demo on a 2-core machine with its
+# training included, so rebalance patience is 800 requests and probation 2,000, on any machine.
+SIM_SECONDS_PER_EVENT = 0.15
 SIM_POLICY: dict[str, Any] = {
     "cooldown_s": 0, "structural_cooldown_s": 0, "training_timeout_s": 900,
     "rebalance_patience_s": 120, "merge_after_s": 10**9, "min_isolation_s": 0,
@@ -78,8 +83,9 @@ def run_simulation(
     report: dict[str, Any] = {"scenario": str(scenario_ref), "policy": policy,
                               "seed": scenario.seed, "suite": suite.name, "phases": []}
     decisions: list[dict[str, Any]] = []
+    clock = {"seconds_per_event": SIM_SECONDS_PER_EVENT} if sync else {}
     with LocalStack(settings, workdir, suite=suite_ref, policy_mode=mode,
-                    policy={**SIM_POLICY, **(policy_overrides or {})},
+                    policy={**SIM_POLICY, **clock, **(policy_overrides or {})},
                     train={**SIM_TRAIN, **(train_overrides or {})}, evaluation=SIM_EVAL,
                     say=console.print, base_cache=base_cache) as stack:
         assert stack.child is not None
