@@ -9,7 +9,9 @@ all-task adapter of the builtin suite on its seed data (400 steps), then times
 ``evaluate_model`` over all tasks at each batch size, alternating sizes, and reports the
 medians and the ratio to the first size. The answers' quality and crosstalk rate are
 printed too: a batch size changes which random numbers each answer draws, not what is
-measured, so they should differ only by sampling noise.
+measured, so they should differ only by sampling noise. That the wider batches' extra left
+padding changes nothing is checked directly: greedy answers to the same prompts must be
+identical at every size (column ``greedy same``).
 
     .venv/bin/python bench/eval_batch.py [--sizes 16 64] [--repeats 3] [--threads 1]
 """
@@ -47,6 +49,7 @@ def main() -> None:
     from storage.suite import load_suite
     from workers.training.config import EvalConfig
     from workers.training.evaluate import evaluate_model
+    from workers.training.generate import generate_batch
 
     torch.set_num_threads(args.threads)
     suite = load_suite(SUITE)
@@ -69,13 +72,21 @@ def main() -> None:
                 "crosstalk_rate": statistics.mean(r["crosstalk_rate"] for r in per),
             }
     first = args.sizes[0]
+    greedy = {size: [out for task in tasks for out in generate_batch(
+        result.model, bundle.tokenizer, task, [x.prompt for x in data.tasks[task].heldout[:16]],
+        do_sample=False, batch_size=size)] for size in args.sizes}
+    for size in args.sizes:
+        readings[size]["greedy_same"] = sum(
+            a == b for a, b in zip(greedy[size], greedy[first], strict=True))
+        readings[size]["greedy_answers"] = len(greedy[first])
     med = {b: statistics.median(v) for b, v in seconds.items()}
     rows = [[str(b), med[b], min(seconds[b]), max(seconds[b]), med[b] / med[first],
-             readings[b]["answers"], readings[b]["quality"], readings[b]["crosstalk_rate"]]
+             readings[b]["answers"], readings[b]["quality"], readings[b]["crosstalk_rate"],
+             f"{readings[b]['greedy_same']}/{readings[b]['greedy_answers']}"]
             for b in args.sizes]
     print_table(f"evaluate_model over {len(tasks)} tasks ({SUITE}), seconds",
                 ["batch size", "median", "min", "max", f"vs {first}", "answers", "quality",
-                 "crosstalk"], rows)
+                 "crosstalk", "greedy same"], rows)
     path = write_json("eval_batch.json", {
         "machine": machine(), "suite": SUITE, "tasks": tasks, "steps": args.steps,
         "threads": args.threads, "repeats": args.repeats, "seconds": seconds,

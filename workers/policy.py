@@ -305,12 +305,16 @@ def _tick(engine: Engine, suite: Suite, config: PolicyConfig, mode: str, wall: f
         state, meta = load_state(session, config, sizes)
         # 1. What training did since the last tick: promotions (which reset the promoted
         #    adapter's detectors and windows), eval regressions, failures.
-        if config.seconds_per_event is not None and crud.count_unaccounted_jobs(session):
-            # A job's outcome must come after the decision that started it, as on a wall
-            # clock, or "has the rebalance had its chance?" never says yes: one step.
+        #    On an event clock a tick that accounts jobs moves it one step: a job's outcome
+        #    must come after the decision that started it, as on a wall clock, or "has the
+        #    rebalance had its chance?" would never say yes.
+        seen_before = meta.get("jobs_seen", 0)
+        step = config.seconds_per_event or 0.0
+        state = account_finished_jobs(session, state, meta, config,
+                                      policy_clock(config, meta, wall) + step)
+        if step and meta["jobs_seen"] != seen_before:
             meta["clock_jobs"] = int(meta.get("clock_jobs", 0)) + 1
         now = policy_clock(config, meta, wall)
-        state = account_finished_jobs(session, state, meta, config, now)
         # 2. Feed new feedback to the detectors and windows (exactly once: same commit).
         auto = (auto_source(session, suite, margin=config.auto_crosstalk_margin,
                             accepted=sum(fed.values()), now=now)
