@@ -153,7 +153,7 @@ class EvalConfig(_Model):
     seed: int = 0
     general_examples: int = Field(32, ge=0)
     # One generate call per task and side at the default 16 × 4 answers: measured by
-    # bench/eval_batch.py (16 -> 64: 0.84× the time).
+    # bench/eval_batch.py (16 -> 64: 0.72-0.84× the time, greedy answers identical).
     batch_size: int = Field(64, ge=1)
     crosstalk_margin: float = Field(2.0, ge=0.0)  # log-odds the detector needs to flag a leak
 
