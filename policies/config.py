@@ -112,9 +112,10 @@ class PolicyConfig:
     # Retrain an adapter once its tasks have buffered this many new examples.
     min_new_examples: int = 200
     # The engine's clock. None: wall time. A number: policy time advances this many seconds
-    # per observed feedback event and stands still otherwise (while a job trains, say), so a
-    # simulation's decisions do not depend on how fast the machine trains (`adaptd simulate`
-    # sets it). Every time above is then measured in events; a database keeps one clock.
+    # per observed feedback event (and per tick that learns of finished jobs) and stands still
+    # otherwise (while a job trains, say), so a simulation's decisions do not depend on how
+    # fast the machine trains (`adaptd simulate` sets it; workers.policy.policy_clock). Every
+    # time above is then measured in events; a database keeps one clock.
     seconds_per_event: float | None = None
     # After a rejected version, train again once the data grew by min_new_examples or by this
     # fraction of its size, whichever comes first.

@@ -49,6 +49,7 @@ def style_detector(session: Session, suite: Suite, *, accepted: int,
     now = time.monotonic() if now is None else now
     key = (str(session.get_bind().engine.url), suite.name)
     fit = _fits.get(key)
+    # abs(): a clock that went back (a database moved between wall and event clock) refits.
     if fit is None or accepted > fit.accepted * (1 + REFIT_GROWTH) or abs(now - fit.at) > REFIT_AFTER_S:
         detector = build_detector(suite, accepted_texts(session, list(suite.tasks)))
         fit = _fits[key] = _Fit(detector, accepted, now)
