@@ -12,6 +12,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
 from storage.models import (
+    FINISHED_JOB_STATUSES,
     Adapter,
     AdapterVersion,
     Counter,
@@ -180,7 +181,7 @@ def count_unaccounted_jobs(session: Session) -> int:
     row = session.get(PolicyStateRow, 1)
     seen = int(((row.state or {}).get("meta") or {}).get("jobs_seen", 0)) if row else 0
     stmt = (select(func.count()).select_from(TrainingJob).where(col(TrainingJob.id) > seen)
-            .where(col(TrainingJob.status).in_(["succeeded", "rejected", "failed"])))
+            .where(col(TrainingJob.status).in_(FINISHED_JOB_STATUSES)))
     return int(session.execute(stmt).scalar() or 0)
 
 

@@ -125,6 +125,10 @@ class AdapterVersion(SQLModel, table=True):
     promoted_at: float | None = None
 
 
+# A job in one of these has ended; the policy engine accounts it once (``jobs_seen``).
+FINISHED_JOB_STATUSES = ("succeeded", "rejected", "failed")
+
+
 class TrainingJob(SQLModel, table=True):
     """A training job with a lease: a killed worker's job is picked up again.
 

@@ -14,7 +14,14 @@ import policies
 from policies import PolicyConfig, PolicyState, TaskProfile
 from policies.windows import Origin
 from storage import crud
-from storage.models import AdapterVersion, FeedbackEvent, PolicyStateRow, TrainingExample, TrainingJob
+from storage.models import (
+    FINISHED_JOB_STATUSES,
+    AdapterVersion,
+    FeedbackEvent,
+    PolicyStateRow,
+    TrainingExample,
+    TrainingJob,
+)
 from storage.suite import Suite
 from workers.auto_crosstalk import AutoSource
 from workers.training.gate import paired_se  # plain arithmetic, no torch
@@ -104,7 +111,7 @@ def account_finished_jobs(session: Session, state: PolicyState, meta: dict[str, 
     seen = int(meta.get("jobs_seen", 0))
     jobs = session.execute(
         select(TrainingJob).where(col(TrainingJob.id) > seen)
-        .where(col(TrainingJob.status).in_(["succeeded", "rejected", "failed"]))
+        .where(col(TrainingJob.status).in_(FINISHED_JOB_STATUSES))
         .order_by(col(TrainingJob.id))
     ).scalars().all()
     for job in jobs:
