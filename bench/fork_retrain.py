@@ -117,7 +117,8 @@ def run_variant(suite: Suite, task: str, overrides: dict[str, Any], args: argpar
         t0 = time.monotonic()
         result = train_adapter(bundle, data, ratios=default_ratios(data.sizes()),
                                config=cfg.model_copy(update={"seed": args.seed + rnd}),
-                               general_share=suite.general_share, init_adapter=init)
+                               general_share=cfg.general_share_or(suite.general_share),
+                               init_adapter=init)
         seconds = time.monotonic() - t0
         model = result.model
         model.eval()

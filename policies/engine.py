@@ -23,7 +23,9 @@
      the current mixture, counted across promotions (``policies.mixture``);
    - merge: an isolated task compatible with its old adapter for ``merge_after_s``;
    - retrain: the adapter's tasks buffered ``min_new_examples`` (half that when one of
-     them is degraded);
+     them is degraded), or one task buffered its risk level's own ``min_new_examples``
+     (by default high risk: 100, so a rare high-risk task's fork keeps learning from its
+     feedback);
 3. gates: cool-downs, an adapter still waiting for its last job's promotion, the job cap and
    one action per adapter per run; a blocked candidate becomes a ``hold`` (logged once per
    reason, not every run); with ``propose_only_high_risk`` a fork/merge/rollback touching a
@@ -385,12 +387,30 @@ def _retrains(st: PolicyState, signals: Mapping[str, TaskSignals], config: Polic
         total = sum(new.values())
         degraded = [t for t in ad.tasks if st.tasks[t].detector.degraded]
         need = config.min_new_examples // 2 if degraded else config.min_new_examples
-        if total < max(need, 1):
+        own = _own_threshold_met(st, new, config)
+        if total >= max(need, 1):
+            primary = max(sorted(new), key=lambda t: new[t])
+            reason = f"{total} new examples for {name} (threshold {need})"
+        elif own is not None:
+            primary, risk, limit = own
+            reason = f"{new[primary]} new examples for {primary} ({risk}-risk threshold {limit})"
+        else:
             continue
-        primary = max(sorted(new), key=lambda t: new[t])
-        reason = f"{total} new examples for {name} (threshold {need})"
         if degraded:
             reason += f"; degraded: {', '.join(degraded)}"
         out.append(Candidate("retrain", primary, name, reason, {"new_examples": new},
                               list(ad.tasks)))  # fmt: skip
     return out
+
+
+def _own_threshold_met(
+    st: PolicyState, new: Mapping[str, int], config: PolicyConfig
+) -> tuple[str, str, int] | None:
+    """(task, risk, threshold) of the first task (higher risk first, then by name) whose own
+    new examples reached its risk level's ``min_new_examples``; None if none did."""
+    for t in sorted(new, key=lambda x: (-RISK_LEVELS.index(st.tasks[x].profile.risk), x)):
+        risk = st.tasks[t].profile.risk
+        limit = config.for_risk(risk).min_new_examples
+        if limit is not None and new[t] >= limit:
+            return t, risk, limit
+    return None

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from storage.artifacts import ArtifactError, read_meta
+from workers.training.encode import PROMPT_FORMAT
 
 
 @dataclass(frozen=True)
@@ -25,31 +26,43 @@ class StaleAdapter:
     version: int
     build: str  # the build the served version was trained on
     tasks: tuple[str, ...]  # the tasks routed to it
+    prompt_format: int = PROMPT_FORMAT  # the prompt format it was trained with
 
     def reason(self, current: str) -> str:
+        if self.prompt_format != PROMPT_FORMAT:
+            return (f"prompt format changed: {self.adapter} serves v{self.version}, trained "
+                    f"with prompt format {self.prompt_format}; adaptd now builds format "
+                    f"{PROMPT_FORMAT}, so {', '.join(self.tasks)} cannot be served until it "
+                    f"retrains")
         return (f"base rebuilt: {self.adapter} serves v{self.version}, trained on base build "
                 f"{self.build!r}; the base is now {current!r}, so {', '.join(self.tasks)} "
                 f"cannot be served until it retrains")
 
 
 def stale_adapters(routes: Mapping[str, Mapping[str, Any]], current: str) -> list[StaleAdapter]:
-    """Served adapters whose routed version records a base build other than ``current``.
+    """Served adapters whose routed version records a base build other than ``current``, or
+    was trained with another prompt format (``encode.PROMPT_FORMAT``; none recorded: 1).
 
     ``routes`` is the routing table (task -> adapter, version, path). A version whose meta
-    cannot be read or records no build is left alone: the server reports the first, and the
-    second predates recorded builds (it loads with a warning).
+    cannot be read or records no build is left alone (unless its format differs): the server
+    reports the first, and the second predates recorded builds (it loads with a warning).
 
     >>> import json, tempfile
     >>> root = Path(tempfile.mkdtemp())
-    >>> for name, build in [("old", "tiny-aaa"), ("new", "tiny-bbb")]:
+    >>> for name, build, fmt in [("old", "tiny-aaa", 1), ("new", "tiny-bbb", 1),
+    ...                          ("fmt", "tiny-bbb", 0)]:
     ...     _ = (root / name).mkdir(), (root / name / "adaptd.json").write_text(
-    ...         json.dumps({"base_build": build}))
+    ...         json.dumps({"base_build": build, "prompt_format": fmt}))
     >>> routes = {"apology": {"adapter": "shared", "version": 3, "path": str(root / "old")},
     ...           "thanks": {"adapter": "shared", "version": 3, "path": str(root / "old")},
     ...           "praise": {"adapter": "praise", "version": 1, "path": str(root / "new")},
-    ...           "greeting": {"adapter": "hello", "version": 2, "path": str(root / "gone")}}
-    >>> stale_adapters(routes, "tiny-bbb")
-    [StaleAdapter(adapter='shared', version=3, build='tiny-aaa', tasks=('apology', 'thanks'))]
+    ...           "greeting": {"adapter": "hello", "version": 2, "path": str(root / "gone")},
+    ...           "wish": {"adapter": "wish", "version": 4, "path": str(root / "fmt")}}
+    >>> stale = stale_adapters(routes, "tiny-bbb")
+    >>> [(s.adapter, s.version, s.build, s.tasks, s.prompt_format) for s in stale]
+    [('shared', 3, 'tiny-aaa', ('apology', 'thanks'), 1), ('wish', 4, 'tiny-bbb', ('wish',), 0)]
+    >>> stale[1].reason("tiny-bbb")[:62]
+    'prompt format changed: wish serves v4, trained with prompt for'
     """
     served: dict[tuple[str, int, str], list[str]] = {}
     for task, route in routes.items():
@@ -58,9 +71,11 @@ def stale_adapters(routes: Mapping[str, Mapping[str, Any]], current: str) -> lis
     stale: list[StaleAdapter] = []
     for (adapter, version, path), tasks in sorted(served.items()):
         try:
-            recorded = read_meta(Path(path)).get("base_build")
+            meta = read_meta(Path(path))
         except ArtifactError:
             continue
-        if recorded and recorded != current:
-            stale.append(StaleAdapter(adapter, version, str(recorded), tuple(sorted(tasks))))
+        recorded, fmt = meta.get("base_build"), meta.get("prompt_format", 1)
+        if (recorded and recorded != current) or fmt != PROMPT_FORMAT:
+            stale.append(StaleAdapter(adapter, version, str(recorded or ""), tuple(sorted(tasks)),
+                                      fmt))
     return stale

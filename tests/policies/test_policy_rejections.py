@@ -168,3 +168,25 @@ def test_a_small_adapter_retries_after_a_tenth_more_data_not_min_new_examples() 
     # A big adapter still waits for min_new_examples.
     st = on_rejection(st, "shared", now=T0 + 130, config=cfg)
     assert st.adapters["shared"].retry_at_data == 5000 + CFG.min_new_examples
+
+
+def test_a_high_risk_task_retrains_its_adapter_on_its_own_new_examples() -> None:
+    """A forked high-risk task gets little traffic: its own threshold (high risk: 100), not the
+    adapter-wide one, decides when its feedback is trained on; a low-risk task has none."""
+    cfg = replace(CFG, cooldown_s=0)
+    st = make({"shared": ["g"], "h": ["h"]}, {"h": NEG_HIGH, "g": POS_LOW})
+    for name in ("h", "shared"):
+        st = on_promotion(st, name, version=1, now=T0, config=cfg)
+    limit = cfg.for_risk("high").min_new_examples
+    assert limit is not None and limit < cfg.min_new_examples
+    few = {"h": TaskSignals(new_examples=limit - 1), "g": TaskSignals(new_examples=limit)}
+    assert run(st, T0 + 60, signals=few, config=cfg)[1] == []  # g (low risk) has no own bar
+    enough = {"h": TaskSignals(new_examples=limit), "g": TaskSignals(new_examples=limit)}
+    st, ds = run(st, T0 + 60, signals=enough, config=cfg)
+    assert acts(ds) == [("retrain", "h", "applied")] and ds[0].train == ("h",)
+    assert f"{limit} new examples for h (high-risk threshold {limit})" in ds[0].reason
+    # Off (None): only the adapter-wide threshold counts.
+    off = PolicyConfig.from_dict({**cfg.to_dict(), "risk": {"high": {"min_new_examples": None}}})
+    st2 = make({"h": ["h"]}, {"h": NEG_HIGH})
+    st2 = on_promotion(st2, "h", version=1, now=T0, config=off)
+    assert run(st2, T0 + 60, signals=enough, config=off)[1] == []

@@ -27,6 +27,7 @@ from workers.training.base_model import (
     quiet_peft,
 )
 from workers.training.checkpoint import META, pin_build
+from workers.training.encode import PROMPT_FORMAT
 from workers.training.generate import AdapterServer
 from workers.training.job import evaluate_version, run_training_job
 
@@ -71,6 +72,23 @@ def test_version_of_another_build_is_refused(bundle: Any, suite: Suite, artifact
                          version=1, device="cpu")
 
 
+def test_version_of_another_prompt_format_is_refused(bundle: Any, suite: Suite,
+                                                    artifacts: Path) -> None:
+    """Same build, other prompt format: the LoRA weights learnt prompts built differently."""
+    build = base_build(ensure_base(suite, artifacts))
+    meta = {"base_model": suite.base_model, "base_build": build, "tasks": sorted(suite.tasks)}
+    other = _write(artifacts, bundle, 1, {**meta, "prompt_format": PROMPT_FORMAT + 1})
+    legacy = _write(artifacts, bundle, 2, meta)  # before formats were recorded: format 1
+    server = AdapterServer(suite, artifacts, device="cpu")
+    with pytest.raises(ArtifactError, match=f"prompt format {PROMPT_FORMAT + 1} but this adaptd "
+                                            f"builds prompts in format {PROMPT_FORMAT}"):
+        server.generate("apology", ["帮我道个歉"], adapter="shared", version=1, path=other,
+                        sha256=verify_version(other), max_new_tokens=4)
+    assert PROMPT_FORMAT == 1  # bumping it makes ``legacy`` unservable too, by design
+    assert server.generate("apology", ["帮我道个歉"], adapter="shared", version=2, path=legacy,
+                           sha256=verify_version(legacy), max_new_tokens=4)
+
+
 def test_job_records_its_build_and_starts_fresh_from_a_parent_of_another_build(
     engine: Any, suite: Suite, artifacts: Path, bundle: Any, routing_feed: RoutingFeed,
     train_cfg: Any, eval_cfg: Any,
@@ -112,6 +130,7 @@ def test_job_records_its_build_and_starts_fresh_from_a_parent_of_another_build(
     meta = read_meta(Path(rows[3].path))
     assert meta["base_build"] == base_build(ensure_base(suite, artifacts)) == bundle.build
     assert meta["base_model"] == suite.base_model
+    assert meta["prompt_format"] == PROMPT_FORMAT
     assert (meta["init_from"], meta["parent_version"]) == ("", 1)
 
 

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from storage.artifacts import ArtifactError, fsync_path, read_meta
 from storage.suite import Suite
+from workers.training.encode import PROMPT_FORMAT
 
 if TYPE_CHECKING:  # torch loads only where a model does: the policy tick needs none
     import torch
@@ -175,12 +176,21 @@ def build_mismatch(version: Path, build: str, meta: Mapping[str, Any] | None = N
     """Why ``version`` must not be loaded onto base build ``build``; None if it may.
 
     A version that records no build (written before builds were recorded, or with unreadable
-    meta) may, with a warning: refusing it would break every existing work directory.
+    meta) may, with a warning: refusing it would break every existing work directory. Nor
+    may a version trained with another prompt format (``encode.PROMPT_FORMAT``; versions
+    written before formats were recorded are format 1).
     """
     try:
-        recorded = (read_meta(version) if meta is None else meta).get("base_build")
+        meta = read_meta(version) if meta is None else meta
     except ArtifactError:
-        recorded = None
+        meta = {}
+    fmt = meta.get("prompt_format", 1)
+    if fmt != PROMPT_FORMAT:
+        return (f"{version} was trained with prompt format {fmt!r} but this adaptd builds "
+                f"prompts in format {PROMPT_FORMAT} (its LoRA weights learnt to answer prompts "
+                f"built differently); retrain the adapter (its next training job starts from "
+                f"fresh LoRA weights)")
+    recorded = meta.get("base_build")
     if not recorded:
         log.warning("%s records no base build; loading it onto base build %s unchecked",
                     version, build)

@@ -59,6 +59,10 @@ class TrainConfig(_Model):
     # 1 a shared adapter sees each task more often than a one-task adapter does; at 1.5 a
     # seven-task adapter (1,852 steps) already fails the retention gate (README, The loop).
     task_scaling: float = Field(1.0, ge=0.0, le=2.0)
+    # The most steps ``for_tasks`` gives any adapter (None: no cap). With task_scaling above 1
+    # the steps grow faster than the tasks, and a big shared adapter trains long enough to
+    # forget general data; a cap keeps the scaling for small adapters and bounds the big ones.
+    max_steps: int | None = Field(None, ge=1, le=1_000_000)
     batch_examples: int = Field(16, ge=1, le=4096)  # examples per optimizer micro-step
     grad_accum: int = Field(1, ge=1, le=1024)
     lr: float = Field(2e-3, gt=0.0, le=1.0)
@@ -108,8 +112,13 @@ class TrainConfig(_Model):
         800
         >>> TrainConfig(steps=100, task_scaling=0.0).for_tasks(4).steps  # fixed steps
         100
+        >>> capped = TrainConfig(steps=100, task_scaling=1.5, max_steps=1000)
+        >>> capped.for_tasks(4).steps, capped.for_tasks(7).steps  # uncapped: 800, 1852
+        (800, 1000)
         """
         steps = max(1, round(self.steps * max(n_tasks, 1) ** self.task_scaling))
+        if self.max_steps is not None:
+            steps = min(steps, self.max_steps)
         return self.model_copy(update={"steps": steps, "task_scaling": 0.0})
 
     def stage_steps(self) -> list[tuple[Stage, int]]:

@@ -16,6 +16,12 @@ SEP_TOKEN = "<sep>"  # noqa: S105 - a token, not a secret
 PAD_TOKEN = "<pad>"  # noqa: S105 - a token, not a secret
 EOS_TOKEN = "<eos>"  # noqa: S105 - a token, not a secret
 BOS_TOKEN = "<bos>"  # noqa: S105 - a token, not a secret
+# What the model sees around a (task, prompt, response): bump whenever prompt_text or
+# encode_example change it. Each version records the format it was trained with, and one of
+# another format is never served, evaluated or continued from (base_model.build_mismatch):
+# its LoRA weights learnt to answer prompts built differently. A builtin base is rebuilt
+# (new build) when its recipe changes, but a hub or local base stays the same build.
+PROMPT_FORMAT = 1
 
 
 def task_tag(task: str) -> str:

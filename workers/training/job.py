@@ -44,6 +44,7 @@ from workers.training.base_model import BaseModelError, build_mismatch, load_bas
 from workers.training.checkpoint import pin_build
 from workers.training.config import DataConfig, EvalConfig, GateConfig, TrainConfig
 from workers.training.data import accepted_texts, assemble
+from workers.training.encode import PROMPT_FORMAT
 from workers.training.eval_run import side_by_side
 from workers.training.evaluate import Scorer
 from workers.training.gate import gate
@@ -220,7 +221,8 @@ def _run(
         if candidate is None:
             # 6. Write the version atomically, then record it as a candidate.
             meta = {
-                "base_model": suite.base_model, "base_build": build, "tasks": tasks, "ratios": ratios,
+                "base_model": suite.base_model, "base_build": build,
+                "prompt_format": PROMPT_FORMAT, "tasks": tasks, "ratios": ratios,
                 "general_share": general_share, "data_hashes": data.hashes(),
                 "data_sizes": data.sizes(), "parent_version": parent, "init_from": str(init or ""),
                 "job_id": job_id, "job_kind": kind, "targeted": targeted,
