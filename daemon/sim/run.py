@@ -34,7 +34,8 @@ POLICIES = ("adaptive", "static", "uniform", "isolated")
 # Time-based settings of the engine scaled down to a simulation that lasts minutes.
 # A synchronous run also puts the engine on an event clock (``PolicyConfig.seconds_per_event``):
 # SIM_SECONDS_PER_EVENT per request, about the pace of the demo on a 2-core machine with its
-# training included, so rebalance patience is 800 requests and probation 2,000, on any machine.
+# training included, so rebalance patience is 800 requests and probation 2,000, on any machine
+# (the same decisions on CPUs of one kind; other CPUs round differently: README).
 SIM_SECONDS_PER_EVENT = 0.15
 SIM_POLICY: dict[str, Any] = {
     "cooldown_s": 0, "structural_cooldown_s": 0, "training_timeout_s": 900,
@@ -113,6 +114,11 @@ def run_simulation(
         console.print(f"[{policy}] training the first adapter versions (builds the base model "
                       "on first use)")
         _wait_routes(stack, http, set(suite.tasks), timeout=1800)
+        if sync:
+            # The tick that accounts the bootstrap jobs may decide (a fork on the affinity they
+            # measured): let it, and the job it starts, finish before the first request, or
+            # whether that decision lands at event 0 or 50 depends on the machine's timing.
+            stack.wait_settled(timeout=1800)
         poll_decisions(0)
         server = AdapterServer(suite, stack.child.artifacts_dir)
         sim = AppSimulator(suite=suite, url=stack.url, secret=settings.webhook_secrets()[0],
