@@ -36,7 +36,7 @@ Nothing happens, and nothing is logged, for tasks that are fine.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from policies import gates
@@ -164,6 +164,11 @@ def _compatible(
 
 
 # -- candidates ---------------------------------------------------------------------------
+
+
+def _higher_risk_first(st: PolicyState) -> Callable[[str], tuple[int, str]]:
+    """Sort key over task names: higher risk first, then by name (never dict order)."""
+    return lambda t: (-RISK_LEVELS.index(st.tasks[t].profile.risk), t)
 
 
 def _is_high(st: PolicyState, tasks: list[str]) -> bool:
@@ -333,7 +338,7 @@ def _task_candidates(
         if merge is not None:
             out.append(merge)
     for name, tasks in rebalance.items():
-        tasks.sort(key=lambda x: (-RISK_LEVELS.index(st.tasks[x].profile.risk), x))
+        tasks.sort(key=_higher_risk_first(st))
         reason = "; ".join(f"{x} {_trouble(st.tasks[x]) or _slow_leak(st, x, config)}" for x in tasks)
         out.append(Candidate("rebalance", tasks[0], name, reason, {}, tasks, _is_high(st, tasks)))
     return out
@@ -408,7 +413,7 @@ def _own_threshold_met(
 ) -> tuple[str, str, int] | None:
     """(task, risk, threshold) of the first task (higher risk first, then by name) whose own
     new examples reached its risk level's ``min_new_examples``; None if none did."""
-    for t in sorted(new, key=lambda x: (-RISK_LEVELS.index(st.tasks[x].profile.risk), x)):
+    for t in sorted(new, key=_higher_risk_first(st)):
         risk = st.tasks[t].profile.risk
         limit = config.for_risk(risk).min_new_examples
         if limit is not None and new[t] >= limit:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from storage.artifacts import ArtifactError, read_meta
-from workers.training.encode import PROMPT_FORMAT
+from workers.training.encode import PROMPT_FORMAT, recorded_format
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ def stale_adapters(routes: Mapping[str, Mapping[str, Any]], current: str) -> lis
             meta = read_meta(Path(path))
         except ArtifactError:
             continue
-        recorded, fmt = meta.get("base_build"), meta.get("prompt_format", 1)
+        recorded, fmt = meta.get("base_build"), recorded_format(meta)
         if (recorded and recorded != current) or fmt != PROMPT_FORMAT:
             stale.append(StaleAdapter(adapter, version, str(recorded or ""), tuple(sorted(tasks)),
                                       fmt))

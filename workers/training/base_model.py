@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from storage.artifacts import ArtifactError, fsync_path, read_meta
 from storage.suite import Suite
-from workers.training.encode import PROMPT_FORMAT
+from workers.training.encode import PROMPT_FORMAT, recorded_format
 
 if TYPE_CHECKING:  # torch loads only where a model does: the policy tick needs none
     import torch
@@ -184,7 +184,7 @@ def build_mismatch(version: Path, build: str, meta: Mapping[str, Any] | None = N
         meta = read_meta(version) if meta is None else meta
     except ArtifactError:
         meta = {}
-    fmt = meta.get("prompt_format", 1)
+    fmt = recorded_format(meta)
     if fmt != PROMPT_FORMAT:
         return (f"{version} was trained with prompt format {fmt!r} but this adaptd builds "
                 f"prompts in format {PROMPT_FORMAT} (its LoRA weights learnt to answer prompts "

@@ -9,6 +9,7 @@ others) followed by a separator (``<sep>`` when the vocabulary has it, else a ne
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -22,6 +23,11 @@ BOS_TOKEN = "<bos>"  # noqa: S105 - a token, not a secret
 # its LoRA weights learnt to answer prompts built differently. A builtin base is rebuilt
 # (new build) when its recipe changes, but a hub or local base stays the same build.
 PROMPT_FORMAT = 1
+
+
+def recorded_format(meta: Mapping[str, Any]) -> Any:
+    """The prompt format a version's ``adaptd.json`` records (none: 1, the first format)."""
+    return meta.get("prompt_format", 1)
 
 
 def task_tag(task: str) -> str:
