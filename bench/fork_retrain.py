@@ -44,10 +44,10 @@ from rich.table import Table  # noqa: E402
 from bench.task_steps import answer  # noqa: E402
 from storage.suite import Suite, load_suite  # noqa: E402
 
-# The fork's init as the daemon did it before (its parent's weights) and as it does now (fresh),
-# and fresh with a 10x stronger unlikelihood term on rejected outputs (0.1 is the default).
-DEFAULT_VARIANTS = ["parent:unlikelihood_weight=0.1", 'fresh:init="fresh",unlikelihood_weight=0.1',
-                    'fresh_ul1:init="fresh",unlikelihood_weight=1.0']
+# A fresh fork (the daemon's init) without and with the self-audit (``TrainConfig.audit``,
+# on by default), and the fork continued from its parent's weights as the daemon did before.
+DEFAULT_VARIANTS = ['no_audit:init="fresh",audit={"rounds":0}', 'audit:init="fresh"',
+                    'parent_no_audit:audit={"rounds":0}']
 HOLIDAY = ["greeting=0.5", "festival_wish=0.35", "thanks=0.04", "praise=0.03", "apology=0.04",
            "complaint_reply=0.04"]
 
@@ -87,10 +87,13 @@ def train_parent(suite: Suite, args: argparse.Namespace, workdir: Path, base_dir
 
 def run_variant(suite: Suite, task: str, overrides: dict[str, Any], args: argparse.Namespace,
                 workdir: Path, base_dir: Path) -> list[dict[str, Any]]:
+    from daemon.sim.run import SIM_EVAL
+    from workers.training.audit import audit_adapter
     from workers.training.base_model import load_base
-    from workers.training.config import DataConfig, TrainConfig
+    from workers.training.config import DataConfig, EvalConfig, TrainConfig
     from workers.training.data import Sample, assemble
     from workers.training.sampler import default_ratios
+    from workers.training.style import build_detector
     from workers.training.trainer import train_adapter
 
     overrides = dict(overrides)
@@ -99,6 +102,7 @@ def run_variant(suite: Suite, task: str, overrides: dict[str, Any], args: argpar
                                           for k in list(overrides) if k.startswith("data.")})
     cfg = TrainConfig.model_validate({"steps": 100, "seed": args.seed, "checkpoint_every": 10**6,
                                       **overrides})
+    detector, ecfg = build_detector(suite), EvalConfig(**SIM_EVAL)
     eval_rng = random.Random(args.seed + 5)
     eval_prompts = [suite.prompt_for(task, eval_rng) for _ in range(args.eval_prompts)]
     corrections = suite.seed_examples(task, seed=args.seed + 1)
@@ -119,8 +123,14 @@ def run_variant(suite: Suite, task: str, overrides: dict[str, Any], args: argpar
                                config=cfg.model_copy(update={"seed": args.seed + rnd}),
                                general_share=cfg.general_share_or(suite.general_share),
                                init_adapter=init)
+        # The job's self-audit (``TrainConfig.audit``; a variant turns it off with
+        # ``audit={"rounds":0}``), with the simulation's eval settings.
+        model, audit = audit_adapter(bundle, result.model, data, suite=suite,
+                                     ratios=default_ratios(data.sizes()),
+                                     config=cfg.model_copy(update={"seed": args.seed + rnd}),
+                                     general_share=cfg.general_share_or(suite.general_share),
+                                     detector=detector, ecfg=ecfg)
         seconds = time.monotonic() - t0
-        model = result.model
         model.eval()
         init = workdir / f"round{rnd}"
         model.save_pretrained(str(init))
@@ -130,7 +140,8 @@ def run_variant(suite: Suite, task: str, overrides: dict[str, Any], args: argpar
         row = {"round": rnd, "train_s": round(seconds, 1),
                "acceptance": sum(v.accepted for _, _, v in judged) / n,
                "crosstalk": sum(v.crosstalk_source is not None for _, _, v in judged) / n,
-               "positives": len(positives), "negatives": len(negatives)}
+               "positives": len(positives), "negatives": len(negatives),
+               "audit_leaks": [sum(r["leaks"].values()) for r in audit]}
         rows.append(row)
         # Live traffic of this round: the users' verdicts become the next round's feedback.
         asks = [suite.prompt_for(task, feedback_rng) for _ in range(args.traffic)]

@@ -16,7 +16,9 @@ LENIENT_GATE = GateConfig(tolerance={"high": 1.0, "medium": 1.0, "low": 1.0},
 
 def fast_train_config(**overrides: Any) -> TrainConfig:
     base: dict[str, Any] = {"steps": 24, "batch_examples": 8, "checkpoint_every": 4,
-                            "affinity_measurements": 1, "log_every": 4, "warmup_steps": 2}
+                            "affinity_measurements": 1, "log_every": 4, "warmup_steps": 2,
+                            # One small self-audit round: the path runs, at a test's cost.
+                            "audit": {"rounds": 1, "samples": 16, "steps": 4}}
     return TrainConfig(**{**base, **overrides})
 
 

@@ -80,6 +80,10 @@ def test_promote_then_reject_and_read_side(engine: Any, suite: Suite, artifacts:
     steps = train_cfg().steps
     assert meta["train"]["steps"] == meta["train_config"]["steps"] == 3 * steps
     assert meta["train_config"]["task_scaling"] == 0.0  # saved as it ran
+    # The self-audit sampled the one high-risk task (apology) and recorded what it found.
+    audit = meta["train"]["audit"]
+    assert [(r["round"], set(r["leaks"]), r["samples"]) for r in audit] == [(1, {"apology"}, 16)]
+    assert audit[0]["steps"] == (4 if audit[0]["leaks"]["apology"] else 0)
     assert not (artifacts / "shared" / ".work" / f"job-{job1}").exists()
     # 2. A finished job is never run (or promoted) again.
     assert run_training_job(job1, gate_config=LENIENT_GATE, **kwargs).status == "not_claimed"

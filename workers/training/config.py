@@ -9,6 +9,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from storage.suite import Risk
+
 StageKind = Literal["mixed", "per_task", "hard"]
 
 
@@ -47,6 +49,23 @@ def _default_stages() -> list[Stage]:
     ]
 
 
+def _high_risk_only() -> list[Risk]:
+    return ["high"]
+
+
+class AuditConfig(_Model):
+    """The self-audit after training (``audit.py``): sample the adapter's tasks of the
+    ``risks`` levels on ``samples`` fresh requests each, as production samples, and train
+    ``steps`` more steps with the outputs that carry another task's style as negatives;
+    ``rounds`` times at most, fewer if a round finds no such output. ``rounds=0`` turns it
+    off. Measured by ``bench/fork_retrain.py`` (README, The loop)."""
+
+    rounds: int = Field(3, ge=0, le=20)
+    samples: int = Field(256, ge=1, le=100_000)
+    steps: int = Field(100, ge=1, le=1_000_000)
+    risks: list[Risk] = Field(default_factory=_high_risk_only)
+
+
 class TrainConfig(_Model):
     """One training run of an adapter."""
 
@@ -83,6 +102,7 @@ class TrainConfig(_Model):
     affinity_measurements: int = Field(3, ge=0, le=100)  # TAG lookahead probes per run
     log_every: int = Field(10, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    audit: AuditConfig = Field(default_factory=AuditConfig)
 
     @model_validator(mode="after")
     def _stages_sum(self) -> TrainConfig:

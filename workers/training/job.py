@@ -1,4 +1,4 @@
-"""One training job, end to end: claim -> data -> train -> eval -> write -> gate -> commit.
+"""One training job, end to end: claim -> data -> train -> audit -> eval -> write -> gate -> commit.
 
 Crash safety (a SIGKILL can land anywhere):
 - training checkpoints go to ``<artifacts>/<adapter>/.work/job-<id>/``; the next claim (after
@@ -40,6 +40,7 @@ from storage.artifacts import list_versions as disk_versions
 from storage.crud import routing_table
 from storage.models import Adapter, AdapterVersion, TrainingJob
 from storage.suite import Suite, SuiteError
+from workers.training.audit import audit_adapter
 from workers.training.base_model import BaseModelError, build_mismatch, load_base, quiet_peft
 from workers.training.checkpoint import pin_build
 from workers.training.config import DataConfig, EvalConfig, GateConfig, TrainConfig
@@ -207,11 +208,17 @@ def _run(
             init_adapter=init, checkpoint_dir=work,
             progress=progress, should_stop=should_stop, show_bar=show_bar,
         )
-        model = result.model
+        # 4c. Self-audit: high-risk tasks answer fresh requests; their leaks are trained away.
+        model, audit = audit_adapter(
+            bundle, result.model, data, suite=suite, ratios=ratios, config=tcfg,
+            general_share=general_share, detector=detector, ecfg=ecfg, checkpoint_dir=work,
+            progress=progress, should_stop=should_stop,
+        )
         train_summary = {"steps": result.steps, "tokens": result.tokens,
                          "seconds": round(result.seconds, 3), "task_loss": result.task_loss,
                          "affinity": result.affinity, "drawn": result.drawn,
-                         "resumed_from": result.resumed_from, "history": result.history[-20:]}
+                         "resumed_from": result.resumed_from, "audit": audit,
+                         "history": result.history[-20:]}
     for _ in range(3):
         # 5. Candidate vs production, side by side, then the gate.
         ev = side_by_side(model, bundle.tokenizer, data, suite, tasks=tasks, routes=routes,

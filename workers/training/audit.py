@@ -1,0 +1,119 @@
+"""Self-audit: find and train away another task's style before a version serves.
+
+A one-task adapter of a high-risk task, trained on its own data only, still answers a few
+percent of fresh requests in a co-task's style (the base pulls that way on ambiguous
+requests). Feedback fixes that only after users have seen the leaks. The audit does what the
+users would have done, before they can: after training, each audited task (by risk level)
+answers ``samples`` fresh requests from the suite's prompt generators with production's
+sampling; the answers that carry another task's style (its ``markers``, else the style
+detector: the same test the evaluation uses) become negatives for ``steps`` more training
+steps (the unlikelihood term), continued from the trained weights. Repeat for ``rounds``,
+fewer if a round finds nothing.
+
+``bench/fork_retrain.py --variant`` measures it (README, The loop). File suites have no
+generators: their "fresh" requests are seed prompts the adapter trained on, which leak less,
+so the audit finds less there. Requests equal to a held-out prompt are skipped, so the
+evaluation that gates the version never scores an answer the audit trained against.
+
+Crash safety: rounds are deterministic (seeded requests and sampling), and each round trains
+with its own checkpoint directory, so a restarted job repeats the finished rounds' sampling
+and resumes the interrupted round's training from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import tempfile
+import time
+import zlib
+from collections.abc import Callable, Collection, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from storage.suite import Suite
+from workers.training.base_model import BaseBundle
+from workers.training.config import EvalConfig, TrainConfig
+from workers.training.data import DataBundle, Sample
+from workers.training.generate import generate_batch
+from workers.training.sampler import NEG_SUFFIX
+from workers.training.style import StyleDetector, crosstalk_source
+from workers.training.trainer import Progress, train_adapter
+
+
+@torch.no_grad()
+def find_leaks(
+    model: Any, tokenizer: Any, suite: Suite, task: str, *, samples: int, seed: int,
+    detector: StyleDetector | None, ecfg: EvalConfig, skip: Collection[str] = (),
+) -> list[Sample]:
+    """``task``'s answers to ``samples`` fresh requests that carry another task's style."""
+    rng = random.Random(f"audit:{seed}:{task}")
+    asks = [p for p in (suite.prompt_for(task, rng) for _ in range(samples)) if p not in skip]
+    if not asks:
+        return []
+    outputs = generate_batch(model, tokenizer, task, asks, max_new_tokens=ecfg.max_new_tokens,
+                             temperature=ecfg.temperature, top_p=ecfg.top_p,
+                             seed=seed + zlib.crc32(task.encode()), batch_size=ecfg.batch_size)
+    markers = {t: list(s.markers) for t, s in suite.tasks.items()}
+    return [Sample(task, p, o, "negative") for p, o in zip(asks, outputs, strict=True)
+            if crosstalk_source(o, task, detector=detector, markers=markers,
+                                margin=ecfg.crosstalk_margin) is not None]
+
+
+def audit_adapter(
+    bundle: BaseBundle, model: Any, data: DataBundle, *, suite: Suite,
+    ratios: Mapping[str, float], config: TrainConfig, general_share: float,
+    detector: StyleDetector | None, ecfg: EvalConfig, checkpoint_dir: Path | None = None,
+    progress: Progress | None = None, should_stop: Callable[[], bool] | None = None,
+) -> tuple[Any, list[dict[str, Any]]]:
+    """The audited model (``model`` itself if nothing was audited) and one record per round.
+
+    ``model`` is the PeftModel ``train_adapter`` returned on ``bundle``; ``data`` is not
+    changed (the rounds train on a copy with the found outputs added as negatives).
+    """
+    audit = config.audit
+    audited = [t for t in sorted(data.tasks) if suite.tasks[t].risk in audit.risks]
+    if not audited or audit.rounds == 0:
+        return model, []
+    data = dataclasses.replace(data, tasks={
+        t: dataclasses.replace(d, negatives=list(d.negatives)) for t, d in data.tasks.items()})
+    heldout = {t: {s.prompt for s in data.tasks[t].heldout} for t in audited}
+    rounds: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="adaptd-audit-") as scratch:
+        root = checkpoint_dir if checkpoint_dir is not None else Path(scratch)
+        for k in range(1, audit.rounds + 1):
+            t0 = time.monotonic()
+            # 1. Each audited task answers fresh requests; leaks become its negatives.
+            model.eval()
+            found = {t: find_leaks(model, bundle.tokenizer, suite, t, samples=audit.samples,
+                                   seed=config.seed * 1000 + k, detector=detector, ecfg=ecfg,
+                                   skip=heldout[t])
+                     for t in audited}
+            for t, leaks in found.items():
+                data.tasks[t].negatives.extend(leaks)
+            record: dict[str, Any] = {"round": k, "samples": audit.samples,
+                                      "leaks": {t: len(v) for t, v in found.items()}, "steps": 0}
+            rounds.append(record)
+            # 2. Nothing found: as clean as this audit can tell; more steps would not help.
+            if not any(found.values()):
+                record["seconds"] = round(time.monotonic() - t0, 3)
+                break
+            # 3. Train on from these weights: the trainer continues from a saved version, so
+            #    save it and take the LoRA layers off the base before it wraps it again.
+            init = root / f"audit-{k}" / "init"
+            model.save_pretrained(str(init), selected_adapters=["default"],
+                                  safe_serialization=True)
+            base = model.unload()
+            result = train_adapter(
+                dataclasses.replace(bundle, model=base), data, ratios=ratios,
+                config=config.model_copy(update={"steps": audit.steps, "seed": config.seed + k}),
+                general_share=general_share, init_adapter=init,
+                checkpoint_dir=root / f"audit-{k}" / "ckpt" if checkpoint_dir else None,
+                progress=progress, should_stop=should_stop)
+            model = result.model
+            record["steps"] = result.steps
+            record["negatives_drawn"] = {t: result.drawn.get(t + NEG_SUFFIX, 0) for t in audited}
+            record["seconds"] = round(time.monotonic() - t0, 3)
+    return model, rounds
