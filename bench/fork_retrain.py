@@ -13,13 +13,14 @@ be compared side by side in minutes instead of 40-minute loop runs:
    simulator's judge labels them as the app's users would (accepted outputs become training
    examples; rejected ones negatives, ``--edit-share`` of them also a correction, as in
    ``daemon.sim.app``), and the adapter is retrained from its own weights on seed data plus all
-   feedback so far (a targeted retrain);
+   feedback so far (a targeted retrain); each training ends with the job's self-audit
+   (``TrainConfig.audit``, ``workers/training/audit.py``) unless the variant turns it off;
 3. after every round, ``--eval-prompts`` fixed requests measure acceptance and crosstalk.
 
 Every variant sees the same prompts and sampling seeds. Variants are TrainConfig overrides
 (``data.<field>`` for DataConfig, ``init="fresh"`` to fork from fresh weights):
 
-    .venv/bin/python bench/fork_retrain.py      # parent vs fresh init, high-risk tasks, 3 seeds
+    .venv/bin/python bench/fork_retrain.py      # audit off/on, and parent init; 3 seeds
     .venv/bin/python bench/fork_retrain.py --seeds 1 --variant ul1:unlikelihood_weight=1.0
 """
 
@@ -119,16 +120,15 @@ def run_variant(suite: Suite, task: str, overrides: dict[str, Any], args: argpar
         data.tasks[task].train.extend(positives)
         data.tasks[task].negatives.extend(negatives)
         t0 = time.monotonic()
-        result = train_adapter(bundle, data, ratios=default_ratios(data.sizes()),
-                               config=cfg.model_copy(update={"seed": args.seed + rnd}),
-                               general_share=cfg.general_share_or(suite.general_share),
-                               init_adapter=init)
+        round_cfg = cfg.model_copy(update={"seed": args.seed + rnd})
+        ratios = default_ratios(data.sizes())
+        general_share = cfg.general_share_or(suite.general_share)
+        result = train_adapter(bundle, data, ratios=ratios, config=round_cfg,
+                               general_share=general_share, init_adapter=init)
         # The job's self-audit (``TrainConfig.audit``; a variant turns it off with
         # ``audit={"rounds":0}``), with the simulation's eval settings.
-        model, audit = audit_adapter(bundle, result.model, data, suite=suite,
-                                     ratios=default_ratios(data.sizes()),
-                                     config=cfg.model_copy(update={"seed": args.seed + rnd}),
-                                     general_share=cfg.general_share_or(suite.general_share),
+        model, audit = audit_adapter(bundle, result.model, data, suite=suite, ratios=ratios,
+                                     config=round_cfg, general_share=general_share,
                                      detector=detector, ecfg=ecfg)
         seconds = time.monotonic() - t0
         model.eval()
