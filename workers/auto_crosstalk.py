@@ -24,7 +24,12 @@ from sqlmodel import Session
 
 from storage.suite import Suite
 from workers.training.data import accepted_texts
-from workers.training.style import StyleDetector, build_detector, crosstalk_source
+from workers.training.style import (
+    StyleDetector,
+    build_detector,
+    crosstalk_source,
+    suite_markers,
+)
 
 REFIT_AFTER_S = 600.0
 REFIT_GROWTH = 0.1
@@ -61,7 +66,7 @@ def auto_source(session: Session, suite: Suite, *, margin: float, accepted: int,
     """A function telling which other task's style an output of ``task`` carries, if any.
     ``now``: the policy's clock, which decides when the fit is too old (default: monotonic)."""
     detector = style_detector(session, suite, accepted=accepted, now=now)
-    markers = {t: list(s.markers) for t, s in suite.tasks.items()}
+    markers = suite_markers(suite)
 
     def source(task: str, output: str) -> str | None:
         if task not in suite.tasks:

@@ -8,7 +8,7 @@ from storage.suite import Suite
 from workers.training.audit import audit_adapter, find_leaks
 from workers.training.data import assemble
 from workers.training.sampler import default_ratios
-from workers.training.style import build_detector, crosstalk_source
+from workers.training.style import build_detector, crosstalk_source, suite_markers
 from workers.training.trainer import train_adapter
 
 
@@ -48,7 +48,7 @@ def test_found_outputs_carry_another_tasks_style_and_held_out_prompts_are_skippe
     model = train_adapter(bundle, data, ratios=default_ratios(data.sizes()),
                           config=train_cfg(steps=4), general_share=suite.general_share).model
     detector = build_detector(suite)
-    markers = {t: list(s.markers) for t, s in suite.tasks.items()}
+    markers = suite_markers(suite)
     found = find_leaks(model, bundle.tokenizer, suite, "apology", samples=64, seed=1,
                        detector=detector, ecfg=eval_cfg)
     assert found, "a 4-step adapter should leak"

@@ -39,7 +39,7 @@ from workers.training.config import EvalConfig, TrainConfig
 from workers.training.data import DataBundle, Sample
 from workers.training.generate import generate_batch
 from workers.training.sampler import NEG_SUFFIX
-from workers.training.style import StyleDetector, crosstalk_source
+from workers.training.style import StyleDetector, crosstalk_source, suite_markers
 from workers.training.trainer import Progress, train_adapter
 
 
@@ -56,7 +56,7 @@ def find_leaks(
     outputs = generate_batch(model, tokenizer, task, asks, max_new_tokens=ecfg.max_new_tokens,
                              temperature=ecfg.temperature, top_p=ecfg.top_p,
                              seed=seed + zlib.crc32(task.encode()), batch_size=ecfg.batch_size)
-    markers = {t: list(s.markers) for t, s in suite.tasks.items()}
+    markers = suite_markers(suite)
     return [Sample(task, p, o, "negative") for p, o in zip(asks, outputs, strict=True)
             if crosstalk_source(o, task, detector=detector, markers=markers,
                                 margin=ecfg.crosstalk_margin) is not None]

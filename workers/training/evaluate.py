@@ -32,7 +32,7 @@ from workers.training.generate import generate_batch
 from workers.training.loss import batch_loss
 from workers.training.packing import make_batch
 from workers.training.sampler import GENERAL
-from workers.training.style import StyleDetector, crosstalk_source
+from workers.training.style import StyleDetector, crosstalk_source, suite_markers
 
 Scorer = Callable[[str, str, str, Sequence[str]], float]  # (task, prompt, output, refs) -> 0..1
 
@@ -87,7 +87,7 @@ def evaluate_model(
     """``{"tasks": {task: {...}}, "general_loss": x}`` for the model as it is now."""
     cfg = cfg or EvalConfig()
     scorer = scorer or default_scorer(suite)
-    markers = {t: list(s.markers) for t, s in suite.tasks.items()}
+    markers = suite_markers(suite)
     was_training = model.training
     model.eval()
     out: dict[str, Any] = {"tasks": {}}

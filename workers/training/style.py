@@ -91,6 +91,11 @@ def build_detector(suite: Suite, extra: Mapping[str, Sequence[str]] | None = Non
     return StyleDetector.fit(texts)
 
 
+def suite_markers(suite: Suite) -> dict[str, list[str]]:
+    """Every task's explicit style ``markers``, the mapping ``crosstalk_source`` takes."""
+    return {t: list(s.markers) for t, s in suite.tasks.items()}
+
+
 def marker_source(
     text: str, task: str, markers: Mapping[str, Sequence[str]]
 ) -> str | None:
