@@ -96,7 +96,13 @@ class AppSimulator:
                  edit_share: float = 0.3, http: httpx.Client | None = None,
                  on_route_change: Callable[[Routing], None] | None = None):
         self.suite, self.url, self.secret, self.generator = suite, url, secret, generator
-        self.rng = random.Random(seed)
+        # Three independent random streams (common random numbers): the requests (tasks and
+        # prompts) and the sampling seeds never depend on how earlier answers were judged, so
+        # two runs of one seed serve the very same requests whatever the policy does, and their
+        # per-task figures compare answer for answer. Users' edits draw on their own stream.
+        self.traffic_rng = random.Random(f"{seed}/traffic")
+        self.sampling_rng = random.Random(f"{seed}/sampling")
+        self.user_rng = random.Random(f"{seed}/user")
         self.seed = seed
         self.edit_share = edit_share
         self.http = http or httpx.Client(timeout=60)
@@ -110,11 +116,11 @@ class AppSimulator:
         if self.routing.refresh(self.http, self.url) and self.on_route_change:
             self.on_route_change(self.routing)
         names = sorted(traffic)
-        tasks = self.rng.choices(names, weights=[traffic[t] for t in names], k=n)
+        tasks = self.traffic_rng.choices(names, weights=[traffic[t] for t in names], k=n)
         by_task: dict[str, list[int]] = {}
         for i, task in enumerate(tasks):
             by_task.setdefault(task, []).append(i)
-        prompts = [self.suite.prompt_for(t, self.rng) for t in tasks]
+        prompts = [self.suite.prompt_for(t, self.traffic_rng) for t in tasks]
         outputs: list[str] = [""] * n
         for task, idx in sorted(by_task.items()):
             route = self.routing.routes.get(task)
@@ -123,7 +129,7 @@ class AppSimulator:
                 kwargs = {"adapter": route["adapter"], "version": route["version"],
                           "path": Path(route["path"]), "sha256": route["sha256"]}
             texts = self.generator.generate(task, [prompts[i] for i in idx],
-                                            seed=self.rng.randrange(2**31), **kwargs)
+                                            seed=self.sampling_rng.randrange(2**31), **kwargs)
             for i, text in zip(idx, texts, strict=True):
                 outputs[i] = text
         now = datetime.now(UTC).isoformat()
@@ -141,10 +147,10 @@ class AppSimulator:
             }
             if verdict.crosstalk_source:
                 event["crosstalk_source"] = verdict.crosstalk_source
-            if not verdict.accepted and self.rng.random() < self.edit_share:
+            if not verdict.accepted and self.user_rng.random() < self.edit_share:
                 # Some users fix the output themselves: the most valuable training signal.
                 event["verdict"] = "edit"
-                event["correction"] = self.rng.choice(self.correction_pool[task]).response
+                event["correction"] = self.user_rng.choice(self.correction_pool[task]).response
             if event["adapter"] is None:
                 del event["adapter"]
             tallies.setdefault(task, Tally()).add(verdict.accepted, verdict.crosstalk_source)
