@@ -27,7 +27,8 @@ class Scripted:
     the sampling seed of every call (the model server's edge, not what is under test)."""
 
     def __init__(self, suite: Any, *, good: bool):
-        self.suite, self.good, self.seeds = suite, good, []  # type: list[int]
+        self.suite, self.good = suite, good
+        self.seeds: list[int] = []
 
     def generate(self, task: str, prompts: Sequence[str], *, adapter: str | None = None,
                  version: int | None = None, path: Path | None = None,
