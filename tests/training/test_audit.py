@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
-from storage.suite import Suite
-from workers.training.audit import audit_adapter, find_leaks
-from workers.training.data import assemble
+from storage.suite import Suite, TaskSpec
+from workers.training.audit import audit_adapter, audit_requests, find_leaks
+from workers.training.data import Sample, assemble
 from workers.training.sampler import default_ratios
 from workers.training.style import build_detector, crosstalk_source, suite_markers
 from workers.training.trainer import train_adapter
@@ -78,3 +80,44 @@ def test_nothing_to_audit_returns_the_model_as_it_is(bundle: Any, suite: Suite, 
     _, rounds = audit_adapter(bundle, model, data, suite=suite, ratios={"greeting": 1.0},
                               config=cfg, general_share=0.3, detector=None, ecfg=eval_cfg)
     assert [set(r["leaks"]) for r in rounds] == [{"greeting"}]
+
+
+def _file_suite(suite: Suite, root: Path) -> Suite:
+    """The same tasks as a file suite: seed data in JSONL files, no prompt generators."""
+    tasks = {}
+    for name, spec in suite.tasks.items():
+        path = root / f"{name}.jsonl"
+        path.write_text("".join(json.dumps({"prompt": e.prompt, "response": e.response},
+                                           ensure_ascii=False) + "\n"
+                                for e in suite.seed_examples(name)), "utf-8")
+        tasks[name] = TaskSpec(risk=spec.risk, tone=spec.tone, data=path.name,
+                               markers=spec.markers, forbid=spec.forbid)
+    return Suite(name="files", base_model=suite.base_model, tasks=tasks, base_dir=root)
+
+
+def test_a_task_without_generators_is_audited_on_the_requests_it_is_known_to_get(
+        bundle: Any, suite: Suite, train_cfg: Any, eval_cfg: Any, tmp_path: Path) -> None:
+    files = _file_suite(suite, tmp_path)
+    data = assemble(files, ["apology"])
+    seeds = {e.prompt for e in files.seed_examples("apology")}
+    # A user's rejected answer to a request no seed has: where production really failed.
+    asked_by_user = "客户说合同又出了问题，帮我回一句"
+    assert asked_by_user not in seeds
+    data.tasks["apology"].negatives.append(Sample("apology", asked_by_user, "新年快乐~",
+                                                  "negative"))
+    known = [s.prompt for s in (*data.tasks["apology"].train, *data.tasks["apology"].negatives)]
+    asked = audit_requests(files, "apology", samples=512, seed=3, known=known)
+    assert asked_by_user in asked and set(asked) <= set(known)
+    assert set(audit_requests(files, "apology", samples=64, seed=3)) <= seeds  # nothing known
+    # A task with generators asks fresh requests, whatever is known.
+    fresh = audit_requests(suite, "apology", samples=64, seed=3, known=[asked_by_user])
+    assert asked_by_user not in fresh and len(fresh) == 64
+    # End to end: a 4-step adapter leaks on those requests too, and the round trains.
+    cfg = train_cfg(steps=4, audit={"rounds": 1, "samples": 64, "steps": 4})
+    ratios = default_ratios(data.sizes())
+    model = train_adapter(bundle, data, ratios=ratios, config=cfg,
+                          general_share=files.general_share).model
+    _, rounds = audit_adapter(bundle, model, data, suite=files, ratios=ratios, config=cfg,
+                              general_share=files.general_share, detector=build_detector(files),
+                              ecfg=eval_cfg)
+    assert rounds[0]["leaks"]["apology"] > 0 and rounds[0]["steps"] == 4

@@ -155,3 +155,50 @@ def test_sigkill_at_random_moments(engine: Any, db_url: str, suite: Suite, artif
         verify_version(shared / "v1")
     except ArtifactError as exc:  # pragma: no cover - the assertion message is the point
         raise AssertionError(f"final version corrupted: {exc}") from exc
+
+
+def test_sigkill_inside_an_audit_round(engine: Any, db_url: str, suite: Suite, artifacts: Path,
+                                       train_cfg: Any) -> None:
+    """The self-audit trains after the main training: a kill there must not lose the job nor
+    promote anything, and the retry resumes the round from its own checkpoint (rounds are
+    deterministic: the same leaks are found again and the same steps continue)."""
+    with Session(engine) as session:
+        sync_suite(session, suite=suite)
+        job = create_job(session, adapter="shared", kind="retrain")
+        session.commit()
+        job_id = job.id
+    assert job_id is not None
+    # A short main training leaves apology (high risk) leaky, so the audit's round 1 finds
+    # leaks and trains; its checkpoints land every 3 steps.
+    cfg = train_cfg(steps=4, checkpoint_every=3,
+                    audit={"rounds": 1, "samples": 48, "steps": 30}).model_dump_json()
+    work = artifacts / "shared" / ".work" / f"job-{job_id}"
+    round_ckpt = work / "audit-1" / "ckpt" / "ckpt.json"
+    extra = random.Random(int(os.environ.get("ADAPTD_KILL_SEED", "20261121"))).uniform(0.0, 0.3)
+    proc = _spawn([db_url, str(artifacts), str(HERE / "suite.yaml"), str(job_id), "worker-0",
+                   str(LEASE), cfg])
+    hit: list[float] = []
+
+    def in_round() -> bool:
+        if not hit and round_ckpt.is_file():
+            hit.append(time.monotonic())
+        return bool(hit) and time.monotonic() - hit[0] >= extra
+
+    start = time.monotonic()
+    assert _kill_when(proc, in_round, start + 180), "the job finished before the audit kill"
+    assert hit, "no audit-round checkpoint appeared: the planted leak did not hold"
+    rows = _check_invariants(engine, artifacts)
+    assert not [r for r in rows if r.status == "promoted"]  # nothing promoted mid-audit
+    _wait_lease_expired(engine, job_id)
+    proc = _spawn([db_url, str(artifacts), str(HERE / "suite.yaml"), str(job_id), "worker-1",
+                   str(LEASE), cfg])
+    out, err = proc.communicate(timeout=240)
+    assert json.loads(out.decode().strip().splitlines()[-1])["status"] == "promoted", \
+        err.decode()[-3000:]
+    rows = _check_invariants(engine, artifacts)
+    assert [(r.version, r.status) for r in rows] == [(1, "promoted")]
+    audit = json.loads((artifacts / "shared" / "v1" / "adaptd.json").read_text())["train"]["audit"]
+    # The retry found leaks again and resumed the interrupted round from a checkpoint.
+    assert audit[0]["leaks"]["apology"] > 0 and audit[0]["steps"] == 30
+    assert audit[0]["resumed_from"] is not None and audit[0]["resumed_from"] >= 3, audit
+    assert not work.exists()

@@ -10,10 +10,13 @@ detector: the same test the evaluation uses) become negatives for ``steps`` more
 steps (the unlikelihood term), continued from the trained weights. Repeat for ``rounds``,
 fewer if a round finds nothing.
 
-``bench/fork_retrain.py --variant`` measures it (README, The loop). File suites have no
-generators: their "fresh" requests are seed prompts the adapter trained on, which leak less,
-so the audit finds less there. Requests equal to a held-out prompt are skipped, so the
-evaluation that gates the version never scores an answer the audit trained against.
+``bench/fork_retrain.py --variant`` measures it (README, The loop). A task of a file suite
+has no prompt generators, so its requests come from what the run knows the task is asked:
+its seed prompts and the prompts of its users' feedback in the data (accepted, corrected and
+rejected answers alike: the rejected ones are where it failed before), the production
+distribution the generators only approximate. Requests equal to a held-out prompt are
+skipped, so the evaluation that gates the version never scores an answer the audit trained
+against.
 
 Crash safety: rounds are deterministic (seeded requests and sampling), and each round trains
 with its own checkpoint directory, so a restarted job repeats the finished rounds' sampling
@@ -27,7 +30,7 @@ import random
 import tempfile
 import time
 import zlib
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,14 +46,33 @@ from workers.training.style import StyleDetector, crosstalk_source, suite_marker
 from workers.training.trainer import Progress, train_adapter
 
 
+def audit_requests(suite: Suite, task: str, *, samples: int, seed: int,
+                   known: Sequence[str] = ()) -> list[str]:
+    """``samples`` requests for ``task``: fresh ones from the suite's prompt generators, or,
+    for a task without any, drawn from ``known`` (the requests it is known to get; by
+    default its seed prompts). Deterministic in ``seed``.
+
+    >>> from storage.suite import Suite, TaskSpec
+    >>> suite = Suite(tasks={"sorry": TaskSpec(risk="high", data="sorry.jsonl")})
+    >>> audit_requests(suite, "sorry", samples=4, seed=1, known=["a", "b", "a"])
+    ['b', 'a', 'a', 'a']
+    """
+    rng = random.Random(f"audit:{seed}:{task}")
+    if suite.tasks[task].prompts:
+        return [suite.prompt_for(task, rng) for _ in range(samples)]
+    pool = sorted(set(known) or {e.prompt for e in suite.seed_examples(task)})
+    return rng.choices(pool, k=samples) if pool else []
+
+
 @torch.no_grad()
 def find_leaks(
     model: Any, tokenizer: Any, suite: Suite, task: str, *, samples: int, seed: int,
     detector: StyleDetector | None, ecfg: EvalConfig, skip: Collection[str] = (),
+    known: Sequence[str] = (),
 ) -> list[Sample]:
-    """``task``'s answers to ``samples`` fresh requests that carry another task's style."""
-    rng = random.Random(f"audit:{seed}:{task}")
-    asks = [p for p in (suite.prompt_for(task, rng) for _ in range(samples)) if p not in skip]
+    """``task``'s answers to ``audit_requests`` that carry another task's style."""
+    asks = [p for p in audit_requests(suite, task, samples=samples, seed=seed, known=known)
+            if p not in skip]
     if not asks:
         return []
     outputs = generate_batch(model, tokenizer, task, asks, max_new_tokens=ecfg.max_new_tokens,
@@ -80,6 +102,10 @@ def audit_adapter(
     data = dataclasses.replace(data, tasks={
         t: dataclasses.replace(d, negatives=list(d.negatives)) for t, d in data.tasks.items()})
     heldout = {t: {s.prompt for s in data.tasks[t].heldout} for t in audited}
+    # Requests the task is known to get (seeds and feedback), for tasks without generators;
+    # taken before the rounds add their own finds, so every round draws from the same pool.
+    known = {t: [s.prompt for s in (*data.tasks[t].train, *data.tasks[t].negatives)]
+             for t in audited}
     rounds: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="adaptd-audit-") as scratch:
         root = checkpoint_dir if checkpoint_dir is not None else Path(scratch)
@@ -89,7 +115,7 @@ def audit_adapter(
             model.eval()
             found = {t: find_leaks(model, bundle.tokenizer, suite, t, samples=audit.samples,
                                    seed=config.seed * 1000 + k, detector=detector, ecfg=ecfg,
-                                   skip=heldout[t])
+                                   skip=heldout[t], known=known[t])
                      for t in audited}
             for t, leaks in found.items():
                 data.tasks[t].negatives.extend(leaks)
@@ -114,6 +140,7 @@ def audit_adapter(
                 progress=progress, should_stop=should_stop)
             model = result.model
             record["steps"] = result.steps
+            record["resumed_from"] = result.resumed_from  # a restarted job's round: its step
             record["negatives_drawn"] = {t: result.drawn.get(t + NEG_SUFFIX, 0) for t in audited}
             record["seconds"] = round(time.monotonic() - t0, 3)
     return model, rounds
