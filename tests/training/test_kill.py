@@ -69,14 +69,19 @@ def _kill_when(proc: subprocess.Popen[bytes], cond: Callable[[], bool], deadline
     return False
 
 
-def test_sigkill_at_random_moments(engine: Any, db_url: str, suite: Suite, artifacts: Path,
-                                   train_cfg: Any) -> None:
+def _shared_retrain_job(engine: Any, suite: Suite) -> int:
+    """A queued retrain of the test suite's ``shared`` adapter; its id."""
     with Session(engine) as session:
         sync_suite(session, suite=suite)
         job = create_job(session, adapter="shared", kind="retrain")
         session.commit()
-        job_id = job.id
-    assert job_id is not None
+        assert job.id is not None
+        return job.id
+
+
+def test_sigkill_at_random_moments(engine: Any, db_url: str, suite: Suite, artifacts: Path,
+                                   train_cfg: Any) -> None:
+    job_id = _shared_retrain_job(engine, suite)
     cfg = train_cfg(steps=40, checkpoint_every=3).model_dump_json()
     rng = random.Random(int(os.environ.get("ADAPTD_KILL_SEED", "20261121")))
     work = artifacts / "shared" / ".work" / f"job-{job_id}"
@@ -162,12 +167,7 @@ def test_sigkill_inside_an_audit_round(engine: Any, db_url: str, suite: Suite, a
     """The self-audit trains after the main training: a kill there must not lose the job nor
     promote anything, and the retry resumes the round from its own checkpoint (rounds are
     deterministic: the same leaks are found again and the same steps continue)."""
-    with Session(engine) as session:
-        sync_suite(session, suite=suite)
-        job = create_job(session, adapter="shared", kind="retrain")
-        session.commit()
-        job_id = job.id
-    assert job_id is not None
+    job_id = _shared_retrain_job(engine, suite)
     # A short main training leaves apology (high risk) leaky, so the audit's round 1 finds
     # leaks and trains; its checkpoints land every 3 steps.
     cfg = train_cfg(steps=4, checkpoint_every=3,
