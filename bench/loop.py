@@ -15,6 +15,9 @@ A final phase holds 50-150 events per task, so one answer moves a task's accepta
 one point and the per-seed goals sit at the scenario's resolution. The second table pools the
 seeds' final phases per task (adaptive vs isolated) and gives each difference a 95 %
 confidence interval (Newcombe's hybrid score interval), so a miss can be told from noise.
+Since every policy on a seed answers the very same requests, the table also gives a paired
+interval (``paired_difference``, from the final phase's chunks of 50 requests), which counts
+only the answers the two policies judged differently.
 """
 
 from __future__ import annotations
@@ -60,7 +63,22 @@ def summarize(report: dict[str, Any], risk: Mapping[str, str]) -> dict[str, Any]
         "forks": sum(d["action"] == "fork" for d in report["decisions"]),
         "training_runs": len(report["training_runs"]),
         "seconds": report["seconds"],
+        "final_chunks": final_chunks(report),
     }
+
+
+def final_chunks(report: dict[str, Any]) -> dict[str, list[list[int]]]:
+    """Per task, ``[events, accepted]`` of each chunk of the final phase, in order. Every
+    policy on a seed answers the very same requests (``daemon/sim/app.py``), so two runs'
+    chunks pair up request for request (``paired_difference``)."""
+    name = report["phases"][-1]["name"]
+    out: dict[str, list[list[int]]] = {}
+    for chunk in report.get("series", []):
+        if chunk["phase"] != name:
+            continue
+        for task, row in chunk["tasks"].items():
+            out.setdefault(task, []).append([row["events"], round(row["acceptance"] * row["events"])])
+    return out
 
 
 def _key_values(flag: str, items: list[str], *, known: Collection[str] | None,
@@ -157,6 +175,27 @@ def rate_difference(k1: int, n1: int, k2: int, n2: int, z: float = 1.96) -> tupl
     return d, d - math.hypot(p1 - l1, u2 - p2), d + math.hypot(u1 - p1, p2 - l2)
 
 
+def paired_difference(chunks: list[tuple[int, int, int]], z: float = 1.96) -> tuple[float, float, float]:
+    """Acceptance difference of two runs that answered the same requests, from chunks of
+    ``(events, accepted by the first, accepted by the second)``, with a 95 % interval whose
+    standard error comes from the chunks' paired differences (a ratio estimator over
+    clusters): answers both runs got right or wrong add nothing to the spread, which an
+    interval for two independent samples (``rate_difference``) cannot know.
+
+    >>> d, lo, hi = paired_difference([(10, 9, 10), (10, 10, 10), (10, 8, 10), (10, 10, 10)])
+    >>> round(d, 3), round(lo, 3), round(hi, 3)
+    (-0.075, -0.169, 0.019)
+    """
+    n = sum(c[0] for c in chunks)
+    if n == 0:
+        return 0.0, 0.0, 0.0
+    d = sum(c[1] - c[2] for c in chunks) / n
+    m = len(chunks)
+    resid = sum((c[1] - c[2] - d * c[0]) ** 2 for c in chunks)
+    se = math.sqrt(m / (m - 1) * resid) / n if m > 1 else 0.0
+    return d, d - z * se, d + z * se
+
+
 def pooled_vs(runs: list[dict[str, Any]], baseline: list[dict[str, Any]]) -> dict[str, Any]:
     """Per task, the final phases of all seeds pooled: acceptance vs the baseline's, with a
     95 % interval of the difference (empty when a run was recorded without event counts)."""
@@ -173,13 +212,33 @@ def pooled_vs(runs: list[dict[str, Any]], baseline: list[dict[str, Any]]) -> dic
         d, lo, hi = rate_difference(k1, n1, k2, n2)
         out[task] = {"accepted": [k1, k2], "events": [n1, n2], "difference": round(d, 4),
                      "ci95": [round(lo, 4), round(hi, 4)]}
+        pairs = _paired_chunks(runs, baseline, task)
+        if pairs:
+            _, plo, phi = paired_difference(pairs)
+            out[task]["paired_ci95"] = [round(plo, 4), round(phi, 4)]
     return out
+
+
+def _paired_chunks(runs: list[dict[str, Any]], baseline: list[dict[str, Any]],
+                   task: str) -> list[tuple[int, int, int]]:
+    """``task``'s final-phase chunks of each seed's two runs, paired; empty unless every
+    chunk holds the same number of events in both (the same requests: runs recorded before
+    the simulator's separate random streams do not pair)."""
+    pairs: list[tuple[int, int, int]] = []
+    for a, b in zip(runs, baseline, strict=True):
+        ca = a.get("final_chunks", {}).get(task)
+        cb = b.get("final_chunks", {}).get(task)
+        if not ca or not cb or [c[0] for c in ca] != [c[0] for c in cb]:
+            return []
+        pairs += [(na, ka, kb) for (na, ka), (_, kb) in zip(ca, cb, strict=True)]
+    return pairs
 
 
 def pooled_table(pooled: Mapping[str, Any]) -> Table:
     table = Table(title="adaptive vs isolated, final phases of all seeds pooled: "
                         "acceptance difference [95 % interval]")
-    for col in ("task", "adaptive", "isolated", "Δ", "95 % interval", "vs the −2-point line"):
+    for col in ("task", "adaptive", "isolated", "Δ", "95 % interval", "paired 95 %",
+                "vs the −2-point line"):
         table.add_column(col, justify="left" if col == "task" else "right")
     for task, p in pooled.items():
         (k1, k2), (n1, n2) = p["accepted"], p["events"]
@@ -187,8 +246,10 @@ def pooled_table(pooled: Mapping[str, Any]) -> Table:
         verdict = "within" if p["difference"] >= -0.02 else "beyond"
         if lo < -0.02 <= hi:  # the interval straddles the line: noise could put it either side
             verdict += " (not significant)"
+        paired = p.get("paired_ci95")
         table.add_row(task, f"{k1}/{n1} {100 * k1 / n1:.1f}%", f"{k2}/{n2} {100 * k2 / n2:.1f}%",
                       f"{100 * p['difference']:+.1f}", f"[{100 * lo:+.1f}, {100 * hi:+.1f}]",
+                      f"[{100 * paired[0]:+.1f}, {100 * paired[1]:+.1f}]" if paired else "-",
                       verdict)
     return table
 
