@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from storage.suite import Suite, TaskSpec
+from bench.audit_requests import as_file_suite
+from storage.suite import Suite
 from workers.training.audit import audit_adapter, audit_requests, find_leaks
 from workers.training.data import Sample, assemble
 from workers.training.sampler import default_ratios
@@ -82,22 +82,9 @@ def test_nothing_to_audit_returns_the_model_as_it_is(bundle: Any, suite: Suite, 
     assert [set(r["leaks"]) for r in rounds] == [{"greeting"}]
 
 
-def _file_suite(suite: Suite, root: Path) -> Suite:
-    """The same tasks as a file suite: seed data in JSONL files, no prompt generators."""
-    tasks = {}
-    for name, spec in suite.tasks.items():
-        path = root / f"{name}.jsonl"
-        path.write_text("".join(json.dumps({"prompt": e.prompt, "response": e.response},
-                                           ensure_ascii=False) + "\n"
-                                for e in suite.seed_examples(name)), "utf-8")
-        tasks[name] = TaskSpec(risk=spec.risk, tone=spec.tone, data=path.name,
-                               markers=spec.markers, forbid=spec.forbid)
-    return Suite(name="files", base_model=suite.base_model, tasks=tasks, base_dir=root)
-
-
 def test_a_task_without_generators_is_audited_on_the_requests_it_is_known_to_get(
         bundle: Any, suite: Suite, train_cfg: Any, eval_cfg: Any, tmp_path: Path) -> None:
-    files = _file_suite(suite, tmp_path)
+    files = as_file_suite(suite, tmp_path)
     data = assemble(files, ["apology"])
     seeds = {e.prompt for e in files.seed_examples("apology")}
     # A user's rejected answer to a request no seed has: where production really failed.

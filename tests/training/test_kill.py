@@ -69,6 +69,19 @@ def _kill_when(proc: subprocess.Popen[bytes], cond: Callable[[], bool], deadline
     return False
 
 
+def _after(trigger: Callable[[], bool], extra: float) -> tuple[Callable[[], bool], list[float]]:
+    """A kill condition for ``_kill_when``: true ``extra`` seconds after ``trigger()`` first
+    held; and the list that records when it first held (empty while it never has)."""
+    hit: list[float] = []
+
+    def fire() -> bool:
+        if not hit and trigger():
+            hit.append(time.monotonic())
+        return bool(hit) and time.monotonic() - hit[0] >= extra
+
+    return fire, hit
+
+
 def _shared_retrain_job(engine: Any, suite: Suite) -> int:
     """A queued retrain of the test suite's ``shared`` adapter; its id."""
     with Session(engine) as session:
@@ -115,14 +128,7 @@ def test_sigkill_at_random_moments(engine: Any, db_url: str, suite: Suite, artif
         proc = _spawn([db_url, str(artifacts), str(HERE / "suite.yaml"), str(job_id), worker,
                        str(LEASE), cfg])
         start = time.monotonic()
-        hit: list[float] = []
-
-        def fire(trigger: Callable[[], bool] = trigger, extra: float = extra,
-                 hit: list[float] = hit) -> bool:
-            if not hit and trigger():
-                hit.append(time.monotonic())
-            return bool(hit) and time.monotonic() - hit[0] >= extra
-
+        fire, _ = _after(trigger, extra)
         if _kill_when(proc, fire, start + 120):
             killed += 1
             phases.append(f"kill {i} ({point}+{extra:.2f}s) after "
@@ -177,13 +183,7 @@ def test_sigkill_inside_an_audit_round(engine: Any, db_url: str, suite: Suite, a
     extra = random.Random(int(os.environ.get("ADAPTD_KILL_SEED", "20261121"))).uniform(0.0, 0.3)
     proc = _spawn([db_url, str(artifacts), str(HERE / "suite.yaml"), str(job_id), "worker-0",
                    str(LEASE), cfg])
-    hit: list[float] = []
-
-    def in_round() -> bool:
-        if not hit and round_ckpt.is_file():
-            hit.append(time.monotonic())
-        return bool(hit) and time.monotonic() - hit[0] >= extra
-
+    in_round, hit = _after(round_ckpt.is_file, extra)
     start = time.monotonic()
     assert _kill_when(proc, in_round, start + 180), "the job finished before the audit kill"
     assert hit, "no audit-round checkpoint appeared: the planted leak did not hold"
