@@ -80,6 +80,10 @@ def test_gathered_files_compare_policies_on_the_seeds_both_ran(tmp_path: Path) -
     assert rows["adaptive"]["pooled_high_risk_crosstalk"]["apology"]["leaked"] == 4
     assert goals["adaptive_high_risk_crosstalk_le_2pct_pooled"] is True
     assert goals["adaptive_tasks_still_share"] is False  # one task per adapter here
+    # Exactly 2 points under isolated (0.96 - 0.98 in floats is a hair below -0.02) is within.
+    two = {"adaptive": [{**runs["adaptive"][0], "acceptance": {"apology": 0.96}}],
+           "isolated": [{**runs["isolated"][0], "acceptance": {"apology": 0.98}}]}
+    assert compare(two, risk, Console(file=io.StringIO()))[1]["adaptive_within_2pts_of_isolated"]
     # Static ran on seeds 1 and 2 only: 15 % against adaptive's 0.5 % on those seeds (not 1.3 %).
     assert goals["static_over_adaptive_high_risk"] == 30.0
 
