@@ -179,7 +179,8 @@ def gather(paths: list[Path], scenario: str) -> dict[str, list[dict[str, Any]]]:
             raise SystemExit(f"error: --gather {path}: scenario {data.get('scenario')!r}, "
                              f"not {scenario!r} (pass --scenario)")
         for policy, row in policies.items():
-            for seed, run in zip(seeds, row["runs"], strict=True):
+            # a gathered file's policies carry their own seeds (not every policy ran every seed)
+            for seed, run in zip(row.get("seeds", seeds), row["runs"], strict=True):
                 run = {**run, "seed": seed}
                 earlier = found.setdefault(policy, {}).setdefault(seed, run)
                 if earlier != run:

@@ -80,6 +80,10 @@ def test_gathered_files_compare_policies_on_the_seeds_both_ran(tmp_path: Path) -
     assert rows["adaptive"]["pooled_high_risk_crosstalk"]["apology"]["leaked"] == 4
     assert goals["adaptive_high_risk_crosstalk_le_2pct_pooled"] is True
     assert goals["adaptive_tasks_still_share"] is False  # one task per adapter here
+    # A gathered table gathers again (static has fewer seeds than the file).
+    gathered = tmp_path / "gathered.json"
+    gathered.write_text(json.dumps({"scenario": "s", "seeds": [1, 2, 3], "policies": rows}))
+    assert gather([gathered], "s") == runs
     # Exactly 2 points under isolated (0.96 - 0.98 in floats is a hair below -0.02) is within.
     two = {"adaptive": [{**runs["adaptive"][0], "acceptance": {"apology": 0.96}}],
            "isolated": [{**runs["isolated"][0], "acceptance": {"apology": 0.98}}]}
