@@ -174,9 +174,11 @@ def test_sigkill_inside_an_audit_round(engine: Any, db_url: str, suite: Suite, a
     promote anything, and the retry resumes the round from its own checkpoint (rounds are
     deterministic: the same leaks are found again and the same steps continue)."""
     job_id = _shared_retrain_job(engine, suite)
-    # A short main training leaves apology (high risk) leaky, so the audit's round 1 finds
-    # leaks and trains; its checkpoints land every 3 steps.
-    cfg = train_cfg(steps=4, checkpoint_every=3,
+    # A main training that barely moves the weights (lr 1e-6) leaves apology (high risk) as
+    # leaky as the base model, which saw all three tasks' texts untagged, so the audit's round 1
+    # finds leaks and trains; its checkpoints land every 3 steps. (A short training at the
+    # normal lr instead left 0 of 48 answers leaking on one CPU kind and several on another.)
+    cfg = train_cfg(steps=4, lr=1e-6, checkpoint_every=3,
                     audit={"rounds": 1, "samples": 48, "steps": 30}).model_dump_json()
     work = artifacts / "shared" / ".work" / f"job-{job_id}"
     round_ckpt = work / "audit-1" / "ckpt" / "ckpt.json"
