@@ -102,6 +102,16 @@ def settings(make_settings: Callable[..., Settings]) -> Settings:
     return make_settings()
 
 
+def share_base_cache(artifacts_dir: Path, tmp_path: Path) -> None:
+    """Point ``artifacts_dir``'s built base models at the session's cache (what
+    ``adaptd simulate``'s ``base_cache`` does for the loop tests), so a test that trains with
+    the suite's builtin base reuses the one an earlier test built instead of building its own."""
+    cache = tmp_path.parent / "adaptd-base-cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    artifacts_dir.mkdir(parents=True, exist_ok=True)
+    (artifacts_dir / "_base").symlink_to(cache.resolve(), target_is_directory=True)
+
+
 def prepared_engine(settings: Settings) -> Engine:
     """Migrate the settings' database and register the suite's tasks."""
     migrate(settings.database_url)

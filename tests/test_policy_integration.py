@@ -13,7 +13,7 @@ from sqlalchemy.engine import Engine
 from daemon.settings import Settings
 from policies import PolicyConfig
 from storage.suite import load_suite
-from tests.conftest import LiveServer
+from tests.conftest import LiveServer, share_base_cache
 from tests.helpers import event, post
 from workers.ingest import drain_once
 from workers.policy import policy_tick
@@ -33,6 +33,7 @@ CONFIG = PolicyConfig.from_dict({
 def test_leak_goes_rebalance_then_fork_then_reroute(settings: Settings, engine: Engine,
                                                     live_api: LiveServer, tmp_path: Path) -> None:
     suite = load_suite(settings.suite)
+    share_base_cache(settings.artifacts_dir, tmp_path)  # the loop tests' festive-zh base
     client = redis.Redis.from_url(settings.redis_url)
     sent: list[int] = []
     outcomes: list[str] = []
