@@ -34,7 +34,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +84,38 @@ def train_fresh(suite: Suite, artifacts: Path, tasks: list[str], steps: int,
     return bundle, result, data, seconds
 
 
+def audit_trained(suite: Suite, bundle: Any, model: Any, data: Any, seed: int,
+                  train: dict[str, Any] | None, db: str | None,
+                  also: Sequence[str]) -> tuple[Any, list[dict[str, Any]], float]:
+    """``model`` self-audited as a training job audits it (``workers/training/audit.py``),
+    with the tasks in ``also`` audited as the policy engine's flagged tasks are: (the audited
+    model in eval mode, the audit's rounds, seconds)."""
+    from workers.training.audit import audit_adapter
+    from workers.training.config import EvalConfig, TrainConfig
+    from workers.training.data import accepted_texts
+    from workers.training.sampler import default_ratios
+    from workers.training.style import build_detector
+
+    if db is None:
+        detector = build_detector(suite)
+    else:
+        from sqlmodel import Session
+
+        from storage.db import make_engine
+
+        with Session(make_engine(db)) as session:  # the job's detector: seeds + accepted outputs
+            detector = build_detector(suite, accepted_texts(session, list(suite.tasks)))
+    cfg = TrainConfig.model_validate({"seed": seed, "checkpoint_every": 10**6, **(train or {}),
+                                      "task_scaling": 0.0})
+    t0 = time.monotonic()
+    model, rounds = audit_adapter(
+        bundle, model, data, suite=suite, ratios=default_ratios(data.sizes()), config=cfg,
+        general_share=cfg.general_share_or(suite.general_share), detector=detector,
+        ecfg=EvalConfig(), flagged=also)
+    model.eval()
+    return model, rounds, time.monotonic() - t0
+
+
 def answer(suite: Suite, model: Any, tokenizer: Any, task: str, prompts: list[str],
            seed: int) -> list[tuple[str, str, Any]]:
     """(prompt, output, verdict) for each prompt, sampled as production samples."""
@@ -98,14 +130,22 @@ def answer(suite: Suite, model: Any, tokenizer: Any, task: str, prompts: list[st
 
 def train_and_judge(suite: Suite, artifacts: Path, tasks: list[str], steps: int,
                     measured: list[str], prompts: int, seed: int,
-                    train: dict[str, Any] | None = None, db: str | None = None) -> dict[str, Any]:
-    """Train one adapter on ``tasks`` for ``steps`` and judge its answers on ``measured``."""
-    bundle, result, _, seconds = train_fresh(suite, artifacts, tasks, steps, seed, train, db)
+                    train: dict[str, Any] | None = None, db: str | None = None,
+                    audit: Sequence[str] | None = None) -> dict[str, Any]:
+    """Train one adapter on ``tasks`` for ``steps`` (then, with ``audit``, self-audit it:
+    ``audit_trained``) and judge its answers on ``measured``."""
+    bundle, result, data, seconds = train_fresh(suite, artifacts, tasks, steps, seed, train, db)
     out: dict[str, Any] = {"tasks": tasks, "steps": steps, "train_s": round(seconds, 1)}
+    model = result.model
+    if audit is not None:
+        model, out["audit"], audit_s = audit_trained(suite, bundle, model, data,
+                                                     (train or {}).get("seed", seed), train,
+                                                     db, audit)
+        out["audit_s"] = round(audit_s, 1)
     for task in measured:
         rng = random.Random(seed + 5)
         asks = [suite.prompt_for(task, rng) for _ in range(prompts)]
-        verdicts = [v for _, _, v in answer(suite, result.model, bundle.tokenizer, task, asks,
+        verdicts = [v for _, _, v in answer(suite, model, bundle.tokenizer, task, asks,
                                             seed=seed + 3)]
         sources = Counter(v.crosstalk_source for v in verdicts if v.crosstalk_source)
         out[task] = {"acceptance": sum(v.accepted for v in verdicts) / prompts,
@@ -252,6 +292,13 @@ def main() -> None:
                     help="build builtin:tiny with this recipe change (repeatable), e.g. --tiny "
                          "num_hidden_layers=3 (a base of another size; built once per run, "
                          "in a temporary directory)")
+    ap.add_argument("--audit", action="store_true",
+                    help="self-audit every adapter after training, as a training job does "
+                         "(its config's risk levels; default: high-risk tasks only)")
+    ap.add_argument("--audit-shared", nargs="+", default=[], metavar="TASK",
+                    help="with --audit: also audit these tasks of the shared adapter, whatever "
+                         "their risk, as a job audits the tasks the policy engine flagged "
+                         "(AuditConfig.flagged_rounds rounds)")
     data = ap.add_mutually_exclusive_group()
     data.add_argument("--examples", type=Path, metavar="JSONL",
                       help="also train on these feedback examples (JSON lines of training_example "
@@ -263,6 +310,8 @@ def main() -> None:
     args = ap.parse_args()
     train = parse_train(args.train)
     tiny = parse_tiny(args.tiny)
+    if args.audit_shared and not args.audit:
+        sys.exit("error: --audit-shared needs --audit")
     if args.examples is not None and not args.examples.is_file():
         sys.exit(f"error: --examples {args.examples}: no such file")
     import torch
@@ -284,8 +333,9 @@ def main() -> None:
         for seed in seeds:
             for tasks, steps in plan:
                 measured = [t for t in args.measure if t in tasks]
+                audit = (args.audit_shared if len(tasks) > 1 else []) if args.audit else None
                 row = train_and_judge(suite, Path(tmp), tasks, steps, measured, args.prompts,
-                                      args.seed, {**train, "seed": seed}, db)
+                                      args.seed, {**train, "seed": seed}, db, audit)
                 row["seed"] = seed
                 console.print(f"seed {seed}: {'+'.join(tasks)} × {steps} steps: " + ", ".join(
                     f"{t} {100 * row[t]['acceptance']:.1f} %" for t in measured))
@@ -301,7 +351,8 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "suite": suite.name, "prompts": args.prompts, "seed": args.seed, "seeds": seeds,
-        "train_overrides": train, "tiny_overrides": tiny,
+        "train_overrides": train, "tiny_overrides": tiny, "audit": args.audit,
+        "audit_shared": args.audit_shared,
         "examples": str(args.examples) if args.examples else args.db,
         "sharing_cost_points": cost, "runs": rows}, indent=1))
     console.print(f"wrote {args.out}")

@@ -22,6 +22,7 @@ __all__ = [
     "apply_retrain",
     "apply_rollback",
     "approve",
+    "audit_flags",
     "isolated_adapter_name",
     "override",
     "reject",
@@ -49,6 +50,30 @@ def task_numbers(st: PolicyState, task: str) -> dict[str, Any]:
         "rebalances": ts.rebalances,
         "regressions": ts.regressions,
     }
+
+
+def audit_flags(st: PolicyState, adapter: str, config: PolicyConfig) -> list[str]:
+    """The tasks of ``adapter`` whose windowed crosstalk rate reached their risk's
+    ``audit_at``: its next training run self-audits them whatever their risk.
+
+    >>> from policies.events import observe
+    >>> from policies.signals import TaskProfile
+    >>> from policies.state import init_state
+    >>> cfg = PolicyConfig()
+    >>> st = init_state({"shared": ["fw", "gr"]}, {"fw": TaskProfile(), "gr": TaskProfile()}, cfg)
+    >>> for i in range(100):  # fw: one answer in 25 in gr's style; gr clean
+    ...     _ = observe(st, "fw", i % 25 != 0, crosstalk_source="gr" if i % 25 == 0 else None)
+    ...     _ = observe(st, "gr", True)
+    >>> audit_flags(st, "shared", cfg)
+    ['fw']
+    """
+    out = []
+    for t in st.adapters[adapter].tasks:
+        win = st.tasks[t].window
+        at = config.for_risk(st.tasks[t].profile.risk).audit_at
+        if at is not None and win.n >= config.crosstalk_min_events and win.crosstalk_rate >= at:
+            out.append(t)
+    return sorted(out)
 
 
 def _start_training(ad: AdapterState, now: float, config: PolicyConfig) -> None:
@@ -102,6 +127,7 @@ def apply_rebalance(
         "tasks": {t: task_numbers(st, t) for t in affected},
         "pressure": {t: round(p, 6) for t, p in sorted(pressure.items())},
         "targeted": sorted(affected),
+        "audit": audit_flags(st, adapter, config),
     }
     return Decision(
         st.next_seq(), now, "rebalance", affected[0], adapter, reason, signals,
@@ -122,7 +148,8 @@ def apply_retrain(
     ad = st.adapters[adapter]
     _start_training(ad, now, config)
     return Decision(
-        st.next_seq(), now, "retrain", task, adapter, reason, {**signals, "targeted": []},
+        st.next_seq(), now, "retrain", task, adapter, reason,
+        {**signals, "targeted": [], "audit": audit_flags(st, adapter, config)},
         ratios=dict(ad.ratios.weights), ratio_version=ad.ratios.version, train=(adapter,),
     )  # fmt: skip
 
@@ -166,7 +193,8 @@ def apply_fork(
     ts.rebalanced_ratio = None
     ts.regressions = 0
     ts.cooldown_until = now + config.structural_cooldown_s
-    sig = {**signals, "from_adapter": src_name, "source_ratios": dict(src.ratios.weights)}
+    sig = {**signals, "from_adapter": src_name, "source_ratios": dict(src.ratios.weights),
+           "audit": audit_flags(st, name, config)}
     return Decision(
         st.next_seq(), now, "fork", task, name, reason, sig,
         ratios={task: 1.0}, ratio_version=1, train=(name,),
@@ -210,7 +238,8 @@ def apply_merge(
     ts.cooldown_until = now + config.structural_cooldown_s
     return Decision(
         st.next_seq(), now, "merge", task, target, reason,
-        {**signals, "from_adapter": old, "targeted": [task]},
+        {**signals, "from_adapter": old, "targeted": [task],
+         "audit": audit_flags(st, target, config)},
         ratios=dict(ad.ratios.weights), ratio_version=ad.ratios.version, train=(target,),
     )  # fmt: skip
 

@@ -45,6 +45,13 @@ class RiskPolicy:
     # retrain on that feedback lowers the residual leak further (README, bench/fork_retrain.py:
     # 7.2 % -> 0.8 % over seven rounds of 120 answers).
     min_new_examples: int | None = None
+    # A task whose windowed crosstalk rate reaches this (with ``crosstalk_min_events`` in the
+    # window) is flagged for the self-audit of its adapter's next training run: its answers to
+    # fresh requests are searched for other tasks' style and trained against, whatever its
+    # risk (TrainConfig.audit covers its risk levels anyway). None: never flagged. Offline, a
+    # shared adapter's festival_wish gave 1.1 points of its 2.5-point sharing cost back
+    # (README, The loop: stop 31).
+    audit_at: float | None = 0.02
 
     def __post_init__(self) -> None:
         # Caught here, where the operator's config is read, not deep inside a task's window.
@@ -53,6 +60,8 @@ class RiskPolicy:
                              f"{self.crosstalk_off} and {self.crosstalk_on}")
         if not 0.0 < self.min_drop < 1.0 or self.regression_tolerance < 0.0:
             raise ValueError("min_drop must be in (0, 1) and regression_tolerance >= 0")
+        if self.audit_at is not None and not 0.0 < self.audit_at <= 1.0:
+            raise ValueError(f"audit_at must be in (0, 1] or None (never), got {self.audit_at}")
         for name in ("fork_after_rebalances", "fork_after_regressions", "min_new_examples"):
             value = getattr(self, name)
             if value is not None and value < 1:

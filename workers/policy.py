@@ -144,7 +144,8 @@ def _apply(session: Session, d: Decision, result: TickResult, at_event: int, *, 
         _rollback(session, d.adapter, int(d.signals["to_version"]))
     for adapter_name in d.train:
         adapter = session.get(Adapter, adapter_name)
-        params: dict[str, Any] = {"targeted": list(d.signals.get("targeted") or [d.task])}
+        params: dict[str, Any] = {"targeted": list(d.signals.get("targeted") or [d.task]),
+                                  "audit": list(d.signals.get("audit") or [])}
         if adapter is not None:
             params["tasks"] = list(adapter.tasks)
             params["ratios"] = dict(adapter.ratios)

@@ -336,6 +336,27 @@ def test_retrain_cooldown_and_job_cap_sequence() -> None:
     assert freed.adapters["shared"].pending_since is None
 
 
+def test_a_retrain_flags_tasks_seen_leaking_for_its_self_audit() -> None:
+    # a: 4 % of its answers in b's style (below low risk's 10 % leak threshold, so no
+    # rebalance), b clean. The retrain for new examples flags a, and only a, for the audit.
+    st = make({"shared": ["a", "b"]}, {"a": POS_LOW, "b": POS_MED})
+    feed(st, "a", 600, 0.96, source="b")
+    feed(st, "b", 600, 1.0)
+    assert not st.tasks["a"].window.leaking
+    _, ds = run(st, T0, signals=MANY)
+    assert acts(ds) == [("retrain", "a", "applied")] and ds[0].signals["audit"] == ["a"]
+    # 1.5 % stays under the default 2 %; a lower audit_at flags it; None never flags.
+    calm = make({"shared": ["a", "b"]}, {"a": POS_LOW, "b": POS_MED})
+    feed(calm, "a", 600, 0.985, source="b")
+    feed(calm, "b", 600, 1.0)
+    assert run(calm, T0, signals=MANY)[1][0].signals["audit"] == []
+    for at, want in ((0.01, ["a"]), (None, [])):
+        cfg = replace(CFG, risk={r: replace(p, audit_at=at) for r, p in CFG.risk.items()})
+        assert run(calm, T0, signals=MANY, config=cfg)[1][0].signals["audit"] == want
+    with pytest.raises(ValueError, match="audit_at"):
+        replace(CFG.risk["low"], audit_at=0.0)
+
+
 def test_job_cap_shared_across_adapters() -> None:
     profiles = {"a": POS_MED, "b": POS_MED, "c": POS_MED}
     st = make({"x": ["a"], "y": ["b"], "z": ["c"]}, profiles)

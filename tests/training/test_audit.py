@@ -80,6 +80,18 @@ def test_nothing_to_audit_returns_the_model_as_it_is(bundle: Any, suite: Suite, 
     _, rounds = audit_adapter(bundle, model, data, suite=suite, ratios={"greeting": 1.0},
                               config=cfg, general_share=0.3, detector=None, ecfg=eval_cfg)
     assert [set(r["leaks"]) for r in rounds] == [{"greeting"}]
+    # Flagged by the engine (its users saw it leak), greeting is audited whatever its risk,
+    # in the first ``flagged_rounds`` rounds only; with 0 it is not audited at all.
+    cfg = train_cfg(steps=2, audit={"rounds": 3, "samples": 8, "steps": 2})
+    _, rounds = audit_adapter(bundle, model, data, suite=suite, ratios={"greeting": 1.0},
+                              config=cfg, general_share=0.3, detector=None, ecfg=eval_cfg,
+                              flagged=["greeting", "apology"])  # apology: not in the adapter
+    assert [set(r["leaks"]) for r in rounds] == [{"greeting"}]
+    off = train_cfg(steps=2, audit={"rounds": 3, "flagged_rounds": 0})
+    same, rounds = audit_adapter(bundle, model, data, suite=suite, ratios={"greeting": 1.0},
+                                 config=off, general_share=0.3, detector=None, ecfg=eval_cfg,
+                                 flagged=["greeting"])
+    assert same is model and rounds == []
 
 
 def test_a_task_without_generators_is_audited_on_the_requests_it_is_known_to_get(

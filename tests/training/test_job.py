@@ -94,7 +94,8 @@ def test_promote_then_reject_and_read_side(engine: Any, suite: Suite, artifacts:
         calls["n"] += 1
         return 0.0 if calls["n"] <= 6 else 1.0  # the candidate's first task (apology) only
 
-    job2 = _job(engine, targeted=["greeting"])
+    # (The engine flagged greeting for the self-audit, and a task the adapter lacks.)
+    job2 = _job(engine, targeted=["greeting"], audit=["greeting", "no_such_task"])
     out2 = run_training_job(job2, scorer=planted, **kwargs)
     assert out2.status == "rejected" and out2.version == 2
     assert out2.reasons["apology"].startswith("regressed")
@@ -107,7 +108,10 @@ def test_promote_then_reject_and_read_side(engine: Any, suite: Suite, artifacts:
         assert {r["version"] for r in routes2.values()} == {1}  # routing untouched
         job = session.get(TrainingJob, job2)
         assert job is not None and (job.status, job.result_version) == ("rejected", 2)
-    assert read_meta(Path(v2.path))["init_from"].endswith("/shared/v1")
+    meta2 = read_meta(Path(v2.path))
+    assert meta2["init_from"].endswith("/shared/v1")
+    # The flagged low-risk task was audited beside the high-risk one, in the first round.
+    assert set(meta2["train"]["audit"][0]["leaks"]) == {"apology", "greeting"}
     # 4. Read side for the CLI.
     listed = list_versions(engine, "shared")
     assert [(v["version"], v["status"]) for v in listed] == [(2, "rejected"), (1, "promoted")]

@@ -3,12 +3,13 @@
 A one-task adapter of a high-risk task, trained on its own data only, still answers a few
 percent of fresh requests in a co-task's style (the base pulls that way on ambiguous
 requests). Feedback fixes that only after users have seen the leaks. The audit does what the
-users would have done, before they can: after training, each audited task (by risk level)
+users would have done, before they can: after training, each audited task (by risk level,
+or flagged by the policy engine because its users saw it leak: ``RiskPolicy.audit_at``)
 answers ``samples`` fresh requests from the suite's prompt generators with production's
 sampling; the answers that carry another task's style (its ``markers``, else the style
 detector: the same test the evaluation uses) become negatives for ``steps`` more training
 steps (the unlikelihood term), continued from the trained weights. Repeat for ``rounds``,
-fewer if a round finds nothing.
+fewer if a round finds nothing (a flagged task is asked in the first ``flagged_rounds``).
 
 ``bench/fork_retrain.py --variant`` measures it (README, The loop). A task of a file suite
 has no prompt generators, so its requests come from what the run knows the task is asked:
@@ -89,14 +90,20 @@ def audit_adapter(
     ratios: Mapping[str, float], config: TrainConfig, general_share: float,
     detector: StyleDetector | None, ecfg: EvalConfig, checkpoint_dir: Path | None = None,
     progress: Progress | None = None, should_stop: Callable[[], bool] | None = None,
+    flagged: Collection[str] = (),
 ) -> tuple[Any, list[dict[str, Any]]]:
     """The audited model (``model`` itself if nothing was audited) and one record per round.
 
     ``model`` is the PeftModel ``train_adapter`` returned on ``bundle``; ``data`` is not
-    changed (the rounds train on a copy with the found outputs added as negatives).
+    changed (the rounds train on a copy with the found outputs added as negatives). The
+    adapter's tasks of ``config.audit.risks`` are audited in every round; the tasks in
+    ``flagged`` (the policy engine's: their users saw them leak) whatever their risk, in the
+    first ``config.audit.flagged_rounds`` rounds.
     """
     audit = config.audit
-    audited = [t for t in sorted(data.tasks) if suite.tasks[t].risk in audit.risks]
+    by_risk = {t for t in data.tasks if suite.tasks[t].risk in audit.risks}
+    audited = sorted(by_risk | ({t for t in flagged if t in data.tasks}
+                                if audit.flagged_rounds else set()))
     if not audited or audit.rounds == 0:
         return model, []
     data = dataclasses.replace(data, tasks={
@@ -110,13 +117,16 @@ def audit_adapter(
     with tempfile.TemporaryDirectory(prefix="adaptd-audit-") as scratch:
         root = checkpoint_dir if checkpoint_dir is not None else Path(scratch)
         for k in range(1, audit.rounds + 1):
+            asked = [t for t in audited if t in by_risk or k <= audit.flagged_rounds]
+            if not asked:
+                break
             t0 = time.monotonic()
             # 1. Each audited task answers fresh requests; leaks become its negatives.
             model.eval()
             found = {t: find_leaks(model, bundle.tokenizer, suite, t, samples=audit.samples,
                                    seed=config.seed * 1000 + k, detector=detector, ecfg=ecfg,
                                    skip=heldout[t], known=known[t])
-                     for t in audited}
+                     for t in asked}
             for t, leaks in found.items():
                 data.tasks[t].negatives.extend(leaks)
             record: dict[str, Any] = {"round": k, "samples": audit.samples,

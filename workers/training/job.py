@@ -188,6 +188,7 @@ def _run(
         candidate = _adoptable(session, artifacts_dir, adapter, job_id, build)  # may commit
     risks = {t: suite.tasks[t].risk for t in tasks}
     targeted = [t for t in params.get("targeted", [params.get("task")]) if t in tasks]
+    flagged = [t for t in params.get("audit", []) if t in tasks]  # the engine's audit flags
     tag = f"job{job_id}"
     cleanup_temp(artifacts_dir, adapter, tag=tag)
     cleanup_temp(artifacts_dir, adapter, older_than=86400)
@@ -208,11 +209,12 @@ def _run(
             init_adapter=init, checkpoint_dir=work,
             progress=progress, should_stop=should_stop, show_bar=show_bar,
         )
-        # 4c. Self-audit: high-risk tasks answer fresh requests; their leaks are trained away.
+        # 4c. Self-audit: high-risk tasks and the ones the engine flagged (their users saw
+        #     them leak) answer fresh requests; their leaks are trained away.
         model, audit = audit_adapter(
             bundle, result.model, data, suite=suite, ratios=ratios, config=tcfg,
             general_share=general_share, detector=detector, ecfg=ecfg, checkpoint_dir=work,
-            progress=progress, should_stop=should_stop,
+            progress=progress, should_stop=should_stop, flagged=flagged,
         )
         train_summary = {"steps": result.steps, "tokens": result.tokens,
                          "seconds": round(result.seconds, 3), "task_loss": result.task_loss,
