@@ -18,6 +18,8 @@ co-task's style.
     .venv/bin/python bench/task_steps.py --examples bench/data/long-after-s11-1950.jsonl.gz \
         --steps 400 --alone-steps 100 --seeds 1 2 3 4 5 --prompts 1000 --measure festival_wish
     .venv/bin/python bench/task_steps.py --tiny num_hidden_layers=3 ...   # another base size
+    .venv/bin/python bench/task_steps.py ... --audit --audit-shared festival_wish greeting
+        # self-audit every adapter as a job does, the shared one's two tasks as if flagged
 
 Each measured task's result also counts its crosstalk answers by the task whose style they
 carried (``crosstalk_sources`` in the JSON).
