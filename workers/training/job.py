@@ -188,7 +188,6 @@ def _run(
         candidate = _adoptable(session, artifacts_dir, adapter, job_id, build)  # may commit
     risks = {t: suite.tasks[t].risk for t in tasks}
     targeted = [t for t in params.get("targeted", [params.get("task")]) if t in tasks]
-    flagged = [t for t in params.get("audit", []) if t in tasks]  # the engine's audit flags
     tag = f"job{job_id}"
     cleanup_temp(artifacts_dir, adapter, tag=tag)
     cleanup_temp(artifacts_dir, adapter, older_than=86400)
@@ -214,7 +213,7 @@ def _run(
         model, audit = audit_adapter(
             bundle, result.model, data, suite=suite, ratios=ratios, config=tcfg,
             general_share=general_share, detector=detector, ecfg=ecfg, checkpoint_dir=work,
-            progress=progress, should_stop=should_stop, flagged=flagged,
+            progress=progress, should_stop=should_stop, flagged=params.get("audit", ()),
         )
         train_summary = {"steps": result.steps, "tokens": result.tokens,
                          "seconds": round(result.seconds, 3), "task_loss": result.task_loss,
