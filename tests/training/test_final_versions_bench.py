@@ -1,0 +1,65 @@
+"""``bench/final_versions.py``: a loop run's final routed versions are judged on the same fresh
+requests for every policy, a task without a route answers with the base, and a missing run or
+task is a clear CLI error."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from bench.final_versions import judge_run
+from storage.artifacts import write_version
+from storage.suite import Suite
+from tests.training.fast import fast_eval_config
+from workers.training.data import assemble
+from workers.training.sampler import default_ratios
+from workers.training.trainer import train_adapter
+
+REPO = Path(__file__).parent.parent.parent
+
+
+def _run_dir(tmp_path: Path, base_root: Path, routing: dict[str, Any]) -> Path:
+    """A directory laid out as ``bench/loop.py`` leaves a run: report.json and state/artifacts."""
+    run = tmp_path / "adaptive-5"
+    (run / "state" / "artifacts").mkdir(parents=True)
+    os.symlink(base_root / "_base", run / "state" / "artifacts" / "_base")
+    (run / "report.json").write_text(json.dumps({"routing": routing}))
+    return run
+
+
+def test_judges_each_tasks_served_version_on_the_same_requests(
+        tmp_path: Path, bundle: Any, suite: Suite, base_root: Path, train_cfg: Any) -> None:
+    data = assemble(suite, ["greeting"])
+    result = train_adapter(bundle, data, ratios=default_ratios(data.sizes()),
+                           config=train_cfg(steps=8, affinity_measurements=0), general_share=0.3)
+    run = _run_dir(tmp_path, base_root, {})
+    info = write_version(run / "state" / "artifacts", "greeting", 2,
+                         write_files=lambda tmp: result.model.save_pretrained(str(tmp)),
+                         meta={"tasks": ["greeting"], "base_model": suite.base_model})
+    routing = {"greeting": {"adapter": "greeting", "version": 2, "path": str(info.path)}}
+    (run / "report.json").write_text(json.dumps({"routing": routing}))
+
+    ecfg = fast_eval_config()
+    first = judge_run(suite, run, ["greeting", "thanks"], requests=12, seed=3, ecfg=ecfg)
+    again = judge_run(suite, run, ["greeting", "thanks"], requests=12, seed=3, ecfg=ecfg)
+    assert first["greeting"]["version"] == "greeting@2" and first["thanks"]["version"] == "base"
+    assert {r["n"] for r in first.values()} == {12}
+    assert all(0 <= r["accepted"] <= 12 for r in first.values())
+    assert first == again  # same requests, same sampling seed: the same verdicts
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(REPO / "bench" / "final_versions.py"), *args],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+
+
+def test_a_missing_run_or_task_is_a_clear_error(tmp_path: Path) -> None:
+    missing = _cli("--workdir", str(tmp_path), "--seeds", "5")
+    assert missing.returncode != 0 and "Traceback" not in missing.stderr
+    assert "adaptive-5/report.json not found" in missing.stderr
+    bad_task = _cli("--workdir", str(tmp_path), "--seeds", "5", "--tasks", "nope")
+    assert bad_task.returncode == 2 and "unknown task(s) nope" in bad_task.stderr
