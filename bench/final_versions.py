@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 import time
 from collections import Counter
@@ -40,6 +39,7 @@ from bench.loop_stats import rate_difference  # noqa: E402
 from daemon.sim.judge import judge  # noqa: E402
 from daemon.sim.scenario import load_scenario  # noqa: E402
 from storage.suite import Suite  # noqa: E402
+from workers.training.audit import audit_requests  # noqa: E402
 from workers.training.config import EvalConfig  # noqa: E402
 
 POLICIES = ("adaptive", "isolated", "static", "uniform")
@@ -53,23 +53,6 @@ def served(run_dir: Path) -> dict[str, dict[str, Any]]:
                          "first, or pick the seeds and policies it ran")
     routing: dict[str, dict[str, Any]] = json.loads(report.read_text("utf-8"))["routing"]
     return routing
-
-
-def fresh_requests(suite: Suite, task: str, n: int, seed: int) -> list[str]:
-    """``n`` requests for ``task`` from the suite's prompt generators (a task without any: its
-    seed prompts), the same for every policy on ``seed``.
-
-    >>> from storage.suite import load_suite
-    >>> suite = load_suite("builtin:festive-zh")
-    >>> a = fresh_requests(suite, "apology", 3, seed=7)
-    >>> a == fresh_requests(suite, "apology", 3, seed=7) != fresh_requests(suite, "apology", 3, seed=8)
-    True
-    """
-    rng = random.Random(f"final-versions:{seed}:{task}")
-    if suite.tasks[task].prompts:
-        return [suite.prompt_for(task, rng) for _ in range(n)]
-    pool = sorted({e.prompt for e in suite.seed_examples(task)})
-    return rng.choices(pool, k=n) if pool else []
 
 
 def judge_run(suite: Suite, run_dir: Path, tasks: Sequence[str], *, requests: int, seed: int,
@@ -92,7 +75,9 @@ def judge_run(suite: Suite, run_dir: Path, tasks: Sequence[str], *, requests: in
         model = PeftModel.from_pretrained(bundle.model, path) if path else bundle.model
         model.eval()
         for task in path_tasks:
-            asks = fresh_requests(suite, task, requests, seed)
+            # The same requests for every policy on this seed, none the audits asked.
+            asks = audit_requests(suite, task, samples=requests, seed=seed,
+                                  stream="final-versions")
             with torch.no_grad():
                 texts = generate_batch(model, bundle.tokenizer, task, asks,
                                        max_new_tokens=ecfg.max_new_tokens,

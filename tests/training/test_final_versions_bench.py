@@ -15,6 +15,7 @@ from bench.final_versions import judge_run
 from storage.artifacts import write_version
 from storage.suite import Suite
 from tests.training.fast import fast_eval_config
+from workers.training.audit import audit_requests
 from workers.training.data import assemble
 from workers.training.sampler import default_ratios
 from workers.training.trainer import train_adapter
@@ -50,6 +51,16 @@ def test_judges_each_tasks_served_version_on_the_same_requests(
     assert {r["n"] for r in first.values()} == {12}
     assert all(0 <= r["accepted"] <= 12 for r in first.values())
     assert first == again  # same requests, same sampling seed: the same verdicts
+
+
+def test_its_requests_repeat_per_seed_and_are_not_the_audits() -> None:
+    from storage.suite import load_suite
+
+    festive = load_suite("builtin:festive-zh")
+    ours = audit_requests(festive, "apology", samples=3, seed=7, stream="final-versions")
+    assert ours == audit_requests(festive, "apology", samples=3, seed=7, stream="final-versions")
+    assert ours != audit_requests(festive, "apology", samples=3, seed=8, stream="final-versions")
+    assert ours != audit_requests(festive, "apology", samples=3, seed=7)  # the audit's stream
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:

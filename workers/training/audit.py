@@ -48,17 +48,18 @@ from workers.training.trainer import Progress, train_adapter
 
 
 def audit_requests(suite: Suite, task: str, *, samples: int, seed: int,
-                   known: Sequence[str] = ()) -> list[str]:
+                   known: Sequence[str] = (), stream: str = "audit") -> list[str]:
     """``samples`` requests for ``task``: fresh ones from the suite's prompt generators, or,
     for a task without any, drawn from ``known`` (the requests it is known to get; by
-    default its seed prompts). Deterministic in ``seed``.
+    default its seed prompts). Deterministic in ``seed`` and ``stream``: another stream
+    (``bench/final_versions.py``'s) draws other requests than the audit's on the same seed.
 
     >>> from storage.suite import Suite, TaskSpec
     >>> suite = Suite(tasks={"sorry": TaskSpec(risk="high", data="sorry.jsonl")})
     >>> audit_requests(suite, "sorry", samples=4, seed=1, known=["a", "b", "a"])
     ['b', 'a', 'a', 'a']
     """
-    rng = random.Random(f"audit:{seed}:{task}")
+    rng = random.Random(f"{stream}:{seed}:{task}")
     if suite.tasks[task].prompts:
         return [suite.prompt_for(task, rng) for _ in range(samples)]
     pool = sorted(set(known) or {e.prompt for e in suite.seed_examples(task)})
