@@ -36,7 +36,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,9 +56,11 @@ FESTIVE_SHARED = ["festival_wish", "greeting", "praise", "thanks"]
 
 def train_fresh(suite: Suite, artifacts: Path, tasks: list[str], steps: int,
                 seed: int, train: dict[str, Any] | None = None,
-                db: str | None = None) -> tuple[Any, Any, Any, float]:
+                db: str | None = None,
+                ratios: Mapping[str, float] | None = None) -> tuple[Any, Any, Any, float]:
     """A fresh base copy with an adapter over ``tasks`` trained ``steps`` on seed data (plus,
-    with ``db``, the feedback examples stored there, as a training job reads them):
+    with ``db``, the feedback examples stored there, as a training job reads them), on
+    ``ratios`` (default: the temperature prior over data sizes, as a job without a policy):
     (bundle, train result with the model in eval mode, data, training seconds)."""
     from workers.training.base_model import load_base
     from workers.training.config import TrainConfig
@@ -79,7 +81,8 @@ def train_fresh(suite: Suite, artifacts: Path, tasks: list[str], steps: int,
     cfg = TrainConfig.model_validate({"seed": seed, "checkpoint_every": 10**6, **(train or {}),
                                       "steps": steps, "task_scaling": 0.0})
     t0 = time.monotonic()
-    result = train_adapter(bundle, data, ratios=default_ratios(data.sizes()), config=cfg,
+    mix = dict(ratios) if ratios is not None else default_ratios(data.sizes())
+    result = train_adapter(bundle, data, ratios=mix, config=cfg,
                            general_share=cfg.general_share_or(suite.general_share))
     seconds = time.monotonic() - t0
     result.model.eval()
@@ -88,7 +91,9 @@ def train_fresh(suite: Suite, artifacts: Path, tasks: list[str], steps: int,
 
 def audit_trained(suite: Suite, bundle: Any, model: Any, data: Any, seed: int,
                   train: dict[str, Any] | None, db: str | None,
-                  also: Sequence[str]) -> tuple[Any, list[dict[str, Any]], float]:
+                  also: Sequence[str],
+                  ratios: Mapping[str, float] | None = None,
+                  ) -> tuple[Any, list[dict[str, Any]], float]:
     """``model`` self-audited as a training job audits it (``workers/training/audit.py``),
     with the tasks in ``also`` audited as the policy engine's flagged tasks are: (the audited
     model in eval mode, the audit's rounds, seconds)."""
@@ -111,7 +116,8 @@ def audit_trained(suite: Suite, bundle: Any, model: Any, data: Any, seed: int,
                                       "task_scaling": 0.0})
     t0 = time.monotonic()
     model, rounds = audit_adapter(
-        bundle, model, data, suite=suite, ratios=default_ratios(data.sizes()), config=cfg,
+        bundle, model, data, suite=suite,
+        ratios=dict(ratios) if ratios is not None else default_ratios(data.sizes()), config=cfg,
         general_share=cfg.general_share_or(suite.general_share), detector=detector,
         ecfg=EvalConfig(), flagged=also)
     model.eval()
@@ -133,16 +139,20 @@ def answer(suite: Suite, model: Any, tokenizer: Any, task: str, prompts: list[st
 def train_and_judge(suite: Suite, artifacts: Path, tasks: list[str], steps: int,
                     measured: list[str], prompts: int, seed: int,
                     train: dict[str, Any] | None = None, db: str | None = None,
-                    audit: Sequence[str] | None = None) -> dict[str, Any]:
-    """Train one adapter on ``tasks`` for ``steps`` (then, with ``audit``, self-audit it:
-    ``audit_trained``) and judge its answers on ``measured``."""
-    bundle, result, data, seconds = train_fresh(suite, artifacts, tasks, steps, seed, train, db)
+                    audit: Sequence[str] | None = None,
+                    ratios: Mapping[str, float] | None = None) -> dict[str, Any]:
+    """Train one adapter on ``tasks`` for ``steps`` on ``ratios`` (then, with ``audit``,
+    self-audit it: ``audit_trained``) and judge its answers on ``measured``."""
+    bundle, result, data, seconds = train_fresh(suite, artifacts, tasks, steps, seed, train, db,
+                                                ratios)
     out: dict[str, Any] = {"tasks": tasks, "steps": steps, "train_s": round(seconds, 1)}
+    if ratios is not None:
+        out["ratios"] = dict(ratios)
     model = result.model
     if audit is not None:
         model, out["audit"], audit_s = audit_trained(suite, bundle, model, data,
                                                      (train or {}).get("seed", seed), train,
-                                                     db, audit)
+                                                     db, audit, ratios)
         out["audit_s"] = round(audit_s, 1)
     for task in measured:
         rng = random.Random(seed + 5)
@@ -154,6 +164,26 @@ def train_and_judge(suite: Suite, artifacts: Path, tasks: list[str], steps: int,
                      "crosstalk": sum(sources.values()) / prompts,
                      # whose style the crosstalk answers carried, most first
                      "crosstalk_sources": dict(sources.most_common())}
+    return out
+
+
+def parse_mixes(items: list[str], shared: Sequence[str]) -> dict[str, dict[str, float]]:
+    """``NAME=JSON`` task ratios of the shared adapter, normalised; a clear CLI error if a
+    mixture names other tasks than ``shared`` or has a weight that is not positive.
+
+    >>> parse_mixes(['loop={"a": 3, "b": 1}'], ["a", "b"])
+    {'loop': {'a': 0.75, 'b': 0.25}}
+    """
+    out: dict[str, dict[str, float]] = {}
+    for name, value in _key_values("--mix", items, known=None,
+                                   want="a JSON object of ratios").items():
+        if not isinstance(value, dict) or sorted(value) != sorted(shared):
+            sys.exit(f"error: --mix {name}: give a JSON object of ratios for exactly the "
+                     f"shared tasks {', '.join(sorted(shared))}")
+        if not all(isinstance(v, int | float) and v > 0 for v in value.values()):
+            sys.exit(f"error: --mix {name}: every ratio must be a positive number")
+        total = float(sum(value.values()))
+        out[name] = {t: float(v) / total for t, v in sorted(value.items())}
     return out
 
 
@@ -234,10 +264,11 @@ def summary_table(rows: list[dict[str, Any]], measured: list[str], title: str) -
         table.add_column(col, justify="left" if col == "adapter" else "right")
     for t in measured:
         table.add_column(t, justify="right")
-    configs: dict[tuple[tuple[str, ...], int], list[dict[str, Any]]] = {}
+    configs: dict[tuple[tuple[str, ...], int, str], list[dict[str, Any]]] = {}
     for row in rows:
-        configs.setdefault((tuple(row["tasks"]), row["steps"]), []).append(row)
-    for (tasks, steps), group in configs.items():
+        configs.setdefault((tuple(row["tasks"]), row["steps"], row.get("mix", "")),
+                           []).append(row)
+    for (tasks, steps, mix), group in configs.items():
         cells = []
         for t in measured:
             acc = [100 * r[t]["acceptance"] for r in group if t in r]
@@ -245,14 +276,15 @@ def summary_table(rows: list[dict[str, Any]], measured: list[str], title: str) -
             spread = f" ± {statistics.stdev(acc):.1f}" if len(acc) > 1 else ""
             cells.append(f"{statistics.mean(acc):.1f} %{spread} / {statistics.mean(xt):.1f} %"
                          if acc else "")
-        name = "shared" if len(tasks) > 1 else tasks[0]
+        name = ("shared" + (f" ({mix})" if mix else "")) if len(tasks) > 1 else tasks[0]
         table.add_row(name, str(steps), f"{steps / len(tasks):.0f}", str(len(group)), *cells)
     return table
 
 
 def sharing_cost(rows: list[dict[str, Any]], measured: list[str]) -> dict[str, Any]:
-    """Per measured task and shared step count: shared minus alone acceptance (points), per
-    training seed and on average (each seed's shared and alone adapters are paired).
+    """Per measured task and shared step count (and mixture, ``@steps/mix``, if not the
+    prior): shared minus alone acceptance (points), per training seed and on average (each
+    seed's shared and alone adapters are paired).
 
     >>> rows = [{"tasks": ["a", "b"], "steps": 400, "seed": s, "a": {"acceptance": x}}
     ...         for s, x in [(1, 0.96), (2, 0.97)]]
@@ -268,7 +300,8 @@ def sharing_cost(rows: list[dict[str, Any]], measured: list[str]) -> dict[str, A
             a = alone.get((t, r["seed"]))
             if len(r["tasks"]) > 1 and t in r and a is not None:
                 diff = 100 * (r[t]["acceptance"] - a[t]["acceptance"])
-                out.setdefault(f"{t}@{r['steps']}", {})[str(r["seed"])] = round(diff, 2)
+                mix = f"/{r['mix']}" if r.get("mix") else ""
+                out.setdefault(f"{t}@{r['steps']}{mix}", {})[str(r["seed"])] = round(diff, 2)
     return {k: {"per_seed": v, "mean": round(statistics.mean(v.values()), 2)}
             for k, v in out.items()}
 
@@ -301,6 +334,11 @@ def main() -> None:
                     help="with --audit: also audit these tasks of the shared adapter, whatever "
                          "their risk, as a job audits the tasks the policy engine flagged "
                          "(AuditConfig.flagged_rounds rounds)")
+    ap.add_argument("--mix", action="append", default=[], metavar="NAME=JSON",
+                    help="also train the shared adapter on these task ratios (repeatable; "
+                         "normalised), e.g. --mix 'loop={\"greeting\": 0.16, ...}' for the "
+                         "ratios a loop run's rebalances left; the prior (temperature sampling "
+                         "over data sizes, as a job without a policy) always runs")
     data = ap.add_mutually_exclusive_group()
     data.add_argument("--examples", type=Path, metavar="JSONL",
                       help="also train on these feedback examples (JSON lines of training_example "
@@ -314,6 +352,7 @@ def main() -> None:
     tiny = parse_tiny(args.tiny)
     if args.audit_shared and not args.audit:
         sys.exit("error: --audit-shared needs --audit")
+    mixes = parse_mixes(args.mix, args.shared)
     if args.examples is not None and not args.examples.is_file():
         sys.exit(f"error: --examples {args.examples}: no such file")
     import torch
@@ -330,31 +369,38 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         db = examples_db(args.examples, Path(tmp)) if args.examples else args.db
-        plan = [(sorted(args.shared), s) for s in args.steps]
-        plan += [([t], alone_steps) for t in args.measure]
+        plan: list[tuple[list[str], int, str | None]] = [
+            (sorted(args.shared), s, mix) for s in args.steps for mix in [None, *mixes]]
+        plan += [([t], alone_steps, None) for t in args.measure]
         for seed in seeds:
-            for tasks, steps in plan:
+            for tasks, steps, mix in plan:
                 measured = [t for t in args.measure if t in tasks]
                 audit = (args.audit_shared if len(tasks) > 1 else []) if args.audit else None
                 row = train_and_judge(suite, Path(tmp), tasks, steps, measured, args.prompts,
-                                      args.seed, {**train, "seed": seed}, db, audit)
+                                      args.seed, {**train, "seed": seed}, db, audit,
+                                      mixes[mix] if mix else None)
                 row["seed"] = seed
-                console.print(f"seed {seed}: {'+'.join(tasks)} × {steps} steps: " + ", ".join(
+                if mix:
+                    row["mix"] = mix
+                label = f" ({mix})" if mix else ""
+                console.print(f"seed {seed}: {'+'.join(tasks)}{label} × {steps} steps: " + ", ".join(
                     f"{t} {100 * row[t]['acceptance']:.1f} %" for t in measured))
                 rows.append(row)
     console.print(summary_table(rows, args.measure, f"{suite.name}: acceptance / crosstalk of "
                                 f"{args.prompts} sampled answers per task"))
     cost = sharing_cost(rows, args.measure)
     for key, c in cost.items():
-        task, steps = key.split("@")
+        task, config = key.split("@")
+        steps, _, mix = config.partition("/")
         per_seed = ", ".join(f"{v:+.1f}" for v in c["per_seed"].values())
-        console.print(f"{task}: shared ({steps} steps) minus alone ({alone_steps}): "
+        console.print(f"{task}: shared ({steps} steps{', mix ' + mix if mix else ''}) minus "
+                      f"alone ({alone_steps}): "
                       f"{c['mean']:+.1f} points (per seed {per_seed})")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "suite": suite.name, "prompts": args.prompts, "seed": args.seed, "seeds": seeds,
         "train_overrides": train, "tiny_overrides": tiny, "audit": args.audit,
-        "audit_shared": args.audit_shared,
+        "audit_shared": args.audit_shared, "mixes": mixes,
         "examples": str(args.examples) if args.examples else args.db,
         "sharing_cost_points": cost, "runs": rows}, indent=1))
     console.print(f"wrote {args.out}")

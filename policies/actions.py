@@ -119,7 +119,10 @@ def apply_rebalance(
             ts.rebalances += 1
             ts.last_rebalance_at = now
             counted.append(t)
-    ad.ratios = update_ratios(ad.ratios, pressure, config.ratios)
+    # Anchored to the prior over today's data sizes (RatioConfig.max_drift): without it the
+    # steps of many rebalances add up and starve a task nobody raises.
+    sizes = {t: st.tasks[t].data_size for t in ad.tasks}
+    ad.ratios = update_ratios(ad.ratios, pressure, config.ratios, sizes=sizes)
     for t in counted:  # see policies.mixture.rebalanced_leak
         st.tasks[t].rebalanced_ratio = ad.ratios.version
     _start_training(ad, now, config)

@@ -69,6 +69,63 @@ def test_update_is_bounded_and_feasible(data: dict[str, int], cfg: RatioConfig, 
         assert old / grow - EPS <= new.weights[k] <= old * grow + EPS
 
 
+@settings(max_examples=150, deadline=None)
+@given(sizes, configs, st.floats(0.05, 1.0), st.lists(st.floats(0.01, 1.0), min_size=8, max_size=8),
+       st.lists(st.floats(-3.0, 3.0), min_size=8, max_size=8))
+def test_anchored_update_stays_within_drift_of_the_prior(
+    data: dict[str, int], cfg: RatioConfig, drift: float, start: list[float], p: list[float]
+) -> None:
+    cfg = RatioConfig(temperature=cfg.temperature, floor=cfg.floor, cap=cfg.cap,
+                      max_step=cfg.max_step, max_drift=drift)
+    names = sorted(data)
+    # Any feasible starting mix, e.g. one left by older data sizes or another config.
+    state = RatioState(prior_ratios(dict(zip(names, start, strict=False)), cfg), version=2)
+    new = update_ratios(state, {k: p[i] for i, k in enumerate(names)}, cfg, sizes=data)
+    check_feasible(new.weights, cfg)
+    lower, upper = cfg.band(prior_ratios(data, cfg))
+    for k in names:
+        assert lower[k] - EPS <= new.weights[k] <= upper[k] + EPS
+
+
+def test_anchor_stops_repeated_steps_from_starving_a_task() -> None:
+    # The loop's case (seed 67): one task raised again and again, another lowered as a leak
+    # source once and never raised; sizes nearly equal.
+    data = {"fw": 569, "gr": 626, "pr": 356, "th": 338}
+    for drift, starved in [(None, True), (0.25, False)]:
+        cfg = RatioConfig(max_drift=drift)
+        s = RatioState(prior_ratios(data, cfg))
+        s = update_ratios(s, {"gr": -1.0, "fw": 1.0}, cfg, sizes=data)
+        for _ in range(6):
+            s = update_ratios(s, {"fw": 1.0}, cfg, sizes=data)
+        prior = prior_ratios(data, cfg)
+        assert (s.weights["gr"] < prior["gr"] / 1.25 - EPS) is starved
+        assert (s.weights["fw"] > prior["fw"] * 1.25 + EPS) is starved
+        if not starved:
+            assert s.weights["fw"] == pytest.approx(prior["fw"] * 1.25)
+    # Without sizes an update is bounded by floor and cap only, as before.
+    s = RatioState(prior_ratios(data))
+    for _ in range(6):
+        s = update_ratios(s, {"fw": 1.0})
+    assert s.weights["fw"] > prior_ratios(data)["fw"] * 1.25
+
+
+def test_a_mix_outside_the_band_is_brought_back_inside() -> None:
+    # Sizes changed since the ratios were set: the old mix is projected into the new band.
+    cfg = RatioConfig(max_drift=0.25)
+    s = RatioState({"a": 0.8, "b": 0.2}, version=5)
+    new = update_ratios(s, {}, cfg, sizes={"a": 100, "b": 100})
+    assert new.weights == pytest.approx({"a": 0.6, "b": 0.4})  # b at its lower bound 0.5/1.25
+    assert new.version == 6
+
+
+def test_max_drift_is_validated_and_round_trips() -> None:
+    with pytest.raises(ValueError, match="max_drift"):
+        RatioConfig(max_drift=0.0)
+    for drift in (None, 0.5):
+        cfg = RatioConfig(max_drift=drift)
+        assert RatioConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
 def test_temperature_flattens_and_floor_cap_bind() -> None:
     data = {"big": 10_000, "mid": 900, "tiny": 4}
     t1 = prior_ratios(data, RatioConfig(temperature=1.0, floor=0.0, cap=1.0))
