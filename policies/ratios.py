@@ -75,7 +75,8 @@ class RatioConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Self:
-        return cls(**{k: None if v is None else float(v) for k, v in data.items()})
+        kwargs: dict[str, Any] = {k: None if v is None else float(v) for k, v in data.items()}
+        return cls(**kwargs)
 
     def band(self, prior: Mapping[str, float]) -> tuple[dict[str, float], dict[str, float]]:
         """Per-task bounds of an update: floor and cap, narrowed to ``max_drift`` around
