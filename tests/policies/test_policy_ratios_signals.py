@@ -223,3 +223,12 @@ def test_profile_validation() -> None:
     with pytest.raises(ValueError):
         TaskProfile("extreme", "x")  # type: ignore[arg-type]
     assert TaskProfile.from_dict(TaskProfile("high", "t").to_dict()) == TaskProfile("high", "t")
+
+
+def test_the_operator_can_turn_the_anchor_off() -> None:
+    from policies.config import PolicyConfig
+
+    assert PolicyConfig().ratios.max_drift == 0.25
+    off = PolicyConfig.from_dict(json.loads('{"ratios": {"max_drift": null}}'))
+    assert off.ratios.max_drift is None and off.ratios.max_step == RatioConfig().max_step
+    assert PolicyConfig.from_dict(off.to_dict()) == off
