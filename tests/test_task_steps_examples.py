@@ -81,3 +81,22 @@ def test_tiny_override_builds_another_base() -> None:
         TINY_SPEC.clear()
         TINY_SPEC.update(saved)
     assert tiny_cache_key(suite) == shipped_key
+
+
+@pytest.mark.parametrize(("mix", "message"), [
+    ('x={"greeting": 1}', "error: --mix x: give a JSON object of ratios for exactly the shared"),
+    ('x={"greeting": 1, "festival_wish": 0}', "error: --mix x: every ratio must be a positive"),
+    ("x=[1]", "error: --mix x: give a JSON object"),
+    ("x", "error: --mix 'x': want KEY=VALUE with a JSON object of ratios"),
+])
+def test_bad_mix_is_a_clear_error(tmp_path: Path, mix: str, message: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench/task_steps.py"), "--shared", "festival_wish",
+         "greeting", "--mix", mix, "--steps", "1", "--prompts", "1",
+         "--out", str(tmp_path / "out.json")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode != 0
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "out.json").exists()

@@ -1,4 +1,5 @@
-"""bench/retention.py --general-share: the share reaches training, bad values are CLI errors."""
+"""bench/retention.py --general-share and task_steps --mix: the share and the ratios reach
+training; bad values are CLI errors."""
 
 from __future__ import annotations
 
@@ -22,6 +23,19 @@ def test_configured_general_share_overrides_the_suites(suite: Suite, base_root: 
                                   train={"general_share": share, "batch_examples": 8})
     total = sum(result.drawn.values())
     assert abs(result.drawn.get("_general", 0) - share * total) <= 0.05 * total
+
+
+def test_given_ratios_reach_training(suite: Suite, base_root: Path) -> None:
+    # bench/task_steps.py --mix: the shared adapter draws its tasks on the given ratios, not
+    # on the prior over data sizes (one mixed stage: the others follow losses and blocks).
+    tasks = sorted(suite.tasks)[:2]
+    mix = {tasks[0]: 0.8, tasks[1]: 0.2}
+    _, result, _, _ = train_fresh(suite, base_root, tasks, 20, seed=0, ratios=mix,
+                                  train={"general_share": 0.0, "negative_share": 0.0,
+                                         "batch_examples": 10,
+                                         "stages": [{"kind": "mixed", "fraction": 1.0}]})
+    drawn = {t: result.drawn.get(t, 0) for t in tasks}
+    assert drawn[tasks[0]] == 4 * drawn[tasks[1]] > 0
 
 
 @pytest.mark.parametrize("bad", ["1.5", "-0.1"])
