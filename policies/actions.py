@@ -25,6 +25,8 @@ __all__ = [
     "audit_flags",
     "isolated_adapter_name",
     "override",
+    "rebalance_move",
+    "rebalance_pressure",
     "reject",
     "task_numbers",
 ]
@@ -81,19 +83,15 @@ def _start_training(ad: AdapterState, now: float, config: PolicyConfig) -> None:
     ad.cooldown_until = max(ad.cooldown_until, now + config.cooldown_s)
 
 
-def apply_rebalance(
-    st: PolicyState,
-    adapter: str,
-    affected: list[str],
-    *,
-    now: float,
-    config: PolicyConfig,
-    reason: str,
-) -> Decision:
-    """Raise the affected tasks' ratios, lower their crosstalk sources', then retrain."""
+def rebalance_pressure(
+    st: PolicyState, adapter: str, affected: list[str], config: PolicyConfig
+) -> tuple[dict[str, float], list[str]]:
+    """What a rebalance of ``affected`` would do to ``adapter``'s mix: the pressure on each
+    task's ratio (raise the affected, lower their crosstalk sources) and the affected tasks
+    for which it counts towards a fork. Reads the state, changes nothing."""
     ad = st.adapters[adapter]
     pressure: dict[str, float] = {}
-    counted: list[str] = []  # tasks for which this rebalance counts towards a fork
+    counted: list[str] = []
     for t in affected:
         ts = st.tasks[t]
         rp = config.for_risk(ts.profile.risk)
@@ -116,19 +114,52 @@ def apply_rebalance(
         if slow is None:
             # A rebalance for a leak only the mixture tally sees never counts towards a
             # fork (policies.mixture); any other does, an operator's included.
-            ts.rebalances += 1
-            ts.last_rebalance_at = now
             counted.append(t)
+    return pressure, counted
+
+
+def rebalance_move(
+    st: PolicyState, adapter: str, affected: list[str], config: PolicyConfig
+) -> tuple[float, RatioState]:
+    """How much of ``adapter``'s mix a rebalance of ``affected`` would move, and the ratios it
+    would set. The move is the total variation distance between those ratios and the ones an
+    update without pressure gives (the current ratios brought inside today's bounds), so
+    what counts is the rebalance's own doing, not the anchor following the data sizes. Near
+    zero when the raised tasks sit at their ceilings and their sources at their floors: the
+    mixture has nothing left to give (``RatioConfig.min_move``)."""
+    ad = st.adapters[adapter]
+    pressure, _ = rebalance_pressure(st, adapter, affected, config)
     # Anchored to the prior over today's data sizes (RatioConfig.max_drift): without it the
     # steps of many rebalances add up and starve a task nobody raises.
     sizes = {t: st.tasks[t].data_size for t in ad.tasks}
-    ad.ratios = update_ratios(ad.ratios, pressure, config.ratios, sizes=sizes)
+    new = update_ratios(ad.ratios, pressure, config.ratios, sizes=sizes)
+    still = update_ratios(ad.ratios, {}, config.ratios, sizes=sizes)
+    move = 0.5 * sum(abs(new.weights[t] - still.weights[t]) for t in new.weights)
+    return move, new
+
+
+def apply_rebalance(
+    st: PolicyState,
+    adapter: str,
+    affected: list[str],
+    *,
+    now: float,
+    config: PolicyConfig,
+    reason: str,
+) -> Decision:
+    """Raise the affected tasks' ratios, lower their crosstalk sources', then retrain."""
+    ad = st.adapters[adapter]
+    pressure, counted = rebalance_pressure(st, adapter, affected, config)
+    move, ad.ratios = rebalance_move(st, adapter, affected, config)
     for t in counted:  # see policies.mixture.rebalanced_leak
+        st.tasks[t].rebalances += 1
+        st.tasks[t].last_rebalance_at = now
         st.tasks[t].rebalanced_ratio = ad.ratios.version
     _start_training(ad, now, config)
     signals = {
         "tasks": {t: task_numbers(st, t) for t in affected},
         "pressure": {t: round(p, 6) for t, p in sorted(pressure.items())},
+        "move": round(move, 6),
         "targeted": sorted(affected),
         "audit": audit_flags(st, adapter, config),
     }

@@ -26,8 +26,10 @@
      them is degraded), or one task buffered its risk level's own ``min_new_examples``
      (by default high risk: 100, so a rare high-risk task's fork keeps learning from its
      feedback);
-3. gates: cool-downs, an adapter still waiting for its last job's promotion, the job cap and
-   one action per adapter per run; a blocked candidate becomes a ``hold`` (logged once per
+3. gates: cool-downs, an adapter still waiting for its last job's promotion, a rebalance of
+   tasks never forked after rebalances that would move less than ``RatioConfig.min_move`` of
+   the mix (its tasks sit at their ratio bounds), the job cap and one action per adapter per
+   run; a blocked candidate becomes a ``hold`` (logged once per
    reason, not every run); with ``propose_only_high_risk`` a fork/merge/rollback touching a
    high-risk task becomes a ``proposed`` decision stored in ``state.pending``.
 

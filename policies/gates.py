@@ -1,9 +1,10 @@
 """Gates and application: whether a candidate action may happen now, and doing it.
 
 A candidate is what ``engine.decide`` wants for a task; ``blocked`` says why it cannot
-happen in this run (cool-down, pending promotion, rejected version, job cap, a proposal
-awaiting the operator), ``hold`` logs that once per kind of block, ``propose`` stores a
-structural action for approval, and ``apply`` carries it out on the state.
+happen in this run (cool-down, pending promotion, rejected version, a rebalance the mixture
+has no room for, job cap, a proposal awaiting the operator), ``hold`` logs that once per kind
+of block, ``propose`` stores a structural action for approval, and ``apply`` carries it out
+on the state.
 """
 
 from __future__ import annotations
@@ -11,7 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from policies.actions import apply_fork, apply_merge, apply_rebalance, apply_retrain, apply_rollback
+from policies.actions import (
+    apply_fork,
+    apply_merge,
+    apply_rebalance,
+    apply_retrain,
+    apply_rollback,
+    rebalance_move,
+)
 from policies.config import PolicyConfig
 from policies.decision import Action, Decision
 from policies.signals import RISK_LEVELS
@@ -65,9 +73,28 @@ def blocked(
         if missing > 0:
             return ("rejected", f"{adapter}'s last version was rejected; it trains again "
                     f"with {missing} more examples")  # fmt: skip
+    if c.action == "rebalance" and (why := _saturated(st, c, config)) is not None:
+        return ("saturated", why)
     if c.action in TRAINING and slots <= 0:
         return ("job-cap", f"job cap: {config.max_concurrent_jobs} training job(s) at most")
     return None
+
+
+def _saturated(st: PolicyState, c: Candidate, config: PolicyConfig) -> str | None:
+    """Why a rebalance would be a training run for nothing, or ``None``: its tasks sit at
+    their ratio bounds, so it would move less than ``RatioConfig.min_move`` of the mix.
+    Only for tasks that are never forked after rebalances (by default low risk): a task
+    that can be must have its rebalances, which are the way to its fork. The adapter's
+    retrains on new data go on, and they self-audit its leaking tasks (``audit_flags``)."""
+    floor = config.ratios.min_move
+    if floor <= 0 or any(config.for_risk(st.tasks[t].profile.risk).fork_after_rebalances
+                         is not None for t in c.tasks):
+        return None
+    move, _ = rebalance_move(st, c.adapter, c.tasks, config)
+    if move >= floor:
+        return None
+    return (f"the mixture is at its bounds: this rebalance would move {move:.2%} of it "
+            f"(min_move {floor:.0%})")
 
 
 def hold(st: PolicyState, c: Candidate, why: tuple[str, str], now: float) -> Decision | None:

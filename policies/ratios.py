@@ -49,12 +49,18 @@ class RatioConfig:
     max_step: float = 0.25  # per update, a ratio moves by at most this factor (+25% / -20%)
     # Updates keep every ratio within this factor of its prior (None: no anchor).
     max_drift: float | None = 0.25
+    # A rebalance that would move less of the mix than this (total variation distance, beyond
+    # what following the data sizes moves anyway) is not worth a training run: its tasks sit
+    # at their bounds. 0: every rebalance trains. See policies.actions.rebalance_move.
+    min_move: float = 0.01
 
     def __post_init__(self) -> None:
         if self.temperature <= 0 or self.max_step <= 0:
             raise ValueError("temperature and max_step must be > 0")
         if self.max_drift is not None and self.max_drift <= 0:
             raise ValueError(f"max_drift must be > 0 or None (no anchor), got {self.max_drift}")
+        if not 0.0 <= self.min_move < 1.0:
+            raise ValueError(f"min_move must be in [0, 1), got {self.min_move}")
         if not 0.0 <= self.floor <= self.cap <= 1.0:
             raise ValueError("need 0 <= floor <= cap <= 1")
 
@@ -71,6 +77,7 @@ class RatioConfig:
             "cap": self.cap,
             "max_step": self.max_step,
             "max_drift": self.max_drift,
+            "min_move": self.min_move,
         }
 
     @classmethod
