@@ -36,7 +36,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from bench.loop_stats import rate_difference  # noqa: E402
-from daemon.sim.judge import judge  # noqa: E402
+from daemon.sim.judge import Verdict, judge  # noqa: E402
 from daemon.sim.scenario import load_scenario  # noqa: E402
 from storage.suite import Suite  # noqa: E402
 from workers.training.audit import audit_requests  # noqa: E402
@@ -55,15 +55,55 @@ def served(run_dir: Path) -> dict[str, dict[str, Any]]:
     return routing
 
 
+def sampled_verdicts(model: Any, tokenizer: Any, suite: Suite, task: str, *, requests: int,
+                     seed: int, stream: str, ecfg: EvalConfig) -> list[Verdict]:
+    """``model``'s answers to ``requests`` fresh requests for ``task`` (``stream``'s own, the
+    same for every model on ``seed``), sampled as production samples (``ecfg``'s temperature,
+    top-p and length) and judged as the simulator judges."""
+    import torch
+
+    from workers.training.generate import generate_batch
+
+    asks = audit_requests(suite, task, samples=requests, seed=seed, stream=stream)
+    with torch.no_grad():
+        texts = generate_batch(model, tokenizer, task, asks, max_new_tokens=ecfg.max_new_tokens,
+                               temperature=ecfg.temperature, top_p=ecfg.top_p, seed=seed,
+                               batch_size=ecfg.batch_size)
+    return [judge(suite, task, t) for t in texts]
+
+
+def add_run_args(ap: argparse.ArgumentParser, *, requests: int, out: str) -> None:
+    """The options this bench and ``bench/served_versions.py`` share: which loop runs, which
+    tasks, how many requests, where the JSON goes."""
+    ap.add_argument("--workdir", type=Path, required=True, help="bench/loop.py's --workdir")
+    ap.add_argument("--seeds", type=int, nargs="+", required=True)
+    ap.add_argument("--policies", nargs="+", default=["adaptive", "isolated"], choices=POLICIES)
+    ap.add_argument("--scenario", default="builtin:holiday-zh")
+    ap.add_argument("--tasks", nargs="+", default=None, help="default: every task of the suite")
+    ap.add_argument("--requests", type=int, default=requests, help="requests judged per task "
+                    "and version")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench/results" / out)
+
+
+def suite_and_tasks(ap: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[Suite, list[str]]:
+    """The scenario's suite and the tasks to judge; bad options are CLI errors."""
+    if args.requests < 1:
+        ap.error("--requests must be at least 1")
+    suite = load_scenario(args.scenario)[1]
+    tasks: list[str] = args.tasks or sorted(suite.tasks)
+    unknown = sorted(set(tasks) - set(suite.tasks))
+    if unknown:
+        ap.error(f"unknown task(s) {', '.join(unknown)}; the suite has {', '.join(sorted(suite.tasks))}")
+    return suite, tasks
+
+
 def judge_run(suite: Suite, run_dir: Path, tasks: Sequence[str], *, requests: int, seed: int,
               ecfg: EvalConfig) -> dict[str, dict[str, Any]]:
     """Per task: its served version, and how many of ``requests`` answers were accepted and
     whose style the crosstalk answers carried. A task without a route answers with the base."""
-    import torch
     from peft import PeftModel
 
     from workers.training.base_model import load_base
-    from workers.training.generate import generate_batch
 
     routing = served(run_dir)
     bundle = load_base(suite, run_dir / "state" / "artifacts")
@@ -76,14 +116,8 @@ def judge_run(suite: Suite, run_dir: Path, tasks: Sequence[str], *, requests: in
         model.eval()
         for task in path_tasks:
             # The same requests for every policy on this seed, none the audits asked.
-            asks = audit_requests(suite, task, samples=requests, seed=seed,
-                                  stream="final-versions")
-            with torch.no_grad():
-                texts = generate_batch(model, bundle.tokenizer, task, asks,
-                                       max_new_tokens=ecfg.max_new_tokens,
-                                       temperature=ecfg.temperature, top_p=ecfg.top_p,
-                                       seed=seed, batch_size=ecfg.batch_size)
-            verdicts = [judge(suite, task, t) for t in texts]
+            verdicts = sampled_verdicts(model, bundle.tokenizer, suite, task, requests=requests,
+                                        seed=seed, stream="final-versions", ecfg=ecfg)
             sources = Counter(v.crosstalk_source for v in verdicts if v.crosstalk_source)
             route = routing.get(task)
             out[task] = {"version": f"{route['adapter']}@{route['version']}" if route else "base",
@@ -149,22 +183,10 @@ def table(rows: dict[str, dict[str, Any]], tasks: Sequence[str], baseline: str) 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--workdir", type=Path, required=True, help="bench/loop.py's --workdir")
-    ap.add_argument("--seeds", type=int, nargs="+", required=True)
-    ap.add_argument("--policies", nargs="+", default=["adaptive", "isolated"], choices=POLICIES)
-    ap.add_argument("--scenario", default="builtin:holiday-zh")
-    ap.add_argument("--tasks", nargs="+", default=None, help="default: every task of the suite")
-    ap.add_argument("--requests", type=int, default=1000, help="requests judged per task")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench/results/final_versions.json")
+    add_run_args(ap, requests=1000, out="final_versions.json")
     args = ap.parse_args()
-    if args.requests < 1:
-        ap.error("--requests must be at least 1")
+    suite, tasks = suite_and_tasks(ap, args)
     console = Console() if sys.stdout.isatty() else Console(width=140)
-    suite = load_scenario(args.scenario)[1]
-    tasks = args.tasks or sorted(suite.tasks)
-    unknown = sorted(set(tasks) - set(suite.tasks))
-    if unknown:
-        ap.error(f"unknown task(s) {', '.join(unknown)}; the suite has {', '.join(sorted(suite.tasks))}")
     for seed in args.seeds:  # every run must be there before an hour of judging starts
         for policy in args.policies:
             served(args.workdir / f"{policy}-{seed}")

@@ -36,12 +36,9 @@ if str(ROOT) not in sys.path:  # `python bench/served_versions.py` from anywhere
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from bench.final_versions import POLICIES  # noqa: E402
-from daemon.sim.judge import judge  # noqa: E402
-from daemon.sim.scenario import load_scenario  # noqa: E402
+from bench.final_versions import add_run_args, sampled_verdicts, suite_and_tasks  # noqa: E402
 from storage.artifacts import version_dir  # noqa: E402
 from storage.suite import Suite  # noqa: E402
-from workers.training.audit import audit_requests  # noqa: E402
 from workers.training.config import EvalConfig  # noqa: E402
 
 
@@ -85,7 +82,7 @@ def weighted(versions: dict[str, dict[str, Any]]) -> tuple[float, float]:
 
     >>> weighted({"a@1": {"served": 3, "accepted": 90, "n": 100},
     ...           "a@2": {"served": 1, "accepted": 50, "n": 100}})
-    (0.8, 0.0395)
+    (0.8, 0.0257)
     """
     total = sum(v["served"] for v in versions.values())
     mean = sum(v["served"] * v["accepted"] / v["n"] for v in versions.values()) / total
@@ -98,11 +95,9 @@ def judge_served(suite: Suite, run_dir: Path, tasks: Sequence[str], *, requests:
                  ecfg: EvalConfig) -> dict[str, dict[str, Any]]:
     """Per task: each version that served it in the final phase, with the requests it served
     and its judged rate on ``requests`` fresh requests; and the weighted expectation."""
-    import torch
     from peft import PeftModel
 
     from workers.training.base_model import load_base
-    from workers.training.generate import generate_batch
 
     counts = served_counts(run_dir, final_phase_start(run_dir))
     artifacts = run_dir / "state" / "artifacts"
@@ -122,14 +117,8 @@ def judge_served(suite: Suite, run_dir: Path, tasks: Sequence[str], *, requests:
         model.eval()
         for task in version_tasks:
             # The same requests for every version and policy on this seed.
-            asks = audit_requests(suite, task, samples=requests, seed=seed,
-                                  stream="served-versions")
-            with torch.no_grad():
-                texts = generate_batch(model, bundle.tokenizer, task, asks,
-                                       max_new_tokens=ecfg.max_new_tokens,
-                                       temperature=ecfg.temperature, top_p=ecfg.top_p,
-                                       seed=seed, batch_size=ecfg.batch_size)
-            verdicts = [judge(suite, task, t) for t in texts]
+            verdicts = sampled_verdicts(model, bundle.tokenizer, suite, task, requests=requests,
+                                        seed=seed, stream="served-versions", ecfg=ecfg)
             judged[task][version] = {"served": counts[task][version], "n": len(verdicts),
                                      "accepted": sum(v.accepted for v in verdicts)}
         if version != "base":
@@ -179,22 +168,10 @@ def table(results: dict[str, dict[int, dict[str, dict[str, Any]]]], tasks: Seque
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--workdir", type=Path, required=True, help="bench/loop.py's --workdir")
-    ap.add_argument("--seeds", type=int, nargs="+", required=True)
-    ap.add_argument("--policies", nargs="+", default=["adaptive", "isolated"], choices=POLICIES)
-    ap.add_argument("--scenario", default="builtin:holiday-zh")
-    ap.add_argument("--tasks", nargs="+", default=None, help="default: every task of the suite")
-    ap.add_argument("--requests", type=int, default=500, help="requests judged per version")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench/results/served_versions.json")
+    add_run_args(ap, requests=500, out="served_versions.json")
     args = ap.parse_args()
-    if args.requests < 1:
-        ap.error("--requests must be at least 1")
+    suite, tasks = suite_and_tasks(ap, args)
     console = Console() if sys.stdout.isatty() else Console(width=140)
-    suite = load_scenario(args.scenario)[1]
-    tasks = args.tasks or sorted(suite.tasks)
-    unknown = sorted(set(tasks) - set(suite.tasks))
-    if unknown:
-        ap.error(f"unknown task(s) {', '.join(unknown)}; the suite has {', '.join(sorted(suite.tasks))}")
     for seed in args.seeds:  # every run must be there before the judging starts
         for policy in args.policies:
             final_phase_start(args.workdir / f"{policy}-{seed}")
