@@ -119,16 +119,16 @@ def rebalance_pressure(
 
 
 def rebalance_move(
-    st: PolicyState, adapter: str, affected: list[str], config: PolicyConfig
+    st: PolicyState, adapter: str, pressure: dict[str, float], config: PolicyConfig
 ) -> tuple[float, RatioState]:
-    """How much of ``adapter``'s mix a rebalance of ``affected`` would move, and the ratios it
-    would set. The move is the total variation distance between those ratios and the ones an
-    update without pressure gives (the current ratios brought inside today's bounds), so
-    what counts is the rebalance's own doing, not the anchor following the data sizes. Near
-    zero when the raised tasks sit at their ceilings and their sources at their floors: the
-    mixture has nothing left to give (``RatioConfig.min_move``)."""
+    """How much of ``adapter``'s mix a rebalance with ``pressure`` (``rebalance_pressure``)
+    would move, and the ratios it would set. The move is the total variation distance
+    between those ratios and the ones an update without pressure gives (the current ratios
+    brought inside today's bounds), so what counts is the rebalance's own doing, not the
+    anchor following the data sizes. Near zero when the raised tasks sit at their ceilings
+    and their sources at their floors: the mixture has nothing left to give
+    (``RatioConfig.min_move``)."""
     ad = st.adapters[adapter]
-    pressure, _ = rebalance_pressure(st, adapter, affected, config)
     # Anchored to the prior over today's data sizes (RatioConfig.max_drift): without it the
     # steps of many rebalances add up and starve a task nobody raises.
     sizes = {t: st.tasks[t].data_size for t in ad.tasks}
@@ -150,7 +150,7 @@ def apply_rebalance(
     """Raise the affected tasks' ratios, lower their crosstalk sources', then retrain."""
     ad = st.adapters[adapter]
     pressure, counted = rebalance_pressure(st, adapter, affected, config)
-    move, ad.ratios = rebalance_move(st, adapter, affected, config)
+    move, ad.ratios = rebalance_move(st, adapter, pressure, config)
     for t in counted:  # see policies.mixture.rebalanced_leak
         st.tasks[t].rebalances += 1
         st.tasks[t].last_rebalance_at = now

@@ -19,6 +19,7 @@ from policies.actions import (
     apply_retrain,
     apply_rollback,
     rebalance_move,
+    rebalance_pressure,
 )
 from policies.config import PolicyConfig
 from policies.decision import Action, Decision
@@ -90,7 +91,8 @@ def _saturated(st: PolicyState, c: Candidate, config: PolicyConfig) -> str | Non
     if floor <= 0 or any(config.for_risk(st.tasks[t].profile.risk).fork_after_rebalances
                          is not None for t in c.tasks):
         return None
-    move, _ = rebalance_move(st, c.adapter, c.tasks, config)
+    pressure, _ = rebalance_pressure(st, c.adapter, c.tasks, config)
+    move, _ = rebalance_move(st, c.adapter, pressure, config)
     if move >= floor:
         return None
     return (f"the mixture is at its bounds: this rebalance would move {move:.2%} of it "

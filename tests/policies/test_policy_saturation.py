@@ -13,7 +13,7 @@ from dataclasses import replace
 import pytest
 
 from policies import PolicyConfig, PolicyState, TaskProfile, TaskSignals, decide, init_state, on_promotion
-from policies.actions import rebalance_move
+from policies.actions import rebalance_move, rebalance_pressure
 from policies.decision import Decision
 from policies.ratios import RatioConfig
 from tests.policies.test_policy_engine import T0, feed, roundtrip
@@ -60,7 +60,7 @@ def test_a_low_risk_leak_at_its_bounds_stops_retraining() -> None:
     assert all(d.signals["move"] >= CFG.ratios.min_move for d in rebalances)
     assert len(holds) == 1 and "the mixture is at its bounds" in holds[0].reason  # logged once
     assert seen[-1] == holds[0]  # and after it, for the remaining rounds, nothing trains
-    move, _ = rebalance_move(st, "shared", ["l"], CFG)
+    move, _ = rebalance_move(st, "shared", rebalance_pressure(st, "shared", ["l"], CFG)[0], CFG)
     assert move < CFG.ratios.min_move
     # Without the rule every round retrains on (nearly) the same mix.
     off = replace(CFG, ratios=replace(CFG.ratios, min_move=0.0))
