@@ -47,7 +47,7 @@ from bench.loop_stats import (
     pooled_vs,
 )
 from daemon.settings import Settings
-from daemon.sim.run import POLICIES, run_simulation
+from daemon.sim.run import POLICIES, SIM_POLICY, run_simulation
 from daemon.sim.scenario import load_scenario
 
 
@@ -272,8 +272,9 @@ def main() -> None:
     ap.add_argument("--gather", type=Path, nargs="+", default=None, metavar="RESULTS",
                     help="run nothing: one table from earlier results files of the scenario "
                          "(e.g. runs of other seeds); --seeds and --policies are ignored")
-    ap.add_argument("--min-new", type=int, default=300,
-                    help="new examples that trigger a retrain (all policies)")
+    ap.add_argument("--min-new", type=int, default=SIM_POLICY["min_new_examples"],
+                    help="new examples that trigger a retrain (all policies; default: the "
+                         "simulation's, as in `adaptd demo`)")
     ap.add_argument("--task-scaling", type=float, default=None, metavar="X",
                     help="TrainConfig.task_scaling for every run (default: the trainer's, 0 = "
                          "fixed steps; 1 trains an n-task adapter n times the steps)")

@@ -48,7 +48,8 @@ def test_smoke_scenario_runs_the_whole_loop(make_settings, tmp_path: Path) -> No
     report_path = tmp_path / "report.json"
     report = run_simulation(settings, "builtin:smoke", policy="adaptive", report_path=report_path,
                             workdir=tmp_path / "state", console=Console(quiet=True),
-                            base_cache=tmp_path.parent / "adaptd-base-cache")
+                            base_cache=tmp_path.parent / "adaptd-base-cache",
+                            policy_overrides={"min_new_examples": 150})  # 150 events
     check_contract(report, {"greeting", "festival_wish", "thanks", "praise", "apology",
                             "complaint_reply"}, 150)
     on_disk = json.loads(report_path.read_text("utf-8"))
