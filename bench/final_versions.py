@@ -38,7 +38,7 @@ from rich.table import Table  # noqa: E402
 from bench.loop_stats import rate_difference  # noqa: E402
 from daemon.sim.judge import Verdict, judge  # noqa: E402
 from daemon.sim.scenario import load_scenario  # noqa: E402
-from storage.suite import Suite  # noqa: E402
+from storage.suite import Suite, SuiteError  # noqa: E402
 from workers.training.audit import audit_requests  # noqa: E402
 from workers.training.config import EvalConfig  # noqa: E402
 
@@ -89,7 +89,10 @@ def suite_and_tasks(ap: argparse.ArgumentParser, args: argparse.Namespace) -> tu
     """The scenario's suite and the tasks to judge; bad options are CLI errors."""
     if args.requests < 1:
         ap.error("--requests must be at least 1")
-    suite = load_scenario(args.scenario)[1]
+    try:
+        suite = load_scenario(args.scenario)[1]
+    except SuiteError as exc:  # a missing or invalid scenario or suite file
+        ap.error(str(exc))
     tasks: list[str] = args.tasks or sorted(suite.tasks)
     unknown = sorted(set(tasks) - set(suite.tasks))
     if unknown:

@@ -74,3 +74,21 @@ def test_a_missing_run_or_task_is_a_clear_error(tmp_path: Path) -> None:
     assert "adaptive-5/report.json not found" in missing.stderr
     bad_task = _cli("--workdir", str(tmp_path), "--seeds", "5", "--tasks", "nope")
     assert bad_task.returncode == 2 and "unknown task(s) nope" in bad_task.stderr
+
+
+
+def test_a_bad_scenario_is_a_clear_error(tmp_path: Path) -> None:
+    """A scenario whose suite does not load (here a task's data file has no examples) used to
+    end the bench in a traceback."""
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "suite.yaml").write_text(
+        "name: one\nbase_model: builtin:tiny\ntasks:\n  quiet: {risk: low, data: empty.jsonl}\n")
+    (tmp_path / "scenario.yaml").write_text(
+        f"seed: 5\nsuite: {tmp_path / 'suite.yaml'}\n"
+        "phases:\n  - {name: only, events: 10, traffic: {quiet: 1.0}}\n")
+    for scenario in (tmp_path / "scenario.yaml", tmp_path / "nope.yaml"):
+        bad = _cli("--workdir", str(tmp_path), "--seeds", "5", "--scenario", str(scenario))
+        assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
+    assert "empty.jsonl: no examples" in _cli(
+        "--workdir", str(tmp_path), "--seeds", "5", "--scenario",
+        str(tmp_path / "scenario.yaml")).stderr
