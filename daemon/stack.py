@@ -35,7 +35,7 @@ class LocalStack:
         self.child: Settings | None = None
         # One client for the stack's life: ``httpx.get`` builds a client, and with it an SSL
         # context (the CA bundle parsed again), per call. ``wait_settled`` polls every 0.3 s
-        # while a training job runs, and those contexts took a quarter of a core from it.
+        # while a training job runs, and those contexts took a quarter of a core beside the job.
         self._http = httpx.Client(timeout=30)
 
     def __enter__(self) -> LocalStack:
