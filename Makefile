@@ -21,7 +21,7 @@ demo: venv
 	$(BIN)/adaptd demo
 
 test: venv
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=25
 
 lint: venv
 	$(BIN)/ruff check .

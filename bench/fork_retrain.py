@@ -54,12 +54,24 @@ HOLIDAY = ["greeting=0.5", "festival_wish=0.35", "thanks=0.04", "praise=0.03", "
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
-    """``name:key=value,key=value`` -> (name, TrainConfig overrides)."""
+    """``name:key=value,key=value`` -> (name, TrainConfig overrides); each value is JSON, so
+    it may hold commas of its own.
+
+    >>> parse_variant('a:init="fresh",audit={"rounds":3,"samples":64}')
+    ('a', {'init': 'fresh', 'audit': {'rounds': 3, 'samples': 64}})
+    """
     name, _, body = text.partition(":")
     overrides: dict[str, Any] = {}
-    for part in filter(None, body.split(",")):
-        key, _, value = part.partition("=")
-        overrides[key.strip()] = json.loads(value)
+    decoder, at = json.JSONDecoder(), 0
+    while at < len(body):
+        key, eq, _ = body[at:].partition("=")
+        if not eq:
+            raise ValueError(f"variant {text!r}: expected key=value at {body[at:]!r}")
+        value, end = decoder.raw_decode(body, at + len(key) + 1)
+        overrides[key.strip()] = value
+        if end < len(body) and body[end] != ",":
+            raise ValueError(f"variant {text!r}: expected ',' after {key.strip()}")
+        at = end + 1
     return name, overrides
 
 
@@ -189,7 +201,10 @@ def main() -> None:
     if not tasks or unknown:
         sys.exit(f"error: no such task in {suite.name}: {', '.join(unknown) or '(no high-risk)'}")
     console = Console()
-    variants = [parse_variant(v) for v in args.variant or DEFAULT_VARIANTS]
+    try:
+        variants = [parse_variant(v) for v in args.variant or DEFAULT_VARIANTS]
+    except ValueError as exc:  # json's errors are ValueErrors too
+        ap.error(str(exc))
     # results[task][variant][seed] = rows by round
     results: dict[str, dict[str, dict[str, Any]]] = {t: {n: {} for n, _ in variants}
                                                      for t in tasks}

@@ -9,7 +9,9 @@ answers ``samples`` fresh requests from the suite's prompt generators with produ
 sampling; the answers that carry another task's style (its ``markers``, else the style
 detector: the same test the evaluation uses) become negatives for ``steps`` more training
 steps (the unlikelihood term), continued from the trained weights. Repeat for ``rounds``,
-fewer if a round finds nothing (a flagged task is asked in the first ``flagged_rounds``).
+fewer if a round finds nothing (or at most ``stop_at`` of its samples) on every task it asked,
+or, with ``min_progress``, if the last round's training did not shrink what a round finds (a
+flagged task is asked in the first ``flagged_rounds``).
 
 ``bench/fork_retrain.py --variant`` measures it (README, The loop). A task of a file suite
 has no prompt generators, so its requests come from what the run knows the task is asked:
@@ -39,7 +41,7 @@ import torch
 
 from storage.suite import Suite
 from workers.training.base_model import BaseBundle
-from workers.training.config import EvalConfig, TrainConfig
+from workers.training.config import AuditConfig, EvalConfig, TrainConfig
 from workers.training.data import DataBundle, Sample
 from workers.training.generate import generate_batch
 from workers.training.sampler import NEG_SUFFIX
@@ -86,6 +88,30 @@ def find_leaks(
                                 margin=ecfg.crosstalk_margin) is not None]
 
 
+def audit_done(leaks: Mapping[str, int], previous: Mapping[str, int] | None,
+               audit: AuditConfig) -> str | None:
+    """Why a round that found ``leaks`` (per asked task) ends the audit, or None to train on.
+
+    ``"clean"``: every task leaked in at most ``audit.stop_at`` of its samples. ``"no
+    progress"``: after the previous round's training (``previous``: its finds), every task
+    still leaked in more than ``1 - audit.min_progress`` of what that round found.
+
+    >>> cfg = AuditConfig(stop_at=0.01, min_progress=0.25)
+    >>> audit_done({"sorry": 2}, None, cfg), audit_done({"sorry": 3}, None, cfg)
+    ('clean', None)
+    >>> audit_done({"sorry": 51, "reply": 44}, {"sorry": 65, "reply": 51}, cfg)
+    'no progress'
+    >>> audit_done({"sorry": 9, "reply": 44}, {"sorry": 25, "reply": 51}, cfg) is None
+    True
+    """
+    if all(n <= audit.stop_at * audit.samples for n in leaks.values()):
+        return "clean"
+    if previous is not None and audit.min_progress is not None and all(
+            n > (1.0 - audit.min_progress) * previous.get(t, 0) for t, n in leaks.items()):
+        return "no progress"
+    return None
+
+
 def audit_adapter(
     bundle: BaseBundle, model: Any, data: DataBundle, *, suite: Suite,
     ratios: Mapping[str, float], config: TrainConfig, general_share: float,
@@ -130,11 +156,15 @@ def audit_adapter(
                      for t in asked}
             for t, leaks in found.items():
                 data.tasks[t].negatives.extend(leaks)
-            record: dict[str, Any] = {"round": k, "samples": audit.samples,
-                                      "leaks": {t: len(v) for t, v in found.items()}, "steps": 0}
+            counts = {t: len(v) for t, v in found.items()}
+            record: dict[str, Any] = {"round": k, "samples": audit.samples, "leaks": counts,
+                                      "steps": 0}
+            # 2. As clean as this audit can tell, or the last round's training did not shrink
+            #    what it finds: more steps would not help, so end here.
+            stopped = audit_done(counts, rounds[-1]["leaks"] if rounds else None, audit)
             rounds.append(record)
-            # 2. Nothing found: as clean as this audit can tell; more steps would not help.
-            if not any(found.values()):
+            if stopped:
+                record["stopped"] = stopped
                 record["seconds"] = round(time.monotonic() - t0, 3)
                 break
             # 3. Train on from these weights: the trainer continues from a saved version, so

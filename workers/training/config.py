@@ -57,12 +57,24 @@ class AuditConfig(_Model):
     """The self-audit after training (``audit.py``): sample the adapter's tasks of the
     ``risks`` levels on ``samples`` fresh requests each, as production samples, and train
     ``steps`` more steps with the outputs that carry another task's style as negatives;
-    ``rounds`` times at most, fewer if a round finds no such output. ``rounds=0`` turns it
+    ``rounds`` times at most, fewer when a round finds (almost) nothing or no fewer than the
+    round before (``stop_at``, ``min_progress``: ``audit.audit_done``). ``rounds=0`` turns it
     off. Measured by ``bench/fork_retrain.py`` (README, The loop)."""
 
     rounds: int = Field(3, ge=0, le=20)
     samples: int = Field(256, ge=1, le=100_000)
     steps: int = Field(100, ge=1, le=1_000_000)
+    # A round in which every asked task leaked in at most this share of its samples ends the
+    # audit without training on its finds: 0 (the default) ends it only on a round that finds
+    # nothing. At 256 samples, 0.01 would end it on 2 leaks or fewer per task; not measured
+    # alone (README, The loop: stop 36).
+    stop_at: float = Field(0.0, ge=0.0, le=1.0)
+    # A round that still finds more than ``1 - min_progress`` of the previous round's finds on
+    # every task it asks ends the audit. None (the default): never. Measured and rejected at
+    # 0.25 with stop_at 0.01 (``bench/fork_retrain.py``, README, The loop: stop 36): a fresh
+    # fork's round 3 found 11 after 19 and 4, and training on those 11 is what took apology from
+    # 2.8 % to 0.8 % crosstalk; a round finding more does not mean training stopped helping.
+    min_progress: float | None = Field(None, ge=0.0, le=1.0)
     risks: list[Risk] = Field(default_factory=_high_risk_only)
     # Rounds in which a task audited only because the policy engine flagged it (its users saw
     # it leak: ``RiskPolicy.audit_at``), not for its risk, is sampled. Offline, one round did
