@@ -159,8 +159,8 @@ def audit_adapter(
             counts = {t: len(v) for t, v in found.items()}
             record: dict[str, Any] = {"round": k, "samples": audit.samples, "leaks": counts,
                                       "steps": 0}
-            # 2. As clean as this audit can tell, or the last round's training did not shrink
-            #    what it finds: more steps would not help, so end here.
+            # 2. As clean as this audit can tell (``stop_at``; by default: nothing found), or,
+            #    if ``min_progress`` is set, no fewer finds than the last round's: end here.
             stopped = audit_done(counts, rounds[-1]["leaks"] if rounds else None, audit)
             rounds.append(record)
             if stopped:
