@@ -66,8 +66,9 @@ class AuditConfig(_Model):
     steps: int = Field(100, ge=1, le=1_000_000)
     # A round in which every asked task leaked in at most this share of its samples ends the
     # audit without training on its finds: 0 (the default) ends it only on a round that finds
-    # nothing. At 256 samples, 0.01 would end it on 2 leaks or fewer per task; not measured
-    # alone (README, The loop: stop 36).
+    # nothing. At 256 samples, 0.01 ends it on 2 leaks or fewer per task: offline 0.76x the
+    # training time of a fork's jobs, crosstalk within a few answers of 1,200; not yet run in
+    # the loop (README, The loop: stop 36).
     stop_at: float = Field(0.0, ge=0.0, le=1.0)
     # A round that still finds more than ``1 - min_progress`` of the previous round's finds on
     # every task it asks ends the audit. None (the default): never. Measured and rejected at
