@@ -43,8 +43,7 @@ def test_every_setting_and_override_key_is_documented() -> None:
         for name in _field_names(model):
             # Nested models are documented by their keys (`ratios.cap`), mappings to models
             # by a table of their own (`risk.<low|medium|high>`).
-            assert f"`{name}`" in section or f"`{name}." in section or f" `{name}." in section, \
-                (setting, name)
+            assert f"`{name}`" in section or f"`{name}." in section, (setting, name)
 
 
 def test_cli_writes_the_reference_whatever_the_environment(tmp_path: Path) -> None:
