@@ -1,0 +1,42 @@
+"""GET /v1/routing: which adapter version the app must serve per task, with an ETag so a
+poller gets a 304 until the table changes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from sqlmodel import Session
+
+from daemon.api.deps import DATABASE_DOWN, AppDeps
+from daemon.api.models import Route, RoutingTable
+from storage import crud
+
+router = APIRouter()
+ETAG_HEADER = {"ETag": {"description": 'the revision, `"routing-<revision>"`',
+                        "schema": {"type": "string"}}}
+
+
+def _route(entry: dict[str, Any]) -> Route:
+    """A routing_table entry as the answer's route (the serving fields pass through when the
+    table carries them)."""
+    return Route(adapter=entry["adapter"], version=entry["version"], path=entry["path"],
+                 sha256=entry["sha256"], served_as=entry.get("served_as"),
+                 prompt=entry.get("prompt"))
+
+
+@router.get(
+    "/v1/routing", response_model=RoutingTable, summary="Task -> adapter version to serve",
+    responses={200: {"headers": ETAG_HEADER},
+               304: {"description": "unchanged since the If-None-Match ETag",
+                     "headers": ETAG_HEADER},
+               **DATABASE_DOWN})
+def get_routing(request: Request, response: Response, deps: AppDeps) -> RoutingTable | Response:
+    with Session(deps.engine) as session:
+        revision, routes = crud.routing_table(session)
+    etag = f'"routing-{revision}"'
+    if etag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
+        return Response(status_code=304, headers={"ETag": etag})
+    response.headers["ETag"] = etag
+    return RoutingTable(revision=revision,
+                        routes={task: _route(entry) for task, entry in routes.items()})
