@@ -43,7 +43,6 @@ def readyz(response: Response, deps: AppDeps) -> Readiness:
 
 @router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus exposition",
             responses={200: {"description": "Prometheus text format; a store that fails the "
-                                            "scrape shows as adaptd_scrape_errors",
-                             "content": {"text/plain": {"schema": {"type": "string"}}}}})
+                                            "scrape shows as adaptd_scrape_errors"}})
 def metrics(deps: AppDeps) -> Response:
     return Response(generate_latest(deps.registry), media_type=CONTENT_TYPE_LATEST)
