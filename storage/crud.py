@@ -245,7 +245,8 @@ def finished_job_seconds(session: Session) -> dict[str, list[float]]:
     """Wall seconds of every finished training run that started, per adapter."""
     stmt = select(col(TrainingJob.adapter), col(TrainingJob.started_at),
                   col(TrainingJob.finished_at)).where(
-        col(TrainingJob.finished_at).is_not(None), col(TrainingJob.started_at).is_not(None))
+        col(TrainingJob.finished_at).is_not(None), col(TrainingJob.started_at).is_not(None)
+    ).order_by(col(TrainingJob.id))
     out: dict[str, list[float]] = {}
     for adapter, started, finished in session.execute(stmt):
         out.setdefault(adapter, []).append(max(0.0, finished - started))
