@@ -61,3 +61,25 @@ def test_reads_for_metrics_and_cli(make_settings: Callable[..., Settings],
     assert 'adaptd_training_duration_seconds_sum{adapter="shared"} 35.0' in text
     assert 'adaptd_training_duration_seconds_bucket{adapter="shared",le="5.0"} 1.0' in text
     engine.dispose()
+
+
+def test_cli_train_reads_the_adapter_from_storage(settings: Settings) -> None:
+    """`adaptd train` finds the adapter's tasks through storage and refuses clearly, before any
+    job is created, when the adapter or the ratios' tasks are unknown."""
+    from typer.testing import CliRunner
+
+    from daemon.cli import app
+
+    engine = prepared_engine(settings)
+    env = {"ADAPTD_DATABASE_URL": settings.database_url, "ADAPTD_SUITE": settings.suite,
+           "ADAPTD_REDIS_URL": settings.redis_url, "ADAPTD_KEY_PREFIX": settings.key_prefix,
+           "ADAPTD_WEBHOOK_SECRET": settings.webhook_secret.get_secret_value()}
+    runner = CliRunner()
+    unknown = runner.invoke(app, ["train", "--adapter", "nope"], env=env)
+    assert unknown.exit_code == 2 and "unknown adapter 'nope'" in unknown.output
+    foreign = runner.invoke(app, ["train", "--adapter", "shared", "--ratios", "ghost=1"], env=env)
+    assert foreign.exit_code == 2, foreign.output
+    assert "--ratios names tasks not in shared: ['ghost']" in foreign.output
+    with Session(engine) as session:
+        assert crud.list_jobs(session) == []
+    engine.dispose()
