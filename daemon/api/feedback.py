@@ -24,6 +24,16 @@ from storage.stream import ID_RE, incr_metric
 log = logging.getLogger(__name__)
 router = APIRouter()
 
+# The body is read and validated by hand (size cap before reading, signature over the raw
+# bytes, one error entry per bad event), so its schema is documented here, not parsed by
+# FastAPI.
+_EVENT = FeedbackEventV1.model_json_schema()
+REQUEST_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
+    "anyOf": [_EVENT, {"type": "object", "title": "FeedbackBatch", "required": ["events"],
+                       "additionalProperties": False,
+                       "properties": {"events": {"type": "array", "items": _EVENT,
+                                                 "minItems": 1}}}]}}}}}
+
 
 def _printable(text: str) -> str:
     """Text that encodes to UTF-8 (lone surrogates from JSON escapes become \\udXXX)."""
@@ -161,7 +171,7 @@ async def _read_capped(request: Request, limit: int) -> bytes:
         413: problem("body or batch too large"),
         422: problem("schema errors, one entry per bad event; nothing of the batch stored"),
         503: problem("event store unavailable; nothing stored, retry later"),
-    })
+    }, openapi_extra=REQUEST_BODY)
 async def post_feedback(request: Request, deps: AppDeps) -> FeedbackAccepted:
     body = await _read_capped(request, deps.settings.max_body_bytes)
     headers = {k.lower(): v for k, v in request.headers.items()}
