@@ -62,11 +62,12 @@ class Route(BaseModel):
     version: int
     path: str = Field(description="the version's directory")
     sha256: str = Field(description="digest of the version's weights")
+    # Absent from the answer when the routing table does not carry them.
     served_as: str | None = Field(
-        default=None, exclude_if=_absent,
+        default=None,
         description="the `model` name the app sends to the serving engine (<adapter>-v<N>)")
     prompt: dict[str, Any] | None = Field(
-        default=None, exclude_if=_absent,
+        default=None,
         description="the prompt contract the version was trained with: how the task is "
                     "marked (chat-template system text, or the literal tag and separator)")
 

@@ -13,20 +13,23 @@ from daemon.api.models import Route, RoutingTable
 from storage import crud
 
 router = APIRouter()
+SERVING_FIELDS = ("served_as", "prompt")
 ETAG_HEADER = {"ETag": {"description": 'the revision, `"routing-<revision>"`',
                         "schema": {"type": "string"}}}
 
 
 def _route(entry: dict[str, Any]) -> Route:
-    """A routing_table entry as the answer's route (the serving fields pass through when the
-    table carries them)."""
+    """A routing_table entry as the answer's route. The serving fields are set only when the
+    table carries them, and the answer leaves unset fields out, so the body stays the one
+    published on the routing channel."""
+    serving = {key: entry[key] for key in SERVING_FIELDS if key in entry}
     return Route(adapter=entry["adapter"], version=entry["version"], path=entry["path"],
-                 sha256=entry["sha256"], served_as=entry.get("served_as"),
-                 prompt=entry.get("prompt"))
+                 sha256=entry["sha256"], **serving)
 
 
 @router.get(
-    "/v1/routing", response_model=RoutingTable, summary="Task -> adapter version to serve",
+    "/v1/routing", response_model=RoutingTable, response_model_exclude_unset=True,
+    summary="Task -> adapter version to serve",
     responses={200: {"headers": ETAG_HEADER},
                304: {"description": "unchanged since the If-None-Match ETag",
                      "headers": ETAG_HEADER},
