@@ -43,8 +43,8 @@ def train(
     passes. Runs here with a progress bar unless --queue."""
     from sqlmodel import Session
 
+    from storage import crud
     from storage.db import make_engine, session_scope
-    from storage.models import Adapter
 
     s = settings()
     try:
@@ -54,7 +54,7 @@ def train(
     weights = _parse_ratios(ratios)
     engine = make_engine(s.database_url)
     with Session(engine) as session:
-        row = session.get(Adapter, adapter)
+        row = crud.get_adapter(session, name=adapter)
         tasks = list(row.tasks) if row else suite.adapters.get(adapter)
     if not tasks:
         fail(f"unknown adapter {adapter!r}; known: {sorted(suite.adapters)} (run `adaptd init`)")
@@ -64,8 +64,6 @@ def train(
     if weights:
         params["ratios"] = weights
     with session_scope(engine) as session:
-        from storage import crud
-
         job = crud.create_job(session, adapter=adapter, kind="retrain", params=params)
         job_id = int(job.id or 0)
     if queue:

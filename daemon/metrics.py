@@ -29,12 +29,10 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector, CollectorRegistry
-from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col
+from sqlmodel import Session
 
 from storage import crud
-from storage.models import AdapterVersion, TrainingJob
 from storage.stream import FeedbackStream, read_metrics
 
 log = logging.getLogger(__name__)
@@ -164,17 +162,8 @@ class StoreCollector(Collector):
             self._durations(session, families)
 
     def _versions(self, session: Session, families: dict[str, Any]) -> None:
-        latest = (
-            select(col(AdapterVersion.adapter), func.max(col(AdapterVersion.version)))
-            .where(col(AdapterVersion.status) == "promoted")
-            .group_by(col(AdapterVersion.adapter))
-        )
-        for adapter, version in session.execute(latest):
-            families["adaptd_adapter_version"].add_metric([adapter], version)
-            row = session.execute(
-                select(AdapterVersion).where(col(AdapterVersion.adapter) == adapter,
-                                             col(AdapterVersion.version) == version)
-            ).scalar_one()
+        for row in crud.latest_promoted_versions(session):
+            families["adaptd_adapter_version"].add_metric([row.adapter], row.version)
             # The trainer stores {"candidate": {"tasks": {task: {...}}, ...}, ...}; a task
             # without held-out examples has quality None and gets no sample.
             candidate = row.eval.get("candidate") or {}
@@ -182,19 +171,13 @@ class StoreCollector(Collector):
                 if not isinstance(res, dict):
                     continue
                 if res.get("quality") is not None:
-                    families["adaptd_eval_score"].add_metric([task, adapter], res["quality"])
+                    families["adaptd_eval_score"].add_metric([task, row.adapter], res["quality"])
                 if res.get("crosstalk_rate") is not None:
                     families["adaptd_eval_crosstalk_rate"].add_metric(
-                        [task, adapter], res["crosstalk_rate"])
+                        [task, row.adapter], res["crosstalk_rate"])
 
     def _durations(self, session: Session, families: dict[str, Any]) -> None:
-        stmt = select(col(TrainingJob.adapter), col(TrainingJob.started_at),
-                      col(TrainingJob.finished_at)).where(
-            col(TrainingJob.finished_at).is_not(None), col(TrainingJob.started_at).is_not(None))
-        per_adapter: dict[str, list[float]] = {}
-        for adapter, started, finished in session.execute(stmt):
-            per_adapter.setdefault(adapter, []).append(max(0.0, finished - started))
-        for adapter, values in per_adapter.items():
+        for adapter, values in crud.finished_job_seconds(session).items():
             buckets = [(str(b), float(sum(v <= b for v in values))) for b in DURATION_BUCKETS]
             buckets.append(("+Inf", float(len(values))))
             families["adaptd_training_duration_seconds"].add_metric(

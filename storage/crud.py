@@ -7,7 +7,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import func
+from sqlalchemy import func, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
@@ -102,7 +102,6 @@ def sync_suite(session: Session, *, suite: Suite) -> None:
 
 def list_tasks(session: Session) -> list[Task]:
     return list(session.execute(select(Task).order_by(col(Task.name))).scalars())
-
 
 
 def buffered_counts(session: Session) -> dict[str, int]:
@@ -210,3 +209,45 @@ def count_unobserved(session: Session) -> int:
     """Stored events the policy engine has not fed to its detectors yet."""
     stmt = select(func.count()).select_from(FeedbackEvent).where(col(FeedbackEvent.observed).is_(False))
     return int(session.execute(stmt).scalar() or 0)
+
+
+# Reads for the API and the CLI
+
+
+def ping(session: Session) -> None:
+    """Raise (a SQLAlchemyError) unless the database answers."""
+    session.execute(text("SELECT 1"))
+
+
+def get_adapter(session: Session, *, name: str) -> Adapter | None:
+    return session.get(Adapter, name)
+
+
+def latest_promoted_versions(session: Session) -> list[AdapterVersion]:
+    """The newest promoted version of each adapter (what its metrics report), by adapter."""
+    newest = (
+        select(col(AdapterVersion.adapter).label("adapter"),
+               func.max(col(AdapterVersion.version)).label("version"))
+        .where(col(AdapterVersion.status) == "promoted")
+        .group_by(col(AdapterVersion.adapter))
+        .subquery()
+    )
+    stmt = (
+        select(AdapterVersion)
+        .join(newest, (col(AdapterVersion.adapter) == newest.c.adapter)
+              & (col(AdapterVersion.version) == newest.c.version))
+        .order_by(col(AdapterVersion.adapter))
+    )
+    return list(session.execute(stmt).scalars())
+
+
+def finished_job_seconds(session: Session) -> dict[str, list[float]]:
+    """Wall seconds of every finished training run that started, per adapter."""
+    stmt = select(col(TrainingJob.adapter), col(TrainingJob.started_at),
+                  col(TrainingJob.finished_at)).where(
+        col(TrainingJob.finished_at).is_not(None), col(TrainingJob.started_at).is_not(None)
+    ).order_by(col(TrainingJob.id))
+    out: dict[str, list[float]] = {}
+    for adapter, started, finished in session.execute(stmt):
+        out.setdefault(adapter, []).append(max(0.0, finished - started))
+    return out

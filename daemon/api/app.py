@@ -1,0 +1,65 @@
+"""The app factory: one ``Deps`` per app, the routers, and the two error handlers that turn
+refusals into 4xx and a database that is down into 503. Nothing here imports torch."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import redis
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from daemon.api import feedback, health, routing, status, tasks
+from daemon.api.deps import ApiError, Deps
+from daemon.metrics import StoreCollector, build_registry
+from daemon.settings import Settings
+from storage.db import make_engine
+from storage.stream import FeedbackStream
+from storage.suite import Suite, load_suite
+
+log = logging.getLogger(__name__)
+
+
+def app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory`` (several worker processes): settings from the
+    environment, like every entry point."""
+    return create_app(Settings())
+
+
+def create_app(settings: Settings, *, engine: Engine | None = None,
+               client: redis.Redis | None = None, suite: Suite | None = None) -> FastAPI:
+    """Build the API for ``settings``; tests may pass their own engine, client and suite."""
+    suite = suite or load_suite(settings.suite)
+    engine = engine or make_engine(settings.database_url)
+    client = client or redis.Redis.from_url(
+        settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+    collector = StoreCollector(engine=engine, client=client, prefix=settings.key_prefix)
+    deps = Deps(settings=settings, suite=suite, engine=engine, client=client, collector=collector,
+                registry=build_registry(collector),
+                stream=FeedbackStream(client, settings.key_prefix,
+                                      dedupe_ttl=settings.dedupe_ttl_seconds,
+                                      replay_ttl=2 * settings.webhook_tolerance_seconds + 60))
+    app = FastAPI(title="adaptd", version="1", description="Continual training of LoRA adapters")
+    app.state.deps = deps
+    for module in (feedback, routing, tasks, status, health):
+        app.include_router(module.router)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        if exc.reason:
+            await run_in_threadpool(deps.reject, exc.reason)
+        content: dict[str, Any] = {"detail": exc.detail}
+        if exc.errors is not None:
+            content["errors"] = exc.errors
+        return JSONResponse(status_code=exc.status, content=content)
+
+    @app.exception_handler(SQLAlchemyError)
+    async def _sql_down(request: Request, exc: SQLAlchemyError) -> JSONResponse:
+        log.warning("SQL error: %s", exc)
+        return JSONResponse(status_code=503, content={"detail": "database unavailable"})
+
+    return app

@@ -1,0 +1,178 @@
+"""POST /v1/feedback: verify the Standard Webhooks signature, validate every event, append
+to the stream. Every refusal is a 4xx with a clear message; a store that is down is a 503 with
+nothing stored."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from typing import Any
+
+import redis
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from pydantic import ValidationError
+
+from daemon.api.deps import ApiError, AppDeps, Deps, problem
+from daemon.api.models import FeedbackAccepted
+from daemon.webhooks import SignatureError, verify
+from storage.events import FeedbackEventV1
+from storage.stream import ID_RE, incr_metric
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+
+# The body is read and validated by hand (size cap before reading, signature over the raw
+# bytes, one error entry per bad event), so its schema is documented here, not parsed by
+# FastAPI.
+_EVENT = FeedbackEventV1.model_json_schema()
+REQUEST_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
+    "anyOf": [_EVENT, {"type": "object", "title": "FeedbackBatch", "required": ["events"],
+                       "additionalProperties": False,
+                       "properties": {"events": {"type": "array", "items": _EVENT,
+                                                 "minItems": 1}}}]}}}}}
+
+
+def _printable(text: str) -> str:
+    """Text that encodes to UTF-8 (lone surrogates from JSON escapes become \\udXXX)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _event_errors(index: int, raw: Any, exc: ValidationError) -> dict[str, Any]:
+    # Only loc/msg/type: the input itself may be huge or hold what the user typed.
+    event_id = raw.get("id") if isinstance(raw, dict) and isinstance(raw.get("id"), str) else None
+    return {
+        "index": index,
+        "id": _printable(event_id[:128]) if event_id else None,
+        "errors": [{"loc": [_printable(str(p)[:128]) for p in e["loc"]],
+                    "msg": _printable(e["msg"]), "type": e["type"]}
+                   for e in exc.errors()[:20]],
+    }
+
+
+def _parse_events(body: bytes, deps: Deps) -> list[FeedbackEventV1]:
+    """Body bytes -> validated events, or an ApiError naming every bad event."""
+    try:
+        text_body = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ApiError(400, f"body is not valid UTF-8 (byte {exc.start})",
+                       reason="schema") from None
+    try:
+        doc = json.loads(text_body)
+    except RecursionError:
+        raise ApiError(400, "JSON is nested too deeply", reason="schema") from None
+    except ValueError as exc:
+        raise ApiError(400, f"body is not valid JSON: {exc}", reason="schema") from None
+    if isinstance(doc, dict) and "events" in doc:
+        if set(doc) != {"events"} or not isinstance(doc["events"], list):
+            raise ApiError(422, 'a batch is {"events": [...]} and nothing else',
+                           reason="schema")
+        raw_events: list[Any] = doc["events"]
+    elif isinstance(doc, dict):
+        raw_events = [doc]
+    else:
+        raise ApiError(422, 'expected one event object or {"events": [...]}', reason="schema")
+    if not raw_events:
+        raise ApiError(422, "the batch holds no events", reason="schema")
+    if len(raw_events) > deps.settings.max_batch_events:
+        raise ApiError(413, f"a batch holds at most {deps.settings.max_batch_events} events",
+                       reason="too_large")
+    events: list[FeedbackEventV1] = []
+    errors: list[dict[str, Any]] = []
+    unknown = 0
+    known = deps.suite.tasks
+    for i, raw in enumerate(raw_events):
+        try:
+            event = FeedbackEventV1.model_validate(raw)
+        except (ValidationError, RecursionError) as exc:
+            if isinstance(exc, RecursionError):
+                errors.append({"index": i, "id": None, "errors": [{"loc": [], "msg":
+                               "nested too deeply", "type": "recursion"}]})
+            else:
+                errors.append(_event_errors(i, raw, exc))
+            continue
+        bad = [name for name in (event.task, event.crosstalk_source)
+               if name is not None and name not in known]
+        if bad:
+            unknown += 1
+            errors.append({"index": i, "id": event.id, "errors": [
+                {"loc": ["task" if bad[0] == event.task else "crosstalk_source"],
+                 "msg": f"unknown task {bad[0]!r}; configured: {sorted(known)}",
+                 "type": "unknown_task"}]})
+            continue
+        events.append(event)
+    if errors:
+        if unknown:
+            deps.reject("unknown_task", unknown)
+        if len(errors) > unknown:
+            deps.reject("schema", len(errors) - unknown)
+        raise ApiError(422, f"{len(errors)} of {len(raw_events)} events are invalid; "
+                       "nothing of this batch was stored", errors=errors)
+    return events
+
+
+def _accept(body: bytes, headers: dict[str, str], deps: Deps) -> FeedbackAccepted:
+    """Verify, validate and append one POST; runs in the thread pool."""
+    s = deps.settings
+    try:
+        webhook_id = verify(s.webhook_secrets(), headers, body, now=time.time(),
+                            tolerance=s.webhook_tolerance_seconds)
+    except SignatureError as exc:
+        raise ApiError(401, str(exc), reason="signature") from None
+    if not ID_RE.match(webhook_id):
+        raise ApiError(401, "webhook-id must be 1..128 characters of [A-Za-z0-9._:-]",
+                       reason="signature")
+    events = _parse_events(body, deps)
+    payloads = [(e.id, json.dumps(e.to_stream(), ensure_ascii=False)) for e in events]
+    try:
+        result = deps.stream.append(payloads, webhook_id=webhook_id)
+    except redis.RedisError as exc:
+        log.warning("feedback refused, Redis unavailable: %s", exc)
+        raise ApiError(503, "event store unavailable; nothing was stored, retry later",
+                       reason="unavailable") from None
+    if result.replay:
+        deps.reject("replay")
+        return FeedbackAccepted(accepted=0, duplicates=result.duplicates, replay=1)
+    if result.duplicates:
+        # The events are stored; if Redis fails now only the duplicate count is lost.
+        with contextlib.suppress(redis.RedisError):
+            incr_metric(deps.client, s.key_prefix, "adaptd_feedback_duplicates_total",
+                        result.duplicates)
+    return FeedbackAccepted(accepted=result.accepted, duplicates=result.duplicates)
+
+
+async def _read_capped(request: Request, limit: int) -> bytes:
+    """Read the body, refusing more than ``limit`` bytes before reading them all."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise ApiError(400, "bad Content-Length header")
+        if int(declared) > limit:
+            raise ApiError(413, f"body larger than {limit} bytes", reason="too_large")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"body larger than {limit} bytes", reason="too_large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@router.post(
+    "/v1/feedback", status_code=202, response_model=FeedbackAccepted,
+    summary="Post one feedback event or a batch",
+    description='One event, or `{"events": [...]}` (at most the configured batch size and '
+                "body size), signed with Standard Webhooks v1 headers.",
+    responses={
+        400: problem("body is not UTF-8 JSON, or a bad Content-Length"),
+        401: problem("bad or missing signature, or timestamp outside the tolerance"),
+        413: problem("body or batch too large"),
+        422: problem("schema errors, one entry per bad event; nothing of the batch stored"),
+        503: problem("event store unavailable; nothing stored, retry later"),
+    }, openapi_extra=REQUEST_BODY)
+async def post_feedback(request: Request, deps: AppDeps) -> FeedbackAccepted:
+    body = await _read_capped(request, deps.settings.max_body_bytes)
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    return await run_in_threadpool(_accept, body, headers, deps)
