@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bench.audit_requests import as_file_suite
+from tests.support.suites import as_file_suite
 from storage.suite import Suite
 from workers.training.audit import audit_adapter, audit_requests, find_leaks
 from workers.training.data import Sample, assemble
