@@ -17,10 +17,10 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from bench import common
 from daemon.settings import Settings
 from storage import crud
 from storage.models import FeedbackEvent, TrainingExample
+from tests.support.processes import adaptd_env, api_server
 
 FULL = os.environ.get("ADAPTD_RELIABILITY_SCALE", "ci").strip().lower() == "full"
 
@@ -38,10 +38,10 @@ def api_process(settings: Settings, workdir: Path, *, log_level: str = "WARNING"
     token = settings.admin_token_value()
     if token:
         extra["ADAPTD_ADMIN_TOKEN"] = token
-    env = common.adaptd_env(redis_url=settings.redis_url, database_url=settings.database_url,
-                            workdir=workdir, prefix=settings.key_prefix, extra=extra)
+    env = adaptd_env(redis_url=settings.redis_url, database_url=settings.database_url,
+                     workdir=workdir, prefix=settings.key_prefix, extra=extra)
     log = workdir / "api.log"
-    with common.api_server(env, log) as (proc, port):
+    with api_server(env, log) as (proc, port):
         yield proc, f"http://127.0.0.1:{port}", log
 
 
