@@ -16,6 +16,8 @@ from tests.support.processes import ROOT
 
 # A suite whose only high-risk task is apology.
 SUITE = ROOT / "tests" / "training" / "suite.yaml"
+# Each test runs the bench as a maintainer does, in subprocesses: seconds each.
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture()

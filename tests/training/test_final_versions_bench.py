@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from storage.artifacts import write_version
 from storage.suite import Suite
 from tests.support.processes import ROOT
@@ -20,6 +22,8 @@ from workers.training.sampler import default_ratios
 from workers.training.trainer import train_adapter
 
 SUITE_PATH = Path(__file__).parent / "suite.yaml"
+# The bench in subprocesses that load torch and the tiny base: tens of seconds each.
+pytestmark = pytest.mark.slow
 
 
 def _run_dir(tmp_path: Path, base_root: Path, routing: dict[str, Any]) -> Path:
