@@ -298,7 +298,7 @@ def test_systemd_units() -> None:
 
 def test_systemd_units_verify(tmp_path: Path) -> None:
     analyze = shutil.which("systemd-analyze")
-    assert analyze is not None, "systemd-analyze is required (.ci/run installs Debian's systemd)"
+    assert analyze is not None, "systemd-analyze is required (`make system-deps` installs it)"
     fake = tmp_path / "adaptd"
     fake.write_text("#!/bin/sh\n")
     fake.chmod(0o755)
