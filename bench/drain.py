@@ -32,7 +32,7 @@ from typing import Any
 
 import redis
 from sqlalchemy import func, select, text
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from bench import common
 from storage import crud
@@ -97,7 +97,7 @@ def counts(engine: Any) -> dict[str, int]:
     with Session(engine) as session:
         rows = session.execute(select(func.count()).select_from(FeedbackEvent)).scalar() or 0
         examples = session.execute(select(func.count()).select_from(TrainingExample)
-                                   .where(TrainingExample.kind != "seed")).scalar() or 0
+                                   .where(col(TrainingExample.kind) != "seed")).scalar() or 0
         counted = sum(v for n, _, v in crud.read_counters(session)
                       if n == "adaptd_feedback_events_total")
     return {"rows": int(rows), "examples": int(examples), "counter_sum": int(counted)}

@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from daemon.settings import Settings
 from storage import crud
@@ -54,7 +54,7 @@ def sql_summary(engine: Engine) -> dict[str, float]:
     with Session(engine) as session:
         rows = session.execute(select(func.count()).select_from(FeedbackEvent)).scalar() or 0
         examples = session.execute(select(func.count()).select_from(TrainingExample)
-                                   .where(TrainingExample.kind != "seed")).scalar() or 0
+                                   .where(col(TrainingExample.kind) != "seed")).scalar() or 0
         counters = crud.read_counters(session)
     return {
         "rows": int(rows), "examples": int(examples),

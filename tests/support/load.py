@@ -97,9 +97,11 @@ class RawConnection:
             if self.writer is None:
                 await self._connect()
             assert self.reader is not None and self.writer is not None
+            reader: asyncio.StreamReader = self.reader
+            writer: asyncio.StreamWriter = self.writer
             try:
-                self.writer.write(request)
-                head = await self.reader.readuntil(b"\r\n\r\n")
+                writer.write(request)
+                head = await reader.readuntil(b"\r\n\r\n")
                 break
             except (ConnectionError, asyncio.IncompleteReadError):
                 self.close()  # server closed an idle keep-alive connection: reconnect once
@@ -115,7 +117,7 @@ class RawConnection:
                 length = int(value.strip())
             elif name == "connection" and value.strip().lower() == "close":
                 close = True
-        body = await self.reader.readexactly(length) if length else b""
+        body = await reader.readexactly(length) if length else b""
         if close:
             self.close()
         return status, body
