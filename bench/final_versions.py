@@ -14,8 +14,8 @@ difference is the versions', not the sample's.
     python -m bench.final_versions --workdir .adaptd/loop --seeds 79 83 89
 
 It measures the versions a run ends with, not the issue's goal (the final phase, which
-includes the versions that served before them); the two answer different questions and the
-README reports both.
+includes the versions that served before them); the two answer different questions and
+docs/benchmarks.md reports both.
 """
 
 from __future__ import annotations

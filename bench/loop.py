@@ -302,8 +302,8 @@ def run_all(args: argparse.Namespace, risk: Mapping[str, str], console: Console,
         train["task_scaling"] = args.task_scaling
     load = where["loadavg_at_start"][0]
     if load >= 0.5 * where["cpus"]:
-        # Since the engine runs on an event clock in a synchronous simulation, load changes
-        # how long the runs take, not what they decide (README, The demo and the simulator).
+        # The engine runs on an event clock in a synchronous simulation: load changes how
+        # long the runs take, not what they decide.
         console.print(f"[yellow]note: load average {load} on {where['cpus']} cores: the "
                       f"runs' seconds will not compare with an idle machine's[/]")
     for seed in args.seeds:
