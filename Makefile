@@ -1,11 +1,16 @@
-# Two commands that work on a fresh machine with Python 3.11 and redis-server installed:
-#   make demo   -- run adaptd on its embedded defaults
-#   make test   -- run the test suite (what CI runs)
+# Two commands that work on a fresh machine with Python 3.11 and Debian's package manager:
+#   make demo       -- run adaptd on its embedded defaults
+#   make test       -- install what the tests need, then run the whole suite (what CI runs)
+# While developing:
+#   make test-fast  -- the unit layer: every test not marked slow (well under 2 minutes)
+#   make bench      -- every bench's quick form; results go to .adaptd/bench/, never to the
+#                      committed bench/results/
 PY ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
+PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test test-fast system-deps lint bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -20,16 +25,46 @@ venv: $(BIN)/.installed
 demo: venv
 	$(BIN)/adaptd demo
 
-test: venv
-	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=25
+test: venv system-deps
+	$(PYTEST) --durations=25
+
+test-fast: venv
+	$(PYTEST) -m "not slow" --durations=10
+
+# What the tests need outside Python, installed only when missing (as root, or through
+# passwordless sudo): promtool (alert-rule tests) from Debian's prometheus package,
+# systemd-analyze (unit-file checks) from systemd, redis-server (the tests start a private one
+# when none answers on 127.0.0.1:6379). The prometheus package also starts a Prometheus
+# service that nothing here uses; it is stopped again.
+system-deps:
+	@missing=""; \
+	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then as=""; else as="sudo -n"; fi; \
+	  echo "installing Debian packages:$$missing"; \
+	  $$as sh -c "apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq$$missing >/dev/null" \
+	    || { echo "could not install$$missing: run make as root or with passwordless sudo," \
+	              "or install them yourself" >&2; exit 1; }; \
+	  case "$$missing" in *prometheus*) \
+	    $$as systemctl stop prometheus >/dev/null 2>&1 || true;; esac; \
+	fi
 
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-bench: venv
-	$(BIN)/python bench/ingest.py --quick
-	$(BIN)/python bench/drain.py --quick
+bench: venv system-deps
+	$(BIN)/python -m bench.ingest --quick
+	$(BIN)/python -m bench.drain --quick
+	$(BIN)/python -m bench.detect --quick
+	$(BIN)/python -m bench.train --quick
+	$(BIN)/python -m bench.retention --quick
+	$(BIN)/python -m bench.loop --quick --workdir .adaptd/bench-loop
+	$(BIN)/python -m bench.final_versions --workdir .adaptd/bench-loop --scenario builtin:smoke \
+	  --seeds 7 --requests 50
 
 clean:
 	rm -rf $(VENV) .adaptd .mypy_cache .ruff_cache

@@ -19,34 +19,28 @@ including the alarm; a run without an alarm within the horizon counts as the hor
 Goals: adaptd median delay <= 1.25x the oracle's at <= 1 false alarm per 100,000 events,
 and shorter than ADWIN's at an equal false-alarm budget.
 
-    .venv/bin/python bench/detect.py --quick        # < 60 s on 2 cores
-    .venv/bin/python bench/detect.py                # full (a few minutes)
-    .venv/bin/python bench/detect.py --calibrate    # false alarms vs threshold and baseline
+    python -m bench.detect --quick        # < 60 s on 2 cores
+    python -m bench.detect                # full (a few minutes)
+    python -m bench.detect --calibrate    # false alarms vs threshold and baseline
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+from river import drift
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `python bench/detect.py` from anywhere
-    sys.path.insert(0, str(ROOT))
-
-from river import drift  # noqa: E402
-
-from policies.detectors import DEFAULT_THRESHOLD, DegradationDetector  # noqa: E402
+from bench import common
+from policies.detectors import DEFAULT_THRESHOLD, DegradationDetector
 
 SEGMENT = 100_000  # null segment length; rates are reported per this many events
 FA_BUDGET = 1.0  # false alarms per 100,000 events
@@ -393,7 +387,7 @@ def print_table(res: dict[str, Any]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer runs and null events (< 60 s)")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "detect.json")
+    common.add_out(ap, "detect")
     ap.add_argument("--seed", type=int, default=20261121)
     ap.add_argument("--baseline", type=float, default=0.90)
     ap.add_argument("--drops", type=lambda s: [float(v) for v in s.split(",")], default=[0.03, 0.05, 0.10])
@@ -421,8 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.null_segments = args.null_segments or (20 if args.quick else 100)
     args.oracle_rows = 400 if args.quick else 2000
     res = run(args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(res, indent=2) + "\n")
+    common.write_json(args.out, res)
     if not args.json_only:
         print_table(res)
         print(f"wrote {args.out}")

@@ -12,9 +12,9 @@ One run, one private redis-server:
 
 Goals: drain >= 20,000 events/s and >= 20x the baseline.
 
-    .venv/bin/python bench/drain.py --quick
-    .venv/bin/python bench/drain.py                     # full, SQLite file
-    .venv/bin/python bench/drain.py --db postgres       # local PostgreSQL (fresh database)
+    python -m bench.drain --quick
+    python -m bench.drain                     # full, SQLite file
+    python -m bench.drain --db postgres       # local PostgreSQL (fresh database)
 """
 
 from __future__ import annotations
@@ -24,18 +24,15 @@ import contextlib
 import json
 import os
 import shutil
-import sys
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import redis
 from sqlalchemy import func, select, text
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from bench import common
 from storage import crud
@@ -43,8 +40,10 @@ from storage.db import make_engine
 from storage.events import FeedbackEventV1
 from storage.models import FeedbackEvent, TrainingExample
 from storage.stream import GROUP, FeedbackStream, Keys
+from tests.support import load, processes
 from workers.ingest import drain_once
 
+NAME = "drain"
 GOAL_RATE = 20_000
 GOAL_FACTOR = 20
 PG_URL = os.environ.get("ADAPTD_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -60,7 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--skip-baseline", action="store_true")
     ap.add_argument("--profile", action="store_true",
                     help="run the drain loop under cProfile and print the hottest functions")
-    ap.add_argument("--output", default="drain.json", help="file name under bench/results/")
+    common.add_out(ap, NAME)
     return ap.parse_args(argv)
 
 
@@ -88,7 +87,7 @@ def fill(client: redis.Redis, prefix: str, n: int, run: str) -> float:
     stream = FeedbackStream(client, prefix, dedupe_ttl=3600, replay_ttl=660)
     start = time.perf_counter()
     for lo in range(0, n, 1000):
-        batch = [common.bench_event(i, run) for i in range(lo, min(n, lo + 1000))]
+        batch = [load.bench_event(i, run) for i in range(lo, min(n, lo + 1000))]
         stream.append([(e["id"], json.dumps(FeedbackEventV1.model_validate(e).to_stream(),
                                             ensure_ascii=False)) for e in batch])
     return time.perf_counter() - start
@@ -98,7 +97,7 @@ def counts(engine: Any) -> dict[str, int]:
     with Session(engine) as session:
         rows = session.execute(select(func.count()).select_from(FeedbackEvent)).scalar() or 0
         examples = session.execute(select(func.count()).select_from(TrainingExample)
-                                   .where(TrainingExample.kind != "seed")).scalar() or 0
+                                   .where(col(TrainingExample.kind) != "seed")).scalar() or 0
         counted = sum(v for n, _, v in crud.read_counters(session)
                       if n == "adaptd_feedback_events_total")
     return {"rows": int(rows), "examples": int(examples), "counter_sum": int(counted)}
@@ -108,7 +107,7 @@ def run_drain(redis_url: str, db_url: str, n: int, batch: int, profile: bool = F
               ) -> dict[str, Any]:
     client = redis.Redis.from_url(redis_url)
     prefix = "drain:"
-    common.prepare_database(db_url)
+    processes.prepare_database(db_url)
     engine = make_engine(db_url)
     fill_s = fill(client, prefix, n, "d")
     keys = Keys(prefix)
@@ -162,10 +161,10 @@ def run_baseline(redis_url: str, db_url: str, n: int) -> dict[str, Any]:
     from daemon.settings import Settings
     from workers.ingest import store_events
 
-    common.prepare_database(db_url)
+    processes.prepare_database(db_url)
     prefix = f"bl{uuid.uuid4().hex[:6]}:"
     settings = Settings(redis_url=redis_url, database_url=db_url, key_prefix=prefix,
-                        webhook_secret=common.SECRET, suite=common.SUITE)
+                        webhook_secret=load.SECRET, suite=load.SUITE)
     app = make_celery(settings)
     engine = make_engine(db_url)
 
@@ -173,7 +172,7 @@ def run_baseline(redis_url: str, db_url: str, n: int) -> dict[str, Any]:
     def store_one(event: dict[str, Any]) -> None:
         store_events(engine, [event])
 
-    events = [FeedbackEventV1.model_validate(common.bench_event(i, "c")).to_stream()
+    events = [FeedbackEventV1.model_validate(load.bench_event(i, "c")).to_stream()
               for i in range(n)]
     t0 = time.perf_counter()
     for ev in events:
@@ -205,14 +204,14 @@ def main(argv: list[str] | None = None) -> int:
     m = args.baseline_events or (1_000 if args.quick else 5_000)
     work = common.workdir("bench-drain")
     report: dict[str, Any] = {
-        "bench": "drain", "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "bench": "drain", "command": common.command(NAME),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": common.machine(),
         "config": {"events": n, "baseline_events": m, "batch": args.batch, "db": args.db,
                    "quick": args.quick},
         "goals": {"events_per_s": GOAL_RATE, "factor_over_baseline": GOAL_FACTOR},
     }
     try:
-        with common.private_redis(work / "redis") as (_proc, redis_url):
+        with processes.private_redis(work / "redis") as (_proc, redis_url):
             print(f"drain: {n} events, batch {args.batch}, {args.db} ...", flush=True)
             with database(args.db, work, "drain") as db_url:
                 report["drain"] = run_drain(redis_url, db_url, n, args.batch, args.profile)
@@ -244,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         common.print_table("drain loop profile (cProfile): hottest functions by self time",
                            ["function", "self %", "cum %"], d["profile_top"])
     report["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    path = common.write_json(args.output, report)
+    path = common.write_json(args.out, report)
     print(f"wrote {path}")
     return 0 if d["ok"] else 1
 

@@ -1,20 +1,21 @@
 """What each policy left serving: the final routed versions of loop runs, judged on many requests.
 
 ``bench/loop.py`` judges a policy on its runs' final phase: 46-75 requests per cheerful task
-per seed, answered by whichever versions served during the phase (three shared versions on
-stop 32's seed 73). One answer moves such a rate by about two points. This bench reads the
-runs that ``bench/loop.py`` left in its ``--workdir`` (``<policy>-<seed>/report.json``: the
-final routing table) and judges each task's *last* served version on ``--requests`` fresh
-requests, sampled as production samples (``EvalConfig``'s temperature, top-p and length) and
-judged as the simulator judges. Every policy on a seed answers the very same requests with
-the same sampling seeds, so the per-task difference is the versions', not the sample's.
+per seed, answered by whichever versions served during the phase (several shared versions on
+a seed where the shared adapter retrained late). One answer moves such a rate by about two
+points. This bench reads the runs that ``bench/loop.py`` left in its ``--workdir``
+(``<policy>-<seed>/report.json``: the final routing table) and judges each task's *last*
+served version on ``--requests`` fresh requests, sampled as production samples
+(``EvalConfig``'s temperature, top-p and length) and judged as the simulator judges. Every
+policy on a seed answers the very same requests with the same sampling seeds, so the per-task
+difference is the versions', not the sample's.
 
-    python bench/final_versions.py --workdir .adaptd/s32 --seeds 67 71 73 \\
-        --out bench/results/final_versions-stop32.json
+    python -m bench.loop --seeds 79 83 89 --workdir .adaptd/loop
+    python -m bench.final_versions --workdir .adaptd/loop --seeds 79 83 89
 
 It measures the versions a run ends with, not the issue's goal (the final phase, which
-includes the versions that served before them); the two answer different questions and the
-README reports both.
+includes the versions that served before them); the two answer different questions and
+docs/benchmarks.md reports both.
 """
 
 from __future__ import annotations
@@ -28,19 +29,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `python bench/final_versions.py` from anywhere
-    sys.path.insert(0, str(ROOT))
+from rich.console import Console
+from rich.table import Table
 
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
-
-from bench.loop_stats import rate_difference  # noqa: E402
-from daemon.sim.judge import Verdict, judge  # noqa: E402
-from daemon.sim.scenario import load_scenario  # noqa: E402
-from storage.suite import Suite, SuiteError  # noqa: E402
-from workers.training.audit import audit_requests  # noqa: E402
-from workers.training.config import EvalConfig  # noqa: E402
+from bench import common
+from bench.loop_stats import rate_difference
+from daemon.sim.judge import Verdict, judge
+from daemon.sim.scenario import load_scenario
+from storage.suite import Suite, SuiteError
+from workers.training.audit import audit_requests
+from workers.training.config import EvalConfig
 
 POLICIES = ("adaptive", "isolated", "static", "uniform")
 
@@ -49,7 +47,7 @@ def served(run_dir: Path) -> dict[str, dict[str, Any]]:
     """The final routing table of one loop run (task -> adapter, version, path)."""
     report = run_dir / "report.json"
     if not report.is_file():
-        raise SystemExit(f"error: {report} not found: run bench/loop.py with this --workdir "
+        raise SystemExit(f"error: {report} not found: run `python -m bench.loop` with this --workdir "
                          "first, or pick the seeds and policies it ran")
     routing: dict[str, dict[str, Any]] = json.loads(report.read_text("utf-8"))["routing"]
     return routing
@@ -72,9 +70,8 @@ def sampled_verdicts(model: Any, tokenizer: Any, suite: Suite, task: str, *, req
     return [judge(suite, task, t) for t in texts]
 
 
-def add_run_args(ap: argparse.ArgumentParser, *, requests: int, out: str) -> None:
-    """The options this bench and ``bench/served_versions.py`` share: which loop runs, which
-    tasks, how many requests, where the JSON goes."""
+def add_run_args(ap: argparse.ArgumentParser, *, requests: int) -> None:
+    """Which loop runs, which tasks, how many requests, where the JSON goes."""
     ap.add_argument("--workdir", type=Path, required=True, help="bench/loop.py's --workdir")
     ap.add_argument("--seeds", type=int, nargs="+", required=True)
     ap.add_argument("--policies", nargs="+", default=["adaptive", "isolated"], choices=POLICIES)
@@ -82,7 +79,7 @@ def add_run_args(ap: argparse.ArgumentParser, *, requests: int, out: str) -> Non
     ap.add_argument("--tasks", nargs="+", default=None, help="default: every task of the suite")
     ap.add_argument("--requests", type=int, default=requests, help="requests judged per task "
                     "and version")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench/results" / out)
+    common.add_out(ap, "final_versions")
 
 
 def suite_and_tasks(ap: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[Suite, list[str]]:
@@ -186,7 +183,7 @@ def table(rows: dict[str, dict[str, Any]], tasks: Sequence[str], baseline: str) 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_run_args(ap, requests=1000, out="final_versions.json")
+    add_run_args(ap, requests=1000)
     args = ap.parse_args()
     suite, tasks = suite_and_tasks(ap, args)
     console = Console() if sys.stdout.isatty() else Console(width=140)
@@ -206,12 +203,11 @@ def main() -> None:
     baseline = "isolated" if "isolated" in results else args.policies[0]
     rows = compare(results, tasks, baseline)
     console.print(table(rows, tasks, baseline))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
-        "command": " ".join(sys.argv), "workdir": str(args.workdir), "scenario": args.scenario,
+    common.write_json(args.out, {
+        "command": common.command("final_versions"), "workdir": str(args.workdir), "scenario": args.scenario,
         "seeds": args.seeds, "requests": args.requests, "baseline": baseline,
         "runs": {p: {str(s): r for s, r in by.items()} for p, by in results.items()},
-        "pooled": rows, "seconds": round(time.monotonic() - t0, 1)}, indent=2, ensure_ascii=False))
+        "pooled": rows, "seconds": round(time.monotonic() - t0, 1)})
     console.print(f"wrote {args.out}")
 
 

@@ -12,9 +12,9 @@ Phases (one run, one private redis-server, one SQLite file; the API only XADDs):
 Goals (DESIGN section 10 / bench brief): batch ingest >= 25 % of the ceiling; single-event
 p99 <= 10 ms at 1,000 req/s.
 
-    .venv/bin/python bench/ingest.py --quick
-    .venv/bin/python bench/ingest.py                      # full
-    .venv/bin/python bench/ingest.py --server uvicorn --workers 2 --pythonpath /opt/extra
+    python -m bench.ingest --quick
+    python -m bench.ingest                      # full
+    python -m bench.ingest --server uvicorn --workers 2 --pythonpath /opt/extra
 """
 
 from __future__ import annotations
@@ -25,19 +25,17 @@ import contextlib
 import json
 import os
 import shutil
-import sys
 import time
-from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import redis
 
 from bench import common
 from storage.events import FeedbackEventV1
 from storage.stream import FeedbackStream
+from tests.support import load, processes
 
+NAME = "ingest"
 GOAL_SHARE = 0.25
 GOAL_P99_MS = 10.0
 
@@ -60,12 +58,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--profile", action="store_true", help="sample the server with py-spy "
                     "(PY_SPY=path) during the batch and single phases; print where CPU goes")
     ap.add_argument("--skip", default="", help="comma-separated phases to skip: batch,ceiling,single")
-    ap.add_argument("--output", default="ingest.json", help="file name under bench/results/")
+    common.add_out(ap, NAME)
     return ap.parse_args(argv)
 
 
 def make_batches(n: int, size: int, run: str) -> list[list[dict[str, Any]]]:
-    return [[common.bench_event(b * size + j, run) for j in range(size)] for b in range(n)]
+    return [[load.bench_event(b * size + j, run) for j in range(size)] for b in range(n)]
 
 
 def stream_payloads(batches: list[list[dict[str, Any]]]) -> list[list[tuple[str, str]]]:
@@ -126,13 +124,13 @@ def lua_direct(client: redis.Redis, prefix: str, payloads: list[list[tuple[str, 
     return {"events": n, "seconds": round(elapsed, 3), "events_per_s": round(n / elapsed, 1)}
 
 
-def summarize(res: common.LoadResult, events_per_request: int) -> dict[str, Any]:
+def summarize(res: load.LoadResult, events_per_request: int) -> dict[str, Any]:
     ok = res.statuses.get(202, 0)
     return {
         "requests": res.sent, "seconds": round(res.elapsed, 3), "statuses": res.statuses,
         "transport_errors": res.errors, "requests_per_s": round(res.sent / res.elapsed, 1),
         "events_per_s": round(ok * events_per_request / res.elapsed, 1),
-        "latency_ms": common.latency_ms(res.latencies), "late_starts": res.late_starts,
+        "latency_ms": load.latency_ms(res.latencies), "late_starts": res.late_starts,
     }
 
 
@@ -144,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     work = common.workdir("bench-ingest")
     db_url = f"sqlite:///{work / 'adaptd.db'}"
     report: dict[str, Any] = {
-        "bench": "ingest", "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "bench": "ingest", "command": common.command(NAME),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": common.machine(),
         "config": {"requests": n_requests, "batch": args.batch, "concurrency": args.concurrency,
                    "rate": args.rate, "single_seconds": single_seconds, "server": args.server,
@@ -153,19 +151,19 @@ def main(argv: list[str] | None = None) -> int:
         "goals": {"ingest_share_of_ceiling": GOAL_SHARE, "single_p99_ms": GOAL_P99_MS},
     }
     try:
-        with common.private_redis(work / "redis") as (_rproc, redis_url):
-            common.prepare_database(db_url)
+        with processes.private_redis(work / "redis") as (_rproc, redis_url):
+            processes.prepare_database(db_url)
             extra = {}
             if args.pythonpath:
                 extra["PYTHONPATH"] = os.pathsep.join([args.pythonpath, str(common.ROOT)])
-            env = common.adaptd_env(redis_url=redis_url, database_url=db_url, workdir=work,
+            env = processes.adaptd_env(redis_url=redis_url, database_url=db_url, workdir=work,
                                     extra=extra)
             client = redis.Redis.from_url(redis_url)
             print(f"generating {n_requests} x {args.batch} events and "
                   f"{int(args.rate * single_seconds)} single events ...", flush=True)
             batches = make_batches(n_requests, args.batch, "b")
             warm_batches = make_batches(max(20, n_requests // 20), args.batch, "w")
-            with common.api_server(env, work / "api.log", server=args.server,
+            with processes.api_server(env, work / "api.log", server=args.server,
                                    workers=args.workers, http=args.http, loop=args.loop,
                                    ) as (proc, port):
                 def spy(phase: str) -> Any:
@@ -174,33 +172,33 @@ def main(argv: list[str] | None = None) -> int:
                     return common.profiled(proc.pid, work / f"pyspy-{phase}.txt")
 
                 host = f"127.0.0.1:{port}"
-                report["rss_mb_start"] = round(common.rss_bytes(proc.pid) / 2**20, 1)
+                report["rss_mb_start"] = round(processes.rss_bytes(proc.pid) / 2**20, 1)
                 if "batch" not in skip:
-                    warm = common.feedback_requests(warm_batches, host)
-                    asyncio.run(common.closed_loop("127.0.0.1", port, warm, args.concurrency))
-                    reqs = common.feedback_requests(batches, host)
+                    warm = load.feedback_requests(warm_batches, host)
+                    asyncio.run(load.closed_loop("127.0.0.1", port, warm, args.concurrency))
+                    reqs = load.feedback_requests(batches, host)
                     print(f"batch: {len(reqs)} requests x {args.batch} events, "
                           f"{args.concurrency} clients ...", flush=True)
                     with spy("batch"):
-                        res = asyncio.run(common.closed_loop("127.0.0.1", port, reqs,
+                        res = asyncio.run(load.closed_loop("127.0.0.1", port, reqs,
                                                              args.concurrency))
                     report["batch"] = summarize(res, args.batch)
                     report["batch"]["stream_len"] = int(client.xlen("adaptd:events"))
                 if "single" not in skip:
                     client.flushdb()
                     n_single = int(args.rate * single_seconds)
-                    warm = common.feedback_requests(
-                        [[common.bench_event(i, "ws")] for i in range(int(args.rate))], host)
-                    asyncio.run(common.open_loop("127.0.0.1", port, warm, args.rate))
-                    reqs = common.feedback_requests(
-                        [[common.bench_event(i, "s")] for i in range(n_single)], host)
+                    warm = load.feedback_requests(
+                        [[load.bench_event(i, "ws")] for i in range(int(args.rate))], host)
+                    asyncio.run(load.open_loop("127.0.0.1", port, warm, args.rate))
+                    reqs = load.feedback_requests(
+                        [[load.bench_event(i, "s")] for i in range(n_single)], host)
                     print(f"single: {n_single} requests at {args.rate:.0f}/s (open loop) ...",
                           flush=True)
                     with spy("single"):
-                        res = asyncio.run(common.open_loop("127.0.0.1", port, reqs, args.rate))
+                        res = asyncio.run(load.open_loop("127.0.0.1", port, reqs, args.rate))
                     report["single"] = summarize(res, 1)
                     report["single"]["offered_rate"] = args.rate
-                report["rss_mb_end"] = round(common.rss_bytes(proc.pid) / 2**20, 1)
+                report["rss_mb_end"] = round(processes.rss_bytes(proc.pid) / 2**20, 1)
             if "ceiling" not in skip:
                 payloads = stream_payloads(batches)
                 client.flushdb()
@@ -218,15 +216,15 @@ def main(argv: list[str] | None = None) -> int:
             for phase in ("batch", "single"):
                 src = work / f"pyspy-{phase}.txt"
                 if src.exists():
-                    common.RESULTS.mkdir(parents=True, exist_ok=True)
-                    shutil.copy(src, common.RESULTS / f"ingest-pyspy-{phase}.txt")
+                    args.out.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy(src, args.out.with_name(f"{args.out.stem}-pyspy-{phase}.txt"))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
     verdicts = render(report)
     report["verdicts"] = verdicts
     report["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    path = common.write_json(args.output, report)
+    path = common.write_json(args.out, report)
     print(f"wrote {path}")
     return 0
 

@@ -1,17 +1,17 @@
 """The holiday scenario under all four policies, same seeds, one table.
 
-    python bench/loop.py                       # holiday-zh, seeds 7 11 13, all policies
-    python bench/loop.py --seeds 7 --quick     # one seed, the short smoke scenario
-    python bench/loop.py --policies adaptive --runs-from bench/results/loop.json
+    python -m bench.loop                       # holiday-zh, seeds 7 11 13, all policies
+    python -m bench.loop --seeds 7 --quick     # one seed, the short smoke scenario
+    python -m bench.loop --policies adaptive --runs-from bench/results/loop.json
                                                # re-run adaptive only, compare with the
                                                # earlier static/uniform/isolated runs
-    python bench/loop.py --gather A.json B.json --out C.json
+    python -m bench.loop --gather A.json B.json --out C.json
                                                # one table from runs of other seeds
 
 Goals (issue "Close the loop"): for adaptive, final-phase crosstalk <= 2% on every high-risk
 task, acceptance on every task within 2 points of isolated, fewer adapters than tasks,
 compatible tasks still sharing; static must show the problem (high-risk crosstalk >= 3x
-adaptive's). Prints mean and spread over seeds; writes bench/results/loop.json.
+adaptive's). Prints mean and spread over seeds; writes one JSON (``--out``).
 
 Each goal on rates is judged twice: on every seed alone, and on the seeds' final phases
 pooled per task (``bench/loop_stats.py``: crosstalk with a Wilson interval, adaptive vs
@@ -29,14 +29,12 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import common
 from bench.loop_stats import (
@@ -88,26 +86,6 @@ def final_chunks(report: dict[str, Any]) -> dict[str, list[list[int]]]:
     return out
 
 
-def _key_values(flag: str, items: list[str], *, known: Collection[str] | None,
-                want: str) -> dict[str, Any]:
-    """``KEY=VALUE`` items (VALUE in JSON) as a dict; a clear CLI error for anything else.
-
-    >>> _key_values("--x", ["a=1", "b={\\"c\\": 2}"], known=None, want="a JSON value")
-    {'a': 1, 'b': {'c': 2}}
-    """
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            sep = ""
-        if not sep or (known is not None and key not in known):
-            raise SystemExit(f"error: {flag} {item!r}: want KEY=VALUE with {want}")
-    return out
-
-
 def parse_train(items: list[str]) -> dict[str, Any]:
     """``KEY=VALUE`` TrainConfig overrides (VALUE in JSON), checked against TrainConfig here so
     a typo stops the bench before an hour of runs, not inside the first training job.
@@ -119,7 +97,7 @@ def parse_train(items: list[str]) -> dict[str, Any]:
 
     from workers.training.config import TrainConfig
 
-    train = _key_values("--train", items, known=TrainConfig.model_fields,
+    train = common.key_values("--train", items, known=TrainConfig.model_fields,
                         want=f"a TrainConfig field and a JSON value "
                              f"(fields: {', '.join(TrainConfig.model_fields)})")
     try:
@@ -138,7 +116,7 @@ def parse_policy(items: list[str]) -> dict[str, Any]:
     """
     from policies.config import PolicyConfig
 
-    policy = _key_values("--policy", items, known=None, want="a JSON value")
+    policy = common.key_values("--policy", items, known=None, want="a JSON value")
     try:
         PolicyConfig.from_dict(policy)
     except (TypeError, ValueError, AttributeError) as exc:
@@ -265,7 +243,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[7, 11, 13])
     ap.add_argument("--policies", nargs="+", default=list(POLICIES), choices=POLICIES)
     ap.add_argument("--quick", action="store_true", help="the smoke scenario, one seed")
-    ap.add_argument("--out", type=Path, default=Path("bench/results/loop.json"))
+    common.add_out(ap, "loop")
     ap.add_argument("--workdir", type=Path, default=Path(".adaptd/bench-loop"))
     ap.add_argument("--reuse", action="store_true",
                     help="reuse reports already in --workdir instead of re-running them")
@@ -306,10 +284,9 @@ def main() -> None:
         runs = run_all(args, risk, console, train=train, policy_cli=policy_cli, where=where)
         about = {"machine": where, "train_overrides": train, "policy_overrides": policy_cli}
     rows, goals = compare(runs, risk, console)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     out = {"scenario": args.scenario, "seeds": sorted({r["seed"] for rs in runs.values() for r in rs}),
            **about, "policies": rows, "goals": goals, "seconds": round(time.monotonic() - t0, 1)}
-    args.out.write_text(json.dumps(out, indent=2))
+    common.write_json(args.out, out)
     console.print(f"wrote {args.out}")
 
 
@@ -325,8 +302,8 @@ def run_all(args: argparse.Namespace, risk: Mapping[str, str], console: Console,
         train["task_scaling"] = args.task_scaling
     load = where["loadavg_at_start"][0]
     if load >= 0.5 * where["cpus"]:
-        # Since the engine runs on an event clock in a synchronous simulation, load changes
-        # how long the runs take, not what they decide (README, The demo and the simulator).
+        # The engine runs on an event clock in a synchronous simulation: load changes how
+        # long the runs take, not what they decide.
         console.print(f"[yellow]note: load average {load} on {where['cpus']} cores: the "
                       f"runs' seconds will not compare with an idle machine's[/]")
     for seed in args.seeds:

@@ -6,31 +6,88 @@ compares, limit ``GateConfig.general_loss_tolerance``) next to the base model's.
 ``task_scaling: 1`` a seven-task suite trains 7 × the one-task steps, so this is the question
 of whether scaled steps still pass the gate.
 
-    .venv/bin/python bench/retention.py                                   # both builtin suites
-    .venv/bin/python bench/retention.py --suites builtin:office-en --steps 100 700 1400
-    .venv/bin/python bench/retention.py --general-share 0.3 0.5 --tiny hidden_size=256 ...
+    python -m bench.retention                                   # both builtin suites
+    python -m bench.retention --quick                           # festive-zh, 20 steps (smoke)
+    python -m bench.retention --suites builtin:office-en --steps 100 700 1400
+    python -m bench.retention --general-share 0.3 0.5 --tiny hidden_size=256 ...
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from rich.console import Console
+from rich.table import Table
 
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
+from bench import common
+from storage.suite import Suite, load_suite
+from workers.training.config import GateConfig
 
-from bench.task_steps import parse_tiny, train_fresh, use_tiny  # noqa: E402
-from storage.suite import Suite, load_suite  # noqa: E402
-from workers.training.config import GateConfig  # noqa: E402
+
+def train_fresh(suite: Suite, artifacts: Path, tasks: list[str], steps: int,
+                seed: int, train: dict[str, Any] | None = None) -> tuple[Any, Any, Any, float]:
+    """A fresh base copy with an adapter over ``tasks`` trained ``steps`` on seed data, on the
+    temperature prior over data sizes (as a job without a policy): (bundle, train result with
+    the model in eval mode, data, training seconds)."""
+    from workers.training.base_model import load_base
+    from workers.training.config import TrainConfig
+    from workers.training.data import assemble
+    from workers.training.sampler import default_ratios
+    from workers.training.trainer import train_adapter
+
+    bundle = load_base(suite, artifacts, device="cpu")  # a fresh copy: LoRA wraps it in place
+    data = assemble(suite, tasks)
+    cfg = TrainConfig.model_validate({"seed": seed, "checkpoint_every": 10**6, **(train or {}),
+                                      "steps": steps, "task_scaling": 0.0})
+    t0 = time.monotonic()
+    result = train_adapter(bundle, data, ratios=default_ratios(data.sizes()), config=cfg,
+                           general_share=cfg.general_share_or(suite.general_share))
+    seconds = time.monotonic() - t0
+    result.model.eval()
+    return bundle, result, data, seconds
+
+
+def parse_tiny(items: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` overrides of ``builtin:tiny``'s recipe (``TINY_SPEC``), for measuring
+    another base size; ``builder`` cannot be set (it is bumped so the base is rebuilt).
+
+    >>> parse_tiny(["num_hidden_layers=3", "hidden_size=192"])
+    {'num_hidden_layers': 3, 'hidden_size': 192}
+    >>> parse_tiny(["layers=3"])  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    SystemExit: error: --tiny 'layers=3': want KEY=VALUE with a TINY_SPEC key ... (keys: ...)
+    >>> parse_tiny(["hidden_size=0"])  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    SystemExit: error: --tiny hidden_size=0: want a TINY_SPEC key and a positive number ...
+    """
+    from workers.training.tiny_recipe import TINY_SPEC
+
+    keys = [k for k in TINY_SPEC if k != "builder"]
+    want = f"a TINY_SPEC key and a positive number (keys: {', '.join(keys)})"
+    out = common.key_values("--tiny", items, known=keys, want=want)
+    for key, value in out.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise SystemExit(f"error: --tiny {key}={value!r}: want {want}")
+    return out
+
+
+def use_tiny(overrides: dict[str, Any]) -> None:
+    """Make this process build (and cache under a different name) ``builtin:tiny`` with
+    ``overrides``: the recipe dict is patched in place, so the cache key and the builder both
+    see it. Never used by the daemon; a base worth keeping goes into ``TINY_SPEC`` itself."""
+    from workers.training.tiny_recipe import TINY_SPEC
+
+    if overrides:
+        TINY_SPEC.update(overrides)
+        TINY_SPEC["builder"] += 1000  # a cache key the shipped recipe never has
+
+
 
 
 def measure(suite: Suite, artifacts: Path, steps: int, seed: int,
@@ -68,8 +125,12 @@ def main() -> None:
     ap.add_argument("--tiny", action="append", default=[], metavar="KEY=VALUE",
                     help="build builtin:tiny with this recipe change (repeatable), e.g. --tiny "
                          "hidden_size=256 (a base of another size, built once per run)")
-    ap.add_argument("--out", type=Path, default=REPO / "bench/results/retention.json")
+    ap.add_argument("--quick", action="store_true",
+                    help="festive-zh at 20 steps: a smoke run of the bench, not a figure")
+    common.add_out(ap, "retention")
     args = ap.parse_args()
+    if args.quick:
+        args.suites, args.steps = ["builtin:festive-zh"], [20]
     for share in args.general_share:
         if share is not None and not 0.0 <= share < 1.0:
             ap.error(f"--general-share {share}: want a share in [0, 1)")
@@ -98,9 +159,8 @@ def main() -> None:
                       f"{r['base_loss']:.3f}", f"{r['adapter_loss']:.3f}", f"{100 * r['rise']:+.1f} %",
                       "pass" if r["rise"] <= limit else "FAIL")
     console.print(table)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"seed": args.seed, "limit": limit, "tiny": tiny,
-                                         "runs": rows}, indent=1))
+    common.write_json(args.out, {"command": common.command("retention"), "seed": args.seed,
+                                 "limit": limit, "tiny": tiny, "runs": rows})
     console.print(f"wrote {args.out}")
 
 

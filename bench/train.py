@@ -13,7 +13,8 @@ mostly measure the neighbours).
 ``held-out loss`` is the token cross-entropy of held-out responses after training, computed by
 the same function for both models.
 
-    .venv/bin/python bench/train.py [--suite S ...] [--steps 150] [--repeats 3] [--threads 1]
+    python -m bench.train [--suite S ...] [--steps 150] [--repeats 3] [--threads 1]
+    python -m bench.train --quick     # festive-zh, 30 steps, one run per side
 """
 
 from __future__ import annotations
@@ -30,11 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from storage.suite import Suite, load_suite  # noqa: E402
+from bench import common
+from storage.suite import Suite, load_suite
 
 LR, WARMUP, SEED = 2e-3, 5, 0
 
@@ -166,11 +164,11 @@ def _worker(ns: argparse.Namespace) -> None:
 
 
 def _spawn(ns: argparse.Namespace, suite: str, side: str) -> dict[str, Any]:
-    cmd = [sys.executable, __file__, "--worker", side, "--suite", suite, "--steps",
+    cmd = [sys.executable, "-m", "bench.train", "--worker", side, "--suite", suite, "--steps",
            str(ns.steps), "--batch", str(ns.batch), "--artifacts", ns.artifacts,
            "--threads", str(ns.threads)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=False)
+    proc = subprocess.run(cmd, cwd=common.ROOT, env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"{side} run failed:\n{proc.stderr[-4000:]}")
     return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
@@ -224,24 +222,25 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads for both sides (1: steadier on a shared machine)")
-    p.add_argument("--artifacts", default=str(REPO / ".adaptd" / "bench-artifacts"))
-    p.add_argument("--out", default=str(REPO / "bench" / "results" / "train.json"))
+    p.add_argument("--quick", action="store_true",
+                   help="festive-zh only, 30 steps, one run per side (a smoke run, not a figure)")
+    p.add_argument("--artifacts", default=str(common.ROOT / ".adaptd" / "bench-artifacts"))
+    common.add_out(p, "train")
     p.add_argument("--worker", choices=["adaptd", "baseline"], help=argparse.SUPPRESS)
     ns = p.parse_args()
     if ns.worker:
         ns.suite = ns.suite[0]
         _worker(ns)
         return
+    if ns.quick:
+        ns.suite, ns.steps, ns.repeats = ns.suite or ["builtin:festive-zh"], 30, 1
     suites = ns.suite or ["builtin:festive-zh", "builtin:office-en"]
     results = {ref: bench_suite(ns, ref) for ref in suites}
     out = {"steps": ns.steps, "batch_examples": ns.batch, "repeats": ns.repeats,
            "threads": ns.threads, "suites": results,
            "goal_met": all(r["goal_met"] for r in results.values()),
            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    Path(ns.out).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(ns.out + ".tmp")
-    tmp.write_text(json.dumps(out, indent=2))
-    tmp.replace(ns.out)
+    common.write_json(ns.out, out)
     print(f"\nwrote {ns.out}")
 
 

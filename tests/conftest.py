@@ -29,6 +29,18 @@ from storage.db import make_engine, migrate, session_scope
 from storage.suite import load_suite
 from tests.helpers import SECRET
 
+# A test that needs the built tiny base model (the session builds it once, about a minute of
+# CPU) trains or generates with it: slow, so `pytest -m "not slow"` (`make test-fast`) leaves
+# it out. Other slow tests carry the marker themselves.
+NEEDS_A_BASE = "base_root"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if NEEDS_A_BASE in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 PG_URL = os.environ.get("ADAPTD_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 SUITE = "builtin:festive-zh"
 

@@ -1,22 +1,35 @@
-"""``bench/loop.py``'s comparisons: runs on the same requests are also compared paired; results
-files of other seeds gather into one table, policies compared on the seeds both ran."""
+"""``python -m bench.loop``'s comparisons, run as a maintainer runs it: runs on the same requests
+are also compared paired; results files of other seeds gather into one table, policies compared
+on the seeds both ran. The statistics themselves are doctested in ``bench/loop_stats.py``."""
 
 from __future__ import annotations
 
-import io
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from rich.console import Console
 
-from bench.loop import compare, gather, summarize
-from bench.loop_stats import paired_difference, pooled_vs, rate_difference
+from tests.support.processes import ROOT
+
+# A suite whose only high-risk task is apology.
+SUITE = ROOT / "tests" / "training" / "suite.yaml"
+# Each test runs the bench as a maintainer does, in subprocesses: seconds each.
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture()
+def scenario(tmp_path: Path) -> str:
+    path = tmp_path / "scenario.yaml"
+    path.write_text(f"seed: 1\nsuite: {SUITE}\n"
+                    "phases:\n  - {name: after, events: 10, traffic: {apology: 1.0}}\n")
+    return str(path)
 
 
 def _report(chunks: list[tuple[int, int]], leaked: int = 0) -> dict[str, Any]:
-    """A simulate report (the fields ``summarize`` reads) whose final phase has ``chunks`` of
+    """A simulate report (the fields the bench reads) whose final phase has ``chunks`` of
     (events, accepted) for one task, apology, ``leaked`` of whose answers were crosstalk."""
     n, k = sum(c[0] for c in chunks), sum(c[1] for c in chunks)
     row = {"events": n, "acceptance": k / n, "crosstalk_rate": leaked / n, "crosstalk_sources": {}}
@@ -30,45 +43,66 @@ def _report(chunks: list[tuple[int, int]], leaked: int = 0) -> dict[str, Any]:
             "training_runs": [], "seconds": 1.0}
 
 
-def test_same_requests_get_a_paired_interval_and_other_requests_do_not() -> None:
-    risk = {"apology": "high"}
-    adaptive = [summarize(_report([(10, 9), (12, 12), (11, 8)]), risk)]
-    isolated = [summarize(_report([(10, 10), (12, 12), (11, 10)]), risk)]
-    assert adaptive[0]["final_chunks"] == {"apology": [[10, 9], [12, 12], [11, 8]]}  # steady left out
-    row = pooled_vs(adaptive, isolated)["apology"]
+def _bench(scenario: str, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    """``python -m bench.loop`` on ``scenario`` (the last --scenario given wins)."""
+    return subprocess.run([sys.executable, "-m", "bench.loop", "--scenario", scenario, *map(str, args)],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+
+
+def _reused(scenario: str, workdir: Path, out: Path, seeds: list[int],
+            reports: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """The bench's results for ``reports`` (per policy, one per seed) left in ``workdir`` as
+    earlier runs, read back with ``--reuse`` (nothing is simulated)."""
+    for policy, rs in reports.items():
+        for seed, report in zip(seeds, rs, strict=True):
+            (workdir / f"{policy}-{seed}").mkdir(parents=True)
+            (workdir / f"{policy}-{seed}" / "report.json").write_text(json.dumps(report))
+    proc = _bench(scenario, "--reuse", "--workdir", workdir, "--seeds", *map(str, seeds),
+                  "--policies", *reports, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "final phase per task" in proc.stdout  # the tables
+    data: dict[str, Any] = json.loads(out.read_text())
+    return data
+
+
+def test_same_requests_get_a_paired_interval_and_other_requests_do_not(tmp_path: Path, scenario: str) -> None:
+    paired = _reused(scenario, tmp_path / "a", tmp_path / "a.json", [1], {
+        "adaptive": [_report([(10, 9), (12, 12), (11, 8)])],
+        "isolated": [_report([(10, 10), (12, 12), (11, 10)])]})
+    run = paired["policies"]["adaptive"]["runs"][0]
+    assert run["final_chunks"] == {"apology": [[10, 9], [12, 12], [11, 8]]}  # steady left out
+    row = paired["policies"]["adaptive"]["pooled_vs_isolated"]["apology"]
     assert row["accepted"] == [29, 32] and row["events"] == [33, 33]
-    d, lo, hi = paired_difference([(10, 9, 10), (12, 12, 12), (11, 8, 10)])
-    assert row["paired_ci95"] == [round(lo, 4), round(hi, 4)] and round(d, 4) == row["difference"]
+    assert row["difference"] == round(29 / 33 - 32 / 33, 4)
+    (lo, hi), (plo, phi) = row["ci95"], row["paired_ci95"]
+    assert plo <= row["difference"] <= phi and lo <= row["difference"] <= hi
+    assert phi - plo < hi - lo  # pairing takes the requests' own spread out
     # Chunks that answered different requests (other event counts) are not paired.
-    other = [summarize(_report([(11, 10), (11, 11), (11, 10)]), risk)]
-    unpaired = pooled_vs(adaptive, other)["apology"]
-    assert "paired_ci95" not in unpaired
-    _, nlo, nhi = rate_difference(29, 33, 31, 33)
-    assert unpaired["ci95"] == [round(nlo, 4), round(nhi, 4)]
+    other = _reused(scenario, tmp_path / "b", tmp_path / "b.json", [1], {
+        "adaptive": [_report([(10, 9), (12, 12), (11, 8)])],
+        "isolated": [_report([(11, 10), (11, 11), (11, 10)])]})
+    unpaired = other["policies"]["adaptive"]["pooled_vs_isolated"]["apology"]
+    assert "paired_ci95" not in unpaired and unpaired["accepted"] == [29, 31]
 
 
-def _results(path: Path, seeds: list[int], runs: dict[str, list[dict[str, Any]]]) -> Path:
-    path.write_text(json.dumps({"scenario": "s", "seeds": seeds,
-                                "policies": {p: {"runs": rs} for p, rs in runs.items()}}))
-    return path
-
-
-def test_gathered_files_compare_policies_on_the_seeds_both_ran(tmp_path: Path) -> None:
-    risk = {"apology": "high"}
-
+def test_gathered_files_compare_policies_on_the_seeds_both_ran(tmp_path: Path, scenario: str) -> None:
     def run(accepted: int, leaked: int) -> dict[str, Any]:
-        return summarize(_report([(50, accepted), (50, 50)], leaked), risk)
+        return _report([(50, accepted), (50, 50)], leaked)
 
-    first = _results(tmp_path / "a.json", [1, 2], {
+    first = _reused(scenario, tmp_path / "w1", tmp_path / "a.json", [1, 2], {
         "adaptive": [run(49, 1), run(50, 0)], "isolated": [run(50, 0), run(48, 2)],
         "static": [run(30, 20), run(40, 10)]})
-    second = _results(tmp_path / "b.json", [3], {"adaptive": [run(47, 3)],
-                                                 "isolated": [run(50, 0)]})
-    again = _results(tmp_path / "c.json", [1], {"adaptive": [run(49, 1)]})  # a regathered copy
-    runs = gather([first, second, again], "s")
-    assert [r["seed"] for r in runs["adaptive"]] == [1, 2, 3]
-    assert [r["seed"] for r in runs["static"]] == [1, 2]
-    rows, goals = compare(runs, risk, Console(file=io.StringIO()))
+    _reused(scenario, tmp_path / "w2", tmp_path / "b.json", [3], {"adaptive": [run(47, 3)],
+                                                      "isolated": [run(50, 0)]})
+    _reused(scenario, tmp_path / "w3", tmp_path / "c.json", [1], {"adaptive": [run(49, 1)]})  # a rerun
+    assert first["seeds"] == [1, 2]
+    proc = _bench(scenario, "--gather", tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json",
+                  "--out", tmp_path / "gathered.json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads((tmp_path / "gathered.json").read_text())
+    rows, goals = out["policies"], out["goals"]
+    assert out["seeds"] == [1, 2, 3] and rows["adaptive"]["seeds"] == [1, 2, 3]
+    assert rows["static"]["seeds"] == [1, 2]
     # Per seed: -1, +2 and -3 points against isolated on the same seed.
     assert [round(g, 2) for g in rows["adaptive"]["min_acceptance_gap_vs_isolated"]] == [-0.01, 0.02, -0.03]
     assert goals["adaptive_within_2pts_of_isolated"] is False
@@ -80,26 +114,34 @@ def test_gathered_files_compare_policies_on_the_seeds_both_ran(tmp_path: Path) -
     assert rows["adaptive"]["pooled_high_risk_crosstalk"]["apology"]["leaked"] == 4
     assert goals["adaptive_high_risk_crosstalk_le_2pct_pooled"] is True
     assert goals["adaptive_tasks_still_share"] is False  # one task per adapter here
-    # A gathered table gathers again (static has fewer seeds than the file).
-    gathered = tmp_path / "gathered.json"
-    gathered.write_text(json.dumps({"scenario": "s", "seeds": [1, 2, 3], "policies": rows}))
-    assert gather([gathered], "s") == runs
-    # Exactly 2 points under isolated (0.96 - 0.98 in floats is a hair below -0.02) is within.
-    two = {"adaptive": [{**runs["adaptive"][0], "acceptance": {"apology": 0.96}}],
-           "isolated": [{**runs["isolated"][0], "acceptance": {"apology": 0.98}}]}
-    assert compare(two, risk, Console(file=io.StringIO()))[1]["adaptive_within_2pts_of_isolated"]
     # Static ran on seeds 1 and 2 only: 15 % against adaptive's 0.5 % on those seeds (not 1.3 %).
     assert goals["static_over_adaptive_high_risk"] == 30.0
+    # A gathered table gathers again (static has fewer seeds than the file).
+    again = _bench(scenario, "--gather", tmp_path / "gathered.json", "--out", tmp_path / "again.json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads((tmp_path / "again.json").read_text())["policies"] == rows
 
 
-def test_gather_refuses_two_different_runs_of_one_seed_and_other_scenarios(tmp_path: Path) -> None:
-    risk = {"apology": "high"}
-    a = _results(tmp_path / "a.json", [1], {"adaptive": [summarize(_report([(50, 49)]), risk)]})
-    b = _results(tmp_path / "b.json", [1], {"adaptive": [summarize(_report([(50, 48)]), risk)]})
-    with pytest.raises(SystemExit, match="adaptive on seed 1 differs"):
-        gather([a, b], "s")
-    with pytest.raises(SystemExit, match="scenario 's', not 'other'"):
-        gather([a], "other")
+def test_exactly_two_points_under_isolated_is_within(tmp_path: Path, scenario: str) -> None:
+    # 0.96 - 0.98 in floats is a hair below -0.02.
+    out = _reused(scenario, tmp_path / "w", tmp_path / "a.json", [1], {
+        "adaptive": [_report([(50, 48), (50, 48)])], "isolated": [_report([(50, 49), (50, 49)])]})
+    assert out["goals"]["adaptive_within_2pts_of_isolated"] is True
+
+
+def test_gather_refuses_two_different_runs_of_one_seed_and_other_scenarios(
+        tmp_path: Path, scenario: str) -> None:
+    _reused(scenario, tmp_path / "w1", tmp_path / "a.json", [1], {"adaptive": [_report([(50, 49)])]})
+    _reused(scenario, tmp_path / "w2", tmp_path / "b.json", [1], {"adaptive": [_report([(50, 48)])]})
+    both = _bench(scenario, "--gather", tmp_path / "a.json", tmp_path / "b.json",
+                  "--out", tmp_path / "x.json")
+    assert both.returncode != 0 and "adaptive on seed 1 differs" in both.stderr
+    other = _bench(scenario, "--gather", tmp_path / "a.json", "--scenario", "builtin:smoke",
+                   "--out", tmp_path / "x.json")
+    assert other.returncode != 0
+    assert f"scenario '{scenario}', not 'builtin:smoke'" in other.stderr
     (tmp_path / "bad.json").write_text("{}")
-    with pytest.raises(SystemExit, match=r"not a bench/loop\.py results file"):
-        gather([tmp_path / "bad.json"], "s")
+    bad = _bench(scenario, "--gather", tmp_path / "bad.json", "--out", tmp_path / "x.json")
+    assert bad.returncode != 0 and "not a bench/loop.py results file" in bad.stderr
+    assert "Traceback" not in both.stderr + other.stderr + bad.stderr
+    assert not (tmp_path / "x.json").exists()

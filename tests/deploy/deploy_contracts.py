@@ -111,7 +111,8 @@ WELL_KNOWN_IMAGES = {
 def promtool() -> str:
     path = shutil.which("promtool")
     if path is None:
-        pytest.fail("promtool not found on PATH: install it (Debian: apt-get install -y prometheus)")
+        pytest.fail("promtool not found on PATH: `make system-deps` installs it "
+                    "(Debian's prometheus package)")
     return path
 
 

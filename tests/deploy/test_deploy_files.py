@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from tests.deploy.deploy_contracts import (
@@ -297,7 +298,7 @@ def test_systemd_units() -> None:
 
 def test_systemd_units_verify(tmp_path: Path) -> None:
     analyze = shutil.which("systemd-analyze")
-    assert analyze is not None, "systemd-analyze is required (.ci/run installs Debian's systemd)"
+    assert analyze is not None, "systemd-analyze is required (`make system-deps` installs it)"
     fake = tmp_path / "adaptd"
     fake.write_text("#!/bin/sh\n")
     fake.chmod(0o755)
@@ -326,6 +327,7 @@ def test_dockerfile() -> None:
     assert {".git", ".venv", "!deploy/healthcheck.py"} <= set(ignore)
 
 
+@pytest.mark.slow
 def test_real_cli_knows_the_commands_used() -> None:
     """Every subcommand and flag used here is in the real CLI's --help."""
     for sub, flags in SUBCOMMANDS.items():
@@ -354,6 +356,7 @@ def _probe(*args: str, env: dict[str, str] | None = None) -> int:
     ).returncode
 
 
+@pytest.mark.slow
 def test_healthcheck_http() -> None:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -380,6 +383,7 @@ def test_healthcheck_redis() -> None:
     assert _probe("redis", "redis://127.0.0.1:6379/0") == 0
 
 
+@pytest.mark.slow
 def test_healthcheck_celery_finds_the_worker_on_this_host(tmp_path: Path) -> None:
     """`adaptd-healthcheck celery` against a real `adaptd worker` (isolated Redis db + prefix)."""
     socket.create_connection(("127.0.0.1", 6379), timeout=1).close()  # CI starts Redis

@@ -303,6 +303,7 @@ def update_task_state(engine: Engine, ratios: dict[str, float], *, degraded: str
 # -------------------------------------------------------------------------------- the test
 
 
+@pytest.mark.slow  # a real Prometheus scraping a real API
 @pytest.mark.timeout(90)
 def test_every_dashboard_query_returns_data_from_a_real_prometheus(
     settings: Settings, engine: Engine, prometheus_factory: Callable[[str], Prometheus],

@@ -1,6 +1,7 @@
 """Static checks of the metric contract, Prometheus rules (promtool) and the Grafana dashboard.
 
-promtool is required (CI installs Debian's `prometheus` package): without it these tests fail.
+promtool is required (`make system-deps` installs Debian's `prometheus` package): without it
+these tests fail.
 """
 
 from __future__ import annotations

@@ -15,12 +15,12 @@ from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
+from sqlmodel import Session, col
 
-from bench import common
 from daemon.settings import Settings
 from storage import crud
 from storage.models import FeedbackEvent, TrainingExample
+from tests.support.processes import adaptd_env, api_server
 
 FULL = os.environ.get("ADAPTD_RELIABILITY_SCALE", "ci").strip().lower() == "full"
 
@@ -38,10 +38,10 @@ def api_process(settings: Settings, workdir: Path, *, log_level: str = "WARNING"
     token = settings.admin_token_value()
     if token:
         extra["ADAPTD_ADMIN_TOKEN"] = token
-    env = common.adaptd_env(redis_url=settings.redis_url, database_url=settings.database_url,
-                            workdir=workdir, prefix=settings.key_prefix, extra=extra)
+    env = adaptd_env(redis_url=settings.redis_url, database_url=settings.database_url,
+                     workdir=workdir, prefix=settings.key_prefix, extra=extra)
     log = workdir / "api.log"
-    with common.api_server(env, log) as (proc, port):
+    with api_server(env, log) as (proc, port):
         yield proc, f"http://127.0.0.1:{port}", log
 
 
@@ -54,7 +54,7 @@ def sql_summary(engine: Engine) -> dict[str, float]:
     with Session(engine) as session:
         rows = session.execute(select(func.count()).select_from(FeedbackEvent)).scalar() or 0
         examples = session.execute(select(func.count()).select_from(TrainingExample)
-                                   .where(TrainingExample.kind != "seed")).scalar() or 0
+                                   .where(col(TrainingExample.kind) != "seed")).scalar() or 0
         counters = crud.read_counters(session)
     return {
         "rows": int(rows), "examples": int(examples),

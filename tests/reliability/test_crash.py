@@ -23,11 +23,11 @@ import httpx
 import pytest
 import redis
 
-from bench.common import ROOT
 from storage.stream import GROUP, FeedbackStream, Keys
 from tests.conftest import LiveServer, prepared_engine
 from tests.helpers import event, post
 from tests.reliability._support import FULL, scaled, sql_ids, sql_summary, wait_until
+from tests.support.processes import ROOT
 from workers.ingest import drain_once
 
 N_EVENTS = int(os.environ.get("ADAPTD_RELIABILITY_CRASH_EVENTS", scaled(5_000, 100_000)))

@@ -25,11 +25,11 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from bench.common import rss_bytes
 from daemon.webhooks import sign
 from tests.conftest import prepared_engine
 from tests.helpers import SECRET, event
 from tests.reliability._support import api_process, scaled
+from tests.support.processes import rss_bytes
 
 EXAMPLES = {  # hypothesis examples per test (CI total ~430; full ~12,000)
     "events": scaled(200, 6000),

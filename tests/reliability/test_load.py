@@ -20,12 +20,13 @@ from pathlib import Path
 import pytest
 import redis
 
-from bench import common
 from daemon import procs
 from storage.stream import FeedbackStream
 from tests.conftest import prepared_engine
 from tests.helpers import SECRET
 from tests.reliability._support import api_process, scaled, sql_summary, wait_until
+from tests.support import load
+from tests.support.processes import adaptd_env, rss_bytes
 
 PEAK_RPS = 200
 EVENTS_PER_REQUEST = 10
@@ -35,7 +36,7 @@ SECONDS = scaled(10, 60)
 # request must be answered within ~10 % of the run's length after it was due, i.e. completed
 # requests per second over the whole run >= 0.9x the offered rate. Latency depends on the
 # machine and what else runs on it (a 1,000 ms p99 bound failed at 1,147 ms on a slow 2-core
-# CI machine that still kept up), so the p99 is printed and bench/ingest.py measures it; set
+# CI machine that still kept up), so the p99 is printed and `python -m bench.ingest` measures it; set
 # ADAPTD_LOAD_P99_MS to also assert a p99 bound on a dedicated host.
 P99_LIMIT_MS = float(os.environ["ADAPTD_LOAD_P99_MS"]) if "ADAPTD_LOAD_P99_MS" in os.environ else None
 RSS_GROWTH_LIMIT = 64 * 2**20
@@ -49,27 +50,27 @@ def test_twice_peak_load(make_settings, tmp_path: Path) -> None:  # type: ignore
     engine = prepared_engine(settings)
     client = redis.Redis.from_url(settings.redis_url)
     stream = FeedbackStream(client, settings.key_prefix, dedupe_ttl=60, replay_ttl=60)
-    env = common.adaptd_env(
+    env = adaptd_env(
         redis_url=settings.redis_url, database_url=settings.database_url, workdir=tmp_path,
         prefix=settings.key_prefix, extra={"ADAPTD_WEBHOOK_SECRET": SECRET,
                                            "ADAPTD_ARTIFACTS_DIR": str(settings.artifacts_dir),
                                            "ADAPTD_LOG_LEVEL": "WARNING"})
     run = uuid.uuid4().hex[:6]
     n = RATE * SECONDS
-    batches = [[common.bench_event(r * EVENTS_PER_REQUEST + j, run)
+    batches = [[load.bench_event(r * EVENTS_PER_REQUEST + j, run)
                 for j in range(EVENTS_PER_REQUEST)] for r in range(n)]
-    warm = [[common.bench_event(i, f"w{run}")] for i in range(100)]
+    warm = [[load.bench_event(i, f"w{run}")] for i in range(100)]
     workers = [procs.spawn(["worker", "--queues", "ingest"], env, tmp_path / "worker.log"),
                procs.spawn(["beat"], env, tmp_path / "beat.log")]
     lags: list[int] = []
     try:
         with api_process(settings, tmp_path) as (proc, url, _log):
             host, port = url.removeprefix("http://").split(":")
-            reqs = common.feedback_requests(batches, f"{host}:{port}", SECRET)
-            asyncio.run(common.open_loop(host, int(port),
-                                         common.feedback_requests(warm, f"{host}:{port}",
+            reqs = load.feedback_requests(batches, f"{host}:{port}", SECRET)
+            asyncio.run(load.open_loop(host, int(port),
+                                         load.feedback_requests(warm, f"{host}:{port}",
                                                                   SECRET), 100))
-            rss_before = common.rss_bytes(proc.pid)
+            rss_before = rss_bytes(proc.pid)
             stop = threading.Event()
 
             def sample() -> None:
@@ -78,10 +79,10 @@ def test_twice_peak_load(make_settings, tmp_path: Path) -> None:  # type: ignore
 
             sampler = threading.Thread(target=sample, daemon=True)
             sampler.start()
-            res = asyncio.run(common.open_loop(host, int(port), reqs, RATE))
+            res = asyncio.run(load.open_loop(host, int(port), reqs, RATE))
             stop.set()
             sampler.join(5)
-            rss_after = common.rss_bytes(proc.pid)
+            rss_after = rss_bytes(proc.pid)
             t_end = time.monotonic()
             assert wait_until(lambda: stream.lag() == 0, LAG_DRAIN_SECONDS, 0.25), (
                 f"stream lag still {stream.lag()} after {LAG_DRAIN_SECONDS}s")
@@ -93,7 +94,7 @@ def test_twice_peak_load(make_settings, tmp_path: Path) -> None:  # type: ignore
         for p in reversed(workers):
             procs.stop(p)
         engine.dispose()
-    lat = common.latency_ms(res.latencies)
+    lat = load.latency_ms(res.latencies)
     report = {
         "assumed_peak": f"{PEAK_RPS} req/s x {EVENTS_PER_REQUEST} events",
         "offered_rps": RATE, "seconds": SECONDS, "achieved_rps": round(res.sent / res.elapsed, 1),

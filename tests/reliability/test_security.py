@@ -200,6 +200,7 @@ def test_celery_is_json_only(settings) -> None:  # type: ignore[no-untyped-def]
     assert "pickle" not in (conf.result_accept_content or ["json"])
 
 
+@pytest.mark.slow
 def test_secrets_never_leak(make_settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """Run the real `adaptd serve` at DEBUG, send bad requests of every kind, then look for the
     webhook secret (and its key bytes) and the admin token in the logs and every answer."""

@@ -19,6 +19,8 @@ from tests.conftest import SUITE
 from tests.helpers import SECRET
 
 ROOT = Path(__file__).resolve().parents[2]
+# Each test starts a whole local stack (one also trains): tens of seconds each.
+pytestmark = pytest.mark.slow
 
 # The parent: start a whole stack, print its processes' ids, then wait to be killed.
 PARENT = """

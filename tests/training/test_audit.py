@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bench.audit_requests import as_file_suite
 from storage.suite import Suite
+from tests.support.suites import as_file_suite
 from workers.training.audit import audit_adapter, audit_requests, find_leaks
 from workers.training.data import Sample, assemble
 from workers.training.sampler import default_ratios

@@ -1,6 +1,6 @@
-"""``bench/final_versions.py``: a loop run's final routed versions are judged on the same fresh
-requests for every policy, a task without a route answers with the base, and a missing run or
-task is a clear CLI error."""
+"""``python -m bench.final_versions``: a loop run's final routed versions are judged on the same
+fresh requests for every policy, a task without a route answers with the base, and a missing run
+or task is a clear CLI error."""
 
 from __future__ import annotations
 
@@ -11,16 +11,19 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench.final_versions import judge_run
+import pytest
+
 from storage.artifacts import write_version
 from storage.suite import Suite
-from tests.training.fast import fast_eval_config
+from tests.support.processes import ROOT
 from workers.training.audit import audit_requests
 from workers.training.data import assemble
 from workers.training.sampler import default_ratios
 from workers.training.trainer import train_adapter
 
-REPO = Path(__file__).parent.parent.parent
+SUITE_PATH = Path(__file__).parent / "suite.yaml"
+# The bench in subprocesses that load torch and the tiny base: tens of seconds each.
+pytestmark = pytest.mark.slow
 
 
 def _run_dir(tmp_path: Path, base_root: Path, routing: dict[str, Any]) -> Path:
@@ -44,9 +47,20 @@ def test_judges_each_tasks_served_version_on_the_same_requests(
     routing = {"greeting": {"adapter": "greeting", "version": 2, "path": str(info.path)}}
     (run / "report.json").write_text(json.dumps({"routing": routing}))
 
-    ecfg = fast_eval_config()
-    first = judge_run(suite, run, ["greeting", "thanks"], requests=12, seed=3, ecfg=ecfg)
-    again = judge_run(suite, run, ["greeting", "thanks"], requests=12, seed=3, ecfg=ecfg)
+    scenario = tmp_path / "scenario.yaml"
+    scenario.write_text(f"seed: 5\nsuite: {SUITE_PATH}\n"
+                        "phases:\n  - {name: only, events: 10, traffic: {greeting: 1.0}}\n")
+
+    def judged(out: Path) -> dict[str, Any]:
+        proc = _cli("--workdir", str(tmp_path), "--seeds", "5", "--policies", "adaptive",
+                    "--scenario", str(scenario), "--tasks", "greeting", "thanks",
+                    "--requests", "12", "--out", str(out), timeout=600)
+        assert proc.returncode == 0, proc.stderr
+        assert "greeting" in proc.stdout  # the table
+        runs: dict[str, Any] = json.loads(out.read_text())["runs"]["adaptive"]["5"]
+        return runs
+
+    first, again = judged(tmp_path / "a.json"), judged(tmp_path / "b.json")
     assert first["greeting"]["version"] == "greeting@2" and first["thanks"]["version"] == "base"
     assert {r["n"] for r in first.values()} == {12}
     assert all(0 <= r["accepted"] <= 12 for r in first.values())
@@ -63,9 +77,9 @@ def test_its_requests_repeat_per_seed_and_are_not_the_audits() -> None:
     assert ours != audit_requests(festive, "apology", samples=3, seed=7)  # the audit's stream
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(REPO / "bench" / "final_versions.py"), *args],
-                          capture_output=True, text=True, timeout=120, cwd=REPO)
+def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "bench.final_versions", *args],
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
 def test_a_missing_run_or_task_is_a_clear_error(tmp_path: Path) -> None:
@@ -76,10 +90,9 @@ def test_a_missing_run_or_task_is_a_clear_error(tmp_path: Path) -> None:
     assert bad_task.returncode == 2 and "unknown task(s) nope" in bad_task.stderr
 
 
-
 def test_a_bad_scenario_is_a_clear_error(tmp_path: Path) -> None:
-    """A scenario whose suite does not load (here a task's data file has no examples) used to
-    end the bench in a traceback."""
+    """A scenario whose suite does not load (here a task's data file has no examples) is a CLI
+    error, not a traceback."""
     (tmp_path / "empty.jsonl").write_text("")
     (tmp_path / "suite.yaml").write_text(
         "name: one\nbase_model: builtin:tiny\ntasks:\n  quiet: {risk: low, data: empty.jsonl}\n")
