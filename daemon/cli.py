@@ -50,7 +50,7 @@ def serve(host: Annotated[str | None, typer.Option(help="bind address")] = None,
 
 @app.command()
 def worker(
-    queues: Annotated[str, typer.Option(help="comma-separated: ingest,policy,train,serving")] = "ingest,policy",
+    queues: Annotated[str, typer.Option(help="comma-separated: ingest,policy,train")] = "ingest,policy",
     concurrency: Annotated[int, typer.Option(min=1, help="worker processes")] = 1,
     exit_with_parent: Annotated[int | None, typer.Option(
         hidden=True, help="exit soon after this parent process dies (set by adaptd demo "
