@@ -87,7 +87,6 @@ def test_worker_and_beat_keep_a_restarted_replica_whole(
         assert errors.get((vllm.url, "unreachable"), 0) >= 1
 
         vllm.start(wait=True)
-        assert listed(vllm.url) == set()
         took = wait_for(lambda: {"rs-v3", "rs-v2"} <= listed(vllm.url), timeout=120)
         assert took <= WHOLE_WITHIN, f"whole again after {took:.1f}s"
         assert _served(serving_db) == {"rs-v3"}

@@ -73,6 +73,8 @@ def test_hot_swap_routes_only_what_the_replica_lists(
     thread = threading.Thread(target=app, daemon=True)
     thread.start()
     try:
+        while len(sent) < 2 and not failures:  # traffic on v1 before the promotion
+            stop.wait(0.1)
         v2 = install_version(serving_db, artifacts, "hot", 2, trained)
         promote(serving_db, v2, tasks, tok)
         assert {r["served_as"] for r in routes(serving_db).values()} == {"hot-v1"}
@@ -92,7 +94,7 @@ def test_hot_swap_routes_only_what_the_replica_lists(
     assert rolled == [(1, "routed"), (2, "routed")]
     text = _metrics(serving_db, redis_url, prefix)
     assert "adaptd_serving_promotion_seconds_count 2.0" in text
-    assert f'adaptd_serving_loaded{{adapter="hot",replica="{vllm.url}",version="2"}} 1.0' in text
+    assert f'adaptd_serving_loaded{{replica="{vllm.url}",adapter="hot",version="2"}} 1.0' in text
 
 
 def test_a_refused_version_stays_unrouted_with_reason_metric_and_decision(
@@ -117,7 +119,7 @@ def test_a_refused_version_stays_unrouted_with_reason_metric_and_decision(
     assert decision.adapter == "ref" and decision.signals["version"] == 2
     assert "serving refused ref@2" in decision.reason
     text = _metrics(serving_db, redis_url, prefix)
-    assert (f'adaptd_serving_sync_errors_total{{reason="refused",replica="{vllm.url}"}} 1.0'
+    assert (f'adaptd_serving_sync_errors_total{{replica="{vllm.url}",reason="refused"}} 1.0'
             in text)
     again = sync(serving_db, vllm.url)  # refused once, never retried
     assert again.errors == [] and again.loaded == {} and "ref-v2" not in listed(vllm.url)
