@@ -85,7 +85,12 @@ def train(
         key_prefix=s.key_prefix, artifacts_dir=s.artifacts_dir, suite=suite,
         worker_id=f"cli-{uuid.uuid4().hex[:8]}", lease_seconds=s.train_lease_seconds,
         train_config=TrainConfig(**s.train), eval_config=EvalConfig(**s.eval),
-        device=s.train_device, show_bar=not json_out)
+        device=s.train_device, show_bar=not json_out, two_step=bool(s.serving_replicas))
+    if outcome.status == "promoted" and s.serving_replicas:
+        from daemon.celery_app import make_celery
+
+        # Routed once the serving replicas list it (docs/serving.md).
+        make_celery(s).send_task("adaptd.serving.sync", queue="serving")
     if json_out:
         print(json.dumps(outcome.to_dict(), default=str))
         return
