@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import pytest
 from sqlalchemy.engine import Engine
 
 from daemon.vllm import VLLMServer
@@ -13,6 +14,9 @@ from storage.suite import Suite
 from tests.serving.support import complete, install_version, promote, routes, sync
 from workers.training.encode import prompt_ids
 from workers.training.generate import generate_batch
+
+# The session's first test builds the base, trains a version and starts vLLM.
+pytestmark = pytest.mark.timeout(900)
 
 PROMPTS_PER_TASK = 3
 

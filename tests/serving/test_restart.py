@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
@@ -20,6 +21,9 @@ from storage.crud import read_counters
 from storage.suite import Suite
 from tests.serving.support import install_version, listed, promote, routes, wait_for
 from workers.serving.backends import Unreachable
+
+# The session's first test builds the base, trains a version and starts vLLM.
+pytestmark = pytest.mark.timeout(900)
 
 SYNC_SECONDS = 3.0
 # One interval, plus what a sync round and Celery's scheduling take on a loaded 2-core box.
