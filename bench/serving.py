@@ -154,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunks", type=int, default=4, help="app chunks of 50 requests")
     parser.add_argument("--out", type=Path, default=Path(".adaptd/bench/serving.json"))
     parser.add_argument("--workdir", type=Path, default=Path(".adaptd/bench/serving-work"))
+    parser.add_argument("--base-cache", type=Path, default=Path(".adaptd/bench/base-cache"),
+                        help="built base models, kept between runs")
     args = parser.parse_args(argv)
     if args.promotions < 1 or args.naive < 0 or args.chunks < 1:
         parser.error("--promotions and --chunks must be >= 1, --naive >= 0")
@@ -169,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     work = args.workdir.resolve()
     shutil.rmtree(work, ignore_errors=True)
     (work / "artifacts").mkdir(parents=True)
+    args.base_cache.mkdir(parents=True, exist_ok=True)
+    (work / "artifacts" / "_base").symlink_to(args.base_cache.resolve(), target_is_directory=True)
     suite = load_suite(SUITE)
     base = ensure_base(suite, work / "artifacts")
     engine, source = _train_one(work, suite)
