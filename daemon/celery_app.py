@@ -7,7 +7,7 @@ from celery import Celery
 from daemon.settings import Settings
 from workers.context import WorkerContext
 
-QUEUES = ("ingest", "policy", "train")
+QUEUES = ("ingest", "policy", "train", "serving")
 
 
 def worker_context(settings: Settings) -> WorkerContext:
@@ -26,6 +26,9 @@ def worker_context(settings: Settings) -> WorkerContext:
         train=dict(settings.train),
         eval=dict(settings.eval),
         train_device=settings.train_device,
+        serving_replicas=[r.model_dump() for r in settings.serving_replicas],
+        serving_grace_seconds=settings.serving_grace_seconds,
+        serving_timeout_seconds=settings.serving_timeout_seconds,
     )
 
 
@@ -54,6 +57,7 @@ def make_celery(settings: Settings) -> Celery:
             "adaptd.ingest.*": {"queue": "ingest"},
             "adaptd.policy.*": {"queue": "policy"},
             "adaptd.train.*": {"queue": "train"},
+            "adaptd.serving.*": {"queue": "serving"},
         },
         task_time_limit=settings.train_time_limit_seconds,
         beat_schedule={
@@ -61,6 +65,10 @@ def make_celery(settings: Settings) -> Celery:
                       "options": {"expires": max(1.0, settings.drain_interval_seconds * 5)}},
             "policy": {"task": "adaptd.policy.tick", "schedule": settings.policy_interval_seconds,
                        "options": {"expires": max(1.0, settings.policy_interval_seconds * 2)}},
+            **({"serving": {"task": "adaptd.serving.sync",
+                            "schedule": settings.serving_sync_seconds,
+                            "options": {"expires": max(1.0, settings.serving_sync_seconds)}}}
+               if settings.serving_replicas else {}),
         },
     )
     app.adaptd_context = worker_context(settings)

@@ -83,7 +83,12 @@ def train(
         key_prefix=s.key_prefix, artifacts_dir=s.artifacts_dir, suite=suite,
         worker_id=f"cli-{uuid.uuid4().hex[:8]}", lease_seconds=s.train_lease_seconds,
         train_config=TrainConfig(**s.train), eval_config=EvalConfig(**s.eval),
-        device=s.train_device, show_bar=not json_out)
+        device=s.train_device, show_bar=not json_out, two_step=bool(s.serving_replicas))
+    if outcome.status == "promoted" and s.serving_replicas:
+        from daemon.celery_app import make_celery
+
+        # Routed once the serving replicas list it (docs/serving.md).
+        make_celery(s).send_task("adaptd.serving.sync", queue="serving")
     if json_out:
         print(json.dumps(outcome.to_dict(), default=str))
         return
@@ -159,6 +164,12 @@ def simulate(
     sync: Annotated[bool, typer.Option(help="wait for training after each chunk")] = True,
     chunk: Annotated[int, typer.Option(min=1, max=1000, help="requests between waits")] = 50,
     json_out: JsonFlag = False,
+    serving: Annotated[str, typer.Option(
+        help="where the app generates: inprocess, or vllm (a replica started from "
+             "ADAPTD_VLLM_VENV, built by `make vllm`, or the one at --serving-url)")] = "inprocess",
+    serving_url: Annotated[str | None, typer.Option(
+        help="a running vLLM replica (started with --enable-lora, runtime LoRA updating on, "
+             "on this host: it reads the version directories)")] = None,
 ) -> None:
     """Run the whole loop on a scenario through the real API with a simulated app."""
     from daemon.sim.run import POLICIES, run_simulation, summary_table
@@ -172,7 +183,8 @@ def simulate(
         result = run_simulation(s, scenario, policy=policy, report_path=report,
                                 workdir=workdir or report.parent / f"state-{policy}",
                                 console=out, sync=sync, chunk=chunk,
-                                base_cache=report.parent / "base-cache")
+                                base_cache=report.parent / "base-cache",
+                                serving=serving, serving_url=serving_url)
     except (RuntimeError, SuiteError, ValueError) as exc:
         fail(str(exc))
     if json_out:
@@ -190,8 +202,11 @@ def demo(
     scenario: Annotated[str, typer.Option(help="scenario YAML or builtin:<name>")] = "builtin:holiday-zh",
     workdir: Annotated[Path, typer.Option(help="where the demo keeps its state")] = Path(
         ".adaptd/demo"),
+    serving: Annotated[str, typer.Option(help="inprocess, or vllm (see `adaptd simulate`)")] = "inprocess",
+    serving_url: Annotated[str | None, typer.Option(help="a running vLLM replica")] = None,
 ) -> None:
     """The whole product on embedded defaults: a private Redis if none answers, SQLite, API,
     workers, beat and builtin:tiny, running the holiday scenario with the adaptive policy."""
     simulate(scenario=scenario, policy="adaptive", report=workdir / "report.json",
-             workdir=workdir / "state", sync=True, chunk=50, json_out=False)
+             workdir=workdir / "state", sync=True, chunk=50, json_out=False, serving=serving,
+             serving_url=serving_url)

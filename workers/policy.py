@@ -41,6 +41,7 @@ from storage.models import (
     Task,
     TrainingJob,
 )
+from storage.serving import rollback_routes
 from storage.suite import Suite
 from workers.auto_crosstalk import auto_source
 from workers.policy_inputs import (
@@ -164,9 +165,7 @@ def _rollback(session: Session, adapter: str, to_version: int) -> None:
             col(AdapterVersion.version) > to_version)).scalars():
         r.status = "rolled_back"
     tasks = [t for t, r in routes.items() if r["adapter"] == adapter]
-    crud.set_routes(session, reason=f"rollback {adapter} to v{to_version}", routes={
-        t: {"adapter": adapter, "version": to_version, "path": target.path,
-            "sha256": target.sha256} for t in tasks})
+    rollback_routes(session, target=target, tasks=tasks)
 
 
 def _operator_requests(session: Session, state: PolicyState, config: PolicyConfig,

@@ -1,5 +1,6 @@
 """Celery tasks: thin. Each decodes small JSON arguments, declares its retries and calls a
-plain function. Queues: ``ingest`` (drain), ``policy`` (engine ticks), ``train`` (jobs)."""
+plain function. Queues: ``ingest`` (drain), ``policy`` (engine ticks), ``train`` (jobs),
+``serving`` (the serving sync: workers/serving/tasks.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from sqlalchemy.exc import OperationalError
 
 from workers.context import context_of
 from workers.ingest import drain_once
+from workers.serving.tasks import request_sync
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,9 @@ def policy_tick(self: Task) -> dict[str, Any]:
         enqueue=lambda job_id: train_job.apply_async(args=[job_id], queue="train"),
         base_build=ctx.base_build,
     )
+    if any(d.get("action") == "rollback" and d.get("status") == "applied"
+           for d in result.decisions):
+        request_sync(self.app)
     return {"observed": result.observed, "decisions": len(result.decisions),
             "jobs": result.jobs, "skipped": result.skipped}
 
@@ -69,5 +74,8 @@ def train_job(self: Task, job_id: int) -> dict[str, Any]:
         artifacts_dir=ctx.artifacts_dir, suite=ctx.suite, worker_id=ctx.consumer,
         lease_seconds=ctx.train_lease_seconds, train_config=TrainConfig(**ctx.train),
         eval_config=EvalConfig(**ctx.eval), device=ctx.train_device,
+        two_step=bool(ctx.serving_replicas),
     )
+    if outcome.status == "promoted":
+        request_sync(self.app)
     return outcome.to_dict()

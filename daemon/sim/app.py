@@ -3,7 +3,8 @@
 For each request it draws a task from the phase's traffic mix, builds a prompt, asks
 ``/v1/routing`` (with ETag) which adapter version serves that task, generates with that
 version (sampling, as production does), judges the output and posts the verdict as signed
-feedback. New routes are picked up as soon as they are promoted.
+feedback. New routes are picked up as soon as they are promoted. It generates in-process, or
+through a serving engine (:class:`EngineGenerator`: the routed name and prompt contract).
 """
 
 from __future__ import annotations
@@ -31,6 +32,33 @@ class Generator(Protocol):
     def generate(self, task: str, prompts: Sequence[str], *, adapter: str | None = None,
                  version: int | None = None, path: Path | None = None,
                  sha256: str | None = None, **kwargs: Any) -> list[str]: ...
+
+
+class EngineGenerator:
+    """Generates through a serving engine's OpenAI-compatible completions API, as a
+    production app does: the route's ``served_as`` as ``model`` and the route's prompt
+    contract (DESIGN section 11); sampling as the in-process generator does."""
+
+    def __init__(self, url: str, *, http: httpx.Client | None = None, base_name: str = "base",
+                 max_tokens: int = 48, temperature: float = 0.8, top_p: float = 0.95):
+        self.url, self.base_name = url.rstrip("/"), base_name
+        self.http = http or httpx.Client(timeout=120)
+        self.sampling = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p}
+
+    def generate_routed(self, task: str, prompts: Sequence[str], route: dict[str, Any] | None,
+                        *, seed: int) -> list[str]:
+        contract = (route or {}).get("prompt") or {"prefix": "", "suffix": "",
+                                                   "add_special_tokens": True}
+        texts = [f"{contract['prefix']}{p}{contract['suffix']}" for p in prompts]
+        body = {"model": route["served_as"] if route else self.base_name, "prompt": texts,
+                "seed": seed, "add_special_tokens": contract["add_special_tokens"],
+                **self.sampling}
+        resp = self.http.post(f"{self.url}/v1/completions", json=body)
+        if resp.status_code != 200:
+            raise RuntimeError(f"serving engine refused {body['model']}: {resp.status_code} "
+                               f"{resp.text[:300]}")
+        choices = sorted(resp.json()["choices"], key=lambda c: c["index"])
+        return [str(c["text"]).strip() for c in choices]
 
 
 @dataclass
@@ -92,7 +120,8 @@ class Routing:
 class AppSimulator:
     """Draws requests, generates with the routed adapter, judges and posts feedback."""
 
-    def __init__(self, *, suite: Suite, url: str, secret: str, generator: Generator, seed: int,
+    def __init__(self, *, suite: Suite, url: str, secret: str,
+                 generator: Generator | EngineGenerator, seed: int,
                  edit_share: float = 0.3, http: httpx.Client | None = None,
                  on_route_change: Callable[[Routing], None] | None = None):
         self.suite, self.url, self.secret, self.generator = suite, url, secret, generator
@@ -124,12 +153,17 @@ class AppSimulator:
         outputs: list[str] = [""] * n
         for task, idx in sorted(by_task.items()):
             route = self.routing.routes.get(task)
-            kwargs: dict[str, Any] = {}
-            if route is not None:
-                kwargs = {"adapter": route["adapter"], "version": route["version"],
-                          "path": Path(route["path"]), "sha256": route["sha256"]}
-            texts = self.generator.generate(task, [prompts[i] for i in idx],
-                                            seed=self.sampling_rng.randrange(2**31), **kwargs)
+            seed = self.sampling_rng.randrange(2**31)
+            if isinstance(self.generator, EngineGenerator):
+                texts = self.generator.generate_routed(task, [prompts[i] for i in idx], route,
+                                                       seed=seed)
+            else:
+                kwargs: dict[str, Any] = {}
+                if route is not None:
+                    kwargs = {"adapter": route["adapter"], "version": route["version"],
+                              "path": Path(route["path"]), "sha256": route["sha256"]}
+                texts = self.generator.generate(task, [prompts[i] for i in idx], seed=seed,
+                                                **kwargs)
             for i, text in zip(idx, texts, strict=True):
                 outputs[i] = text
         now = datetime.now(UTC).isoformat()

@@ -26,6 +26,7 @@ from rich.table import Table
 from daemon.settings import Settings
 from daemon.sim.app import AppSimulator, Tally
 from daemon.sim.scenario import load_scenario
+from daemon.sim.serving import serving_plan
 from daemon.stack import LocalStack
 from storage.suite import Suite
 
@@ -68,8 +69,11 @@ def run_simulation(
     console: Console, sync: bool = True, chunk: int = 50, base_cache: Path | None = None,
     policy_overrides: dict[str, Any] | None = None, train_overrides: dict[str, Any] | None = None,
     on_decision: Callable[[dict[str, Any]], None] | None = None, seed: int | None = None,
+    serving: str = "inprocess", serving_url: str | None = None,
 ) -> dict[str, Any]:
-    """Run ``scenario_ref`` under ``policy``; write the report JSON (+ PNG and HTML)."""
+    """Run ``scenario_ref`` under ``policy``; write the report JSON (+ PNG and HTML).
+    ``serving="vllm"``: the app generates through a vLLM replica the stack's serving sync
+    keeps loaded, at ``serving_url`` or started from ``settings.vllm_venv``."""
     from workers.training.generate import AdapterServer  # torch only on this path
 
     if policy not in POLICIES:
@@ -87,10 +91,13 @@ def run_simulation(
                               "seed": scenario.seed, "suite": suite.name, "phases": []}
     decisions: list[dict[str, Any]] = []
     clock = {"seconds_per_event": SIM_SECONDS_PER_EVENT} if sync else {}
+    engine = serving_plan(serving, serving_url)
     with LocalStack(settings, workdir, suite=suite_ref, policy_mode=mode,
                     policy={**SIM_POLICY, **clock, **(policy_overrides or {})},
                     train={**SIM_TRAIN, **(train_overrides or {})}, evaluation=SIM_EVAL,
-                    say=console.print, base_cache=base_cache) as stack:
+                    say=console.print, base_cache=base_cache,
+                    serving_replicas=engine.replicas) as stack, \
+            engine.running(settings, stack, say=console.print):
         assert stack.child is not None
         http = httpx.Client(timeout=120)
         seen_decision = 0
@@ -116,13 +123,14 @@ def run_simulation(
         console.print(f"[{policy}] training the first adapter versions (builds the base model "
                       "on first use)")
         _wait_routes(stack, http, set(suite.tasks), timeout=1800)
+        engine.wait_served(stack, http, timeout=600)
         if sync:
             # The tick that accounts the bootstrap jobs may decide (a fork on the affinity they
             # measured): let it, and the job it starts, finish before the first request, or
             # whether that decision lands at event 0 or 50 depends on the machine's timing.
             stack.wait_settled(timeout=1800)
         poll_decisions(0)
-        server = AdapterServer(suite, stack.child.artifacts_dir)
+        server = engine.generator(http) or AdapterServer(suite, stack.child.artifacts_dir)
         sim = AppSimulator(suite=suite, url=stack.url, secret=settings.webhook_secrets()[0],
                            generator=server, seed=scenario.seed, http=http)
         series: list[dict[str, Any]] = []
@@ -165,6 +173,7 @@ def run_simulation(
          "seconds": round((j["finished_at"] or 0) - (j["started_at"] or 0), 2)
          if j["finished_at"] and j["started_at"] else None}
         for j in sorted(jobs, key=lambda j: j["id"])]
+    report["serving"] = serving
     report["series"] = series
     report["seconds"] = round(time.monotonic() - t_start, 1)
     report_path.parent.mkdir(parents=True, exist_ok=True)

@@ -52,7 +52,14 @@ DESIGN_METRICS: dict[str, str] = {
     "adaptd_eval_score": "gauge",
     "adaptd_eval_crosstalk_rate": "gauge",
 }
-EXTRA_METRICS = {"adaptd_dead_letter_events_total": "counter"}
+# DESIGN section 11 (serving).
+SERVING_METRICS: dict[str, str] = {
+    "adaptd_serving_loaded": "gauge",
+    "adaptd_serving_sync_errors_total": "counter",
+    "adaptd_serving_promotion_seconds": "histogram",
+}
+EXTRA_METRICS = {"adaptd_dead_letter_events_total": "counter",
+                 "adaptd_serving_pending_seconds": "gauge", **SERVING_METRICS}
 
 # danihodovic/celery-exporter's metrics; `up` is Prometheus' own scrape health.
 CELERY_EXPORTER_METRICS = {
@@ -82,12 +89,13 @@ ALLOWED_METRICS = (
 # Labels those metrics carry (DESIGN section 6, celery-exporter), plus Prometheus' own.
 KNOWN_LABELS = {
     "task", "verdict", "reason", "source_task", "origin", "risk", "adapter", "action", "outcome",
-    "le", "queue_name", "name", "hostname", "exception", "job", "instance",
+    "le", "queue_name", "name", "hostname", "exception", "job", "instance", "replica", "version",
 }  # fmt: skip
 
 SETTINGS = {
     "ADAPTD_REDIS_URL", "ADAPTD_DATABASE_URL", "ADAPTD_ARTIFACTS_DIR", "ADAPTD_WEBHOOK_SECRET",
     "ADAPTD_ADMIN_TOKEN", "ADAPTD_SUITE", "ADAPTD_KEY_PREFIX", "ADAPTD_LOG_LEVEL",
+    "ADAPTD_SERVING_REPLICAS", "ADAPTD_SERVING_SYNC_SECONDS", "ADAPTD_SERVING_GRACE_SECONDS",
 }  # fmt: skip
 
 # `adaptd` subcommands a deployment runs, and the flags each takes (DESIGN section 5).
@@ -97,7 +105,7 @@ SUBCOMMANDS: dict[str, set[str]] = {
     "beat": set(),
     "init": {"--example-suite"},
 }
-QUEUES = {"ingest", "policy", "train"}
+QUEUES = {"ingest", "policy", "train", "serving"}
 
 BUILT_IMAGES = {"adaptd", "adaptd-cuda"}
 WELL_KNOWN_IMAGES = {

@@ -43,7 +43,8 @@ from tests.deploy.deploy_contracts import (
 
 # -------------------------------------------------------------------------------- compose
 
-ADAPTD_SERVICES = {"init", "api", "worker-ingest", "worker-policy", "worker-train", "beat"}
+ADAPTD_SERVICES = {"init", "api", "worker-ingest", "worker-policy", "worker-train",
+                   "worker-serving", "beat"}
 
 
 def compose() -> dict[str, Any]:
@@ -95,6 +96,7 @@ def test_compose_commands_are_real_adaptd_commands() -> None:
         "worker-policy": ("worker", "policy"),
         "worker-train": ("worker", "train"),
         "worker-train-cpu": ("worker", "train"),
+        "worker-serving": ("worker", "serving"),
         "beat": ("beat", None),
     }
     for name, (sub, queue) in expected.items():

@@ -40,6 +40,7 @@ from storage.artifacts import list_versions as disk_versions
 from storage.crud import routing_table
 from storage.models import Adapter, AdapterVersion, TrainingJob
 from storage.suite import Suite, SuiteError
+from workers.serving.contract import prompt_contracts
 from workers.training.audit import audit_adapter
 from workers.training.base_model import BaseModelError, build_mismatch, load_base, quiet_peft
 from workers.training.checkpoint import pin_build
@@ -101,10 +102,11 @@ def run_training_job(
     suite: Suite, worker_id: str, lease_seconds: int = 120, progress: Progress | None = None,
     train_config: TrainConfig | None = None, eval_config: EvalConfig | None = None,
     gate_config: GateConfig | None = None, scorer: Scorer | None = None, max_attempts: int = 5,
-    device: str = "auto", show_bar: bool = False,
+    device: str = "auto", show_bar: bool = False, two_step: bool = False,
 ) -> JobOutcome:
     """Run job ``job_id`` if it can be claimed. Never raises for job-level failures: they are
-    recorded on the row (status ``failed``, ``error``) and returned."""
+    recorded on the row (status ``failed``, ``error``) and returned. ``two_step``: serving
+    replicas are configured, a promotion is routed once they list it (promote.finalize)."""
     t0 = time.monotonic()
     artifacts_dir = Path(artifacts_dir)
     with Session(engine) as session:
@@ -130,7 +132,7 @@ def run_training_job(
                 worker_id=worker_id, should_stop=beat.lost.is_set, progress=progress,
                 tcfg=train_config or TrainConfig(), ecfg=eval_config or EvalConfig(),
                 gcfg=gate_config or GateConfig(), scorer=scorer, device=device,
-                show_bar=show_bar,
+                show_bar=show_bar, two_step=two_step,
             )
         except (TrainingAborted, LeaseLost) as exc:
             return JobOutcome(job_id, adapter, "lease_lost", error=str(exc),
@@ -156,6 +158,7 @@ def _run(
     job_id: int, *, engine: Engine, artifacts_dir: Path, suite: Suite, worker_id: str,
     should_stop: Callable[[], bool], progress: Progress | None, tcfg: TrainConfig,
     ecfg: EvalConfig, gcfg: GateConfig, scorer: Scorer | None, device: str, show_bar: bool,
+    two_step: bool = False,
 ) -> JobOutcome:
     from peft import PeftModel
 
@@ -251,6 +254,7 @@ def _run(
             promote=verdict.promote, tasks=tasks,
             baseline_routes={t: (r["adapter"], int(r["version"])) for t, r in routes.items()},
             eval_result=ev, reason=verdict.summary(), example_ids=data.example_ids,
+            prompts=prompt_contracts(bundle.tokenizer, tasks), two_step=two_step,
         )
         if done is not None:
             return JobOutcome(job_id, adapter, "promoted" if done.promoted else "rejected",

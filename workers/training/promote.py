@@ -22,6 +22,7 @@ from sqlmodel import Session, col
 
 from storage.crud import add_counters, counter_key, routing_table, set_routes
 from storage.models import AdapterVersion, Task, TrainingExample, TrainingJob, now
+from storage.serving import add_rollout
 from workers.training.lease import still_ours
 
 log = logging.getLogger("adaptd.training")
@@ -37,6 +38,17 @@ class Finalized:
     revision: int | None
 
 
+def route_of(version: AdapterVersion, prompt: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The routing entry of ``version`` (DESIGN section 11: served name, prompt contract);
+    without a contract the task keeps the one it has."""
+    route: dict[str, Any] = {"adapter": version.adapter, "version": version.version,
+                             "path": version.path, "sha256": version.sha256,
+                             "served_as": f"{version.adapter}-v{version.version}"}
+    if prompt is not None:
+        route["prompt"] = dict(prompt)
+    return route
+
+
 def current_routes(session: Session, tasks: Sequence[str]) -> dict[str, tuple[str, int]]:
     """task -> (adapter, version) currently served, for ``tasks`` that have a route."""
     _, routes = routing_table(session)
@@ -47,9 +59,14 @@ def finalize(
     engine: Engine, *, job_id: int, worker_id: str, version_id: int, promote: bool,
     tasks: Sequence[str], baseline_routes: Mapping[str, tuple[str, int]],
     eval_result: Mapping[str, Any], reason: str, example_ids: Sequence[int],
+    prompts: Mapping[str, Mapping[str, Any]] | None = None, two_step: bool = False,
 ) -> Finalized | None:
     """Commit the outcome. Returns None (nothing written) if production changed since the
-    eval (the caller re-evaluates); raises :class:`LeaseLost` if the job is not ours."""
+    eval (the caller re-evaluates); raises :class:`LeaseLost` if the job is not ours.
+
+    ``prompts``: task -> prompt contract, published with the routes. ``two_step`` (serving
+    replicas are configured): a promoted version is not routed here but waits as a pending
+    rollout until every reachable replica lists it (``workers.serving.sync``)."""
     with Session(engine, expire_on_commit=False) as session:
         job = session.execute(
             select(TrainingJob).where(col(TrainingJob.id) == job_id).with_for_update()
@@ -66,10 +83,12 @@ def finalize(
         row.eval = dict(eval_result)
         row.reason = reason
         revision: int | None = None
-        if promote:
+        if promote and two_step:
             row.promoted_at = at
-            routes = {t: {"adapter": row.adapter, "version": row.version, "path": row.path,
-                          "sha256": row.sha256} for t in tasks}
+            add_rollout(session, version=row, tasks=tasks, prompts=prompts or {}, at=at)
+        elif promote:
+            row.promoted_at = at
+            routes = {t: route_of(row, (prompts or {}).get(t)) for t in tasks}
             revision = set_routes(session, routes=routes,
                                   reason=f"promote {row.adapter}@{row.version} (job {job_id})")
             for t in tasks:
