@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from storage.suite import Risk
+from policies.signals import Risk
 
 StageKind = Literal["mixed", "per_task", "hard"]
 
@@ -164,14 +164,6 @@ class TrainConfig(_Model):
         counts = [int(s.fraction * self.steps) for s in self.stages]
         counts[0] += self.steps - sum(counts)
         return list(zip(self.stages, counts, strict=True))
-
-
-class RatioConfig(_Model):
-    """Default mixture: temperature sampling over data sizes, clipped to [floor, cap]."""
-
-    temperature: float = Field(2.0, ge=1.0, le=100.0)
-    floor: float = Field(0.05, ge=0.0, lt=1.0)
-    cap: float = Field(0.8, gt=0.0, le=1.0)
 
 
 class DataConfig(_Model):
