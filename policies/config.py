@@ -128,12 +128,6 @@ class PolicyConfig:
     min_isolation_s: float = 86400.0
     # Retrain an adapter once its tasks have buffered this many new examples.
     min_new_examples: int = 200
-    # The engine's clock. None: wall time. A number: policy time advances this many seconds
-    # per observed feedback event (and per tick that learns of finished jobs) and stands still
-    # otherwise (while a job trains, say), so a simulation's decisions do not depend on how
-    # fast the machine trains (`adaptd simulate` sets it; workers.policy.policy_clock). Every
-    # time above is then measured in events; a database keeps one clock.
-    seconds_per_event: float | None = None
     # After a rejected version, train again once the data grew by min_new_examples or by this
     # fraction of its size, whichever comes first.
     retry_growth: float = 0.1
@@ -152,11 +146,7 @@ class PolicyConfig:
     # A leak forks a low/medium-risk task only when the window proves it: the rate's Wilson
     # lower bound at this z must exceed the switch-off rate (high-risk: the latch suffices).
     fork_leak_z: float = 1.64
-    # A task that stays shared (not high risk) is rebalanced when its crosstalk from co-tasks,
-    # counted across promotions while the mixture stays the same (``mixture_window`` events
-    # at most), is significantly above this rate (Wilson lower bound at ``fork_leak_z``).
-    # None: off (measured, not adopted: README). See policies/mixture.py.
-    mixture_leak_rate: float | None = None
+    # Events a rebalanced high-risk task's crosstalk tally keeps (policies/mixture.py).
     mixture_window: int = 1000
     # Live outputs nobody flagged go through the automatic style detector (the suite's
     # markers, then n-grams preferring another task by this many nats; DESIGN section 8:
@@ -173,6 +163,14 @@ class PolicyConfig:
     max_risk_gap: int = 1
     ratios: RatioConfig = field(default_factory=RatioConfig)
 
+    # Simulation only (`adaptd simulate`; production leaves it None).
+    # The engine's clock. None: wall time. A number: policy time advances this many seconds
+    # per observed feedback event (and per tick that learns of finished jobs) and stands still
+    # otherwise (while a job trains, say), so a simulation's decisions do not depend on how
+    # fast the machine trains (``policies.tick.TickState.clock``). Every time above is then
+    # measured in events; a database keeps one clock.
+    seconds_per_event: float | None = None
+
     def __post_init__(self) -> None:
         missing = [r for r in RISK_LEVELS if r not in self.risk]
         if missing:
@@ -181,8 +179,6 @@ class PolicyConfig:
             raise ValueError("max_concurrent_jobs must be >= 0")
         if not 0.0 < self.retry_growth <= 1.0:
             raise ValueError("retry_growth must be in (0, 1]")
-        if self.mixture_leak_rate is not None and not 0.0 < self.mixture_leak_rate < 1.0:
-            raise ValueError(f"mixture_leak_rate must be in (0, 1) or None, got {self.mixture_leak_rate}")
         if self.seconds_per_event is not None and not self.seconds_per_event > 0.0:
             raise ValueError(f"seconds_per_event must be > 0 or None, got {self.seconds_per_event}")
         if self.regression_z < 0.0:

@@ -229,8 +229,7 @@ def _tick(engine: Engine, suite: Suite, config: PolicyConfig, mode: str, wall: f
         auto = (auto_source(session, suite, margin=config.auto_crosstalk_margin,
                             accepted=sum(fed.values()), now=now)
                 if config.auto_crosstalk_margin is not None else None)
-        result.observed = observe_new_events(session, state, max_events, auto,
-                                             mixture=config.mixture_leak_rate is not None)
+        result.observed = observe_new_events(session, state, max_events, auto)
         tick.observed_total += result.observed
         at_event = tick.observed_total
         now = tick.clock(config, wall)  # events move the clock of a simulation

@@ -60,10 +60,9 @@ def data_sizes(suite: Suite, fed: dict[str, int]) -> dict[str, int]:
 
 
 def observe_new_events(session: Session, state: PolicyState, limit: int,
-                       auto: AutoSource | None = None, *, mixture: bool = True) -> int:
+                       auto: AutoSource | None = None) -> int:
     """Feed unobserved feedback to the detectors and windows. A user's crosstalk flag is
-    taken as is; an output nobody flagged is checked by ``auto`` (origin ``auto``).
-    ``mixture``: also count the mixture tally (only read with ``mixture_leak_rate`` set)."""
+    taken as is; an output nobody flagged is checked by ``auto`` (origin ``auto``)."""
     rows = store.unobserved_events(session, limit=limit)
     found: dict[crud.CounterKey, float] = {}
     for ev in rows:
@@ -79,7 +78,7 @@ def observe_new_events(session: Session, state: PolicyState, limit: int,
                                        {"task": ev.task, "source_task": source, "origin": "auto"})
                 found[key] = found.get(key, 0.0) + 1
         policies.observe(state, ev.task, ev.verdict == "accept", crosstalk_source=source,
-                         origin=origin, adapter=adapter, version=version, mixture=mixture)
+                         origin=origin, adapter=adapter, version=version)
     crud.add_counters(session, increments=found)
     store.mark_observed(session, ids=[ev.id for ev in rows])
     return len(rows)
