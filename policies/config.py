@@ -1,8 +1,8 @@
 """Policy configuration: thresholds per risk level plus the anti-flapping knobs.
 
-Defaults follow DESIGN section 8: high-risk tasks get tighter thresholds (smaller drops and
-lower crosstalk rates count, fewer failed rebalances before a fork); low-risk tasks are never
-forked for degradation alone.  Both classes round-trip through JSON.
+High-risk tasks get tighter thresholds (smaller drops and lower crosstalk rates count, fewer
+failed rebalances before a fork); low-risk tasks are never forked for degradation alone.
+Both classes round-trip through JSON.
 """
 
 from __future__ import annotations
@@ -42,15 +42,15 @@ class RiskPolicy:
     # the adapter's total is below ``PolicyConfig.min_new_examples`` (None: only the total).
     # A high-risk task forked into its own adapter gets a small share of the traffic, so the
     # adapter-wide threshold would leave its feedback unused for thousands of requests; each
-    # retrain on that feedback lowers the residual leak further (README, bench/fork_retrain.py:
+    # retrain on that feedback lowers the residual leak further (bench/fork_retrain.py:
     # 7.2 % -> 0.8 % over seven rounds of 120 answers).
     min_new_examples: int | None = None
     # A task whose windowed crosstalk rate reaches this (with ``crosstalk_min_events`` in the
     # window) is flagged for the self-audit of its adapter's next training run: its answers to
     # fresh requests are searched for other tasks' style and trained against, whatever its
-    # risk (TrainConfig.audit covers its risk levels anyway). None: never flagged. Offline, a
-    # shared adapter's festival_wish gave 1.1 points of its 2.5-point sharing cost back
-    # (README, The loop: stop 31).
+    # risk (TrainConfig.audit covers its risk levels anyway). None: never flagged. A shared
+    # adapter's cheerful task leaking ~3 % (below low risk's crosstalk_on) gets about 1 point
+    # of its 2.5-point sharing cost back (bench/task_steps.py --audit-shared).
     audit_at: float | None = 0.02
 
     def __post_init__(self) -> None:
@@ -149,8 +149,8 @@ class PolicyConfig:
     # Events a rebalanced high-risk task's crosstalk tally keeps (policies/mixture.py).
     mixture_window: int = 1000
     # Live outputs nobody flagged go through the automatic style detector (the suite's
-    # markers, then n-grams preferring another task by this many nats; DESIGN section 8:
-    # crosstalk = user flags + an automatic detector). None: user flags only.
+    # markers, then n-grams preferring another task by this many nats: live crosstalk is
+    # user flags plus this detector). None: user flags only.
     auto_crosstalk_margin: float | None = 2.0
     # A retrain's eval counts as regressing a task (towards ``fork_after_regressions``) only
     # when the drop beyond tolerance is also this many standard errors of the paired

@@ -153,7 +153,7 @@ def _compatible_with_origin(
 def _compatible(
     st: PolicyState, a: str, b: str, config: PolicyConfig, aff: Mapping[tuple[str, str], float]
 ) -> bool:
-    """Same tone, similar risk and positive measured affinity (DESIGN section 8)."""
+    """Same tone, similar risk and positive measured affinity."""
     profiles = {t: st.tasks[t].profile for t in (a, b)}
     return pair_verdict(
         a, b, profiles, aff,
@@ -254,8 +254,8 @@ def _leak_from_partner(
 ) -> bool:
     """Is a non-high-risk ``task`` leaking the style of a compatible co-task?
 
-    Compatible tasks (same tone, similar risk, positive measured affinity) stay shared
-    (DESIGN section 8): a fork would give up a pair that helps itself to remove a style the
+    Compatible tasks (same tone, similar risk, positive measured affinity) stay shared: a
+    fork would give up a pair that helps itself to remove a style the
     user barely tells apart. The mixture is the cure. High-risk tasks get no such pass."""
     ts = st.tasks[task]
     source = ts.window.dominant_source

@@ -65,9 +65,9 @@ class AuditConfig(_Model):
     steps: int = Field(100, ge=1, le=1_000_000)
     risks: list[Risk] = Field(default_factory=_high_risk_only)
     # Rounds in which a task audited only because the policy engine flagged it (its users saw
-    # it leak: ``RiskPolicy.audit_at``), not for its risk, is sampled. Offline, one round did
-    # as well as three on a shared adapter's cheerful tasks at a third of the cost
-    # (README, The loop: stop 31).
+    # it leak: ``RiskPolicy.audit_at``), not for its risk, is sampled. One round does about as
+    # well as three on a shared adapter's cheerful tasks at a third of the cost
+    # (bench/task_steps.py --audit-shared).
     flagged_rounds: int = Field(1, ge=0, le=20)
 
 
@@ -78,10 +78,10 @@ class TrainConfig(_Model):
     # An adapter with n tasks trains ``steps * n ** task_scaling`` steps (``for_tasks``). With
     # 1.0 every task of a shared adapter is drawn about as often as in a one-task adapter;
     # with 0 (fixed steps) a four-task adapter sees each task a quarter as often and answers
-    # terse requests in a co-task's style more often (README, bench/task_steps.py). 0.5 is
+    # terse requests in a co-task's style more often (bench/task_steps.py). 0.5 is
     # the middle way for adapters of many tasks on a large model, where steps are dear. Above
     # 1 a shared adapter sees each task more often than a one-task adapter does; at 1.5 a
-    # seven-task adapter (1,852 steps) already fails the retention gate (README, The loop).
+    # seven-task adapter (1,852 steps) already fails the retention gate (bench/loop.py).
     task_scaling: float = Field(1.0, ge=0.0, le=2.0)
     batch_examples: int = Field(16, ge=1, le=4096)  # examples per optimizer micro-step
     grad_accum: int = Field(1, ge=1, le=1024)
