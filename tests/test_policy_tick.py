@@ -390,3 +390,44 @@ def test_an_event_clock_measures_the_engines_times_in_events(settings: Settings,
         decision = session.execute(select(PolicyDecision).order_by(
             col(PolicyDecision.id).desc())).scalars().first()
     assert decision is not None and decision.at == 1011.0 + 86400  # rows keep wall time
+
+
+def _request(engine: Engine, action: str, task: str) -> None:
+    with session_scope(engine) as session:
+        crud.record_decision(session, action=action, task=task, reason="operator override",
+                             status="requested", origin="operator")
+
+
+def _adapters(engine: Engine) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The Adapter table and the engine's adapters, as (tasks, ratios, status)."""
+    with Session(engine) as session:
+        rows = {a.name: (sorted(a.tasks), a.ratios, a.status) for a in crud.list_adapters(session)}
+        row = session.get(PolicyStateRow, 1)
+        assert row is not None
+        engine_adapters = {n: (sorted(a["tasks"]), a["ratios"]["weights"], "active")
+                           for n, a in row.state["engine"]["adapters"].items()}
+    return rows, engine_adapters
+
+
+def test_the_adapter_table_is_the_engines_membership_and_ratios(settings: Settings,
+                                                                engine: Engine) -> None:
+    sent: list[int] = []
+    tick(settings, engine, sent, now=1000.0)
+    finish(engine, sent[0])
+    _request(engine, "fork", "thanks")
+    tick(settings, engine, sent, now=2000.0)
+    rows, engine_adapters = _adapters(engine)
+    assert rows == engine_adapters
+    shared_tasks, shared_ratios, _ = rows["shared"]
+    assert "thanks" not in shared_tasks and rows["thanks"][:2] == (["thanks"], {"thanks": 1.0})
+    # The shared adapter's ratios lost the forked task the moment it left, not at its next run.
+    assert set(shared_ratios) == set(shared_tasks) and abs(sum(shared_ratios.values()) - 1) < 1e-9
+    with Session(engine) as session:
+        fork = session.get(Adapter, "thanks")
+        assert fork is not None and fork.parent == "shared"
+    finish(engine, sent[-1])
+    _request(engine, "merge", "thanks")
+    tick(settings, engine, sent, now=3000.0)
+    rows, engine_adapters = _adapters(engine)
+    assert "thanks" in rows["shared"][0] and rows["thanks"] == ([], {}, "retired")
+    assert {n: r for n, r in rows.items() if r[2] == "active"} == engine_adapters

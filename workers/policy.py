@@ -7,7 +7,12 @@
 2. Decide, all in ``policies``: operator overrides (``policies.override``), first versions
    and retrains after a base rebuild (``policies.schedule``), then the engine
    (``policies.decide``) or, for a baseline mode, its schedule.
-3. Apply: record every decision, change adapters and routes, create training jobs.
+3. Apply: record every decision, change routes, create training jobs, and write the
+   engine's adapters (membership and ratios) to the ``Adapter`` table.
+
+The engine's state is the one source of adapter membership and ratios: the ``Adapter`` rows
+are its copy for readers outside the tick (the API, a job run by hand), written at the end of
+every tick, never read back after the first one.
 
 Everything a tick changes commits in one transaction, so a tick killed half-way changes
 nothing and each event is observed exactly once. A Redis lock keeps ticks from overlapping;
@@ -78,52 +83,56 @@ def _record(session: Session, result: TickResult, at_event: int, **fields: Any) 
     return row
 
 
-def _apply(session: Session, d: Decision, result: TickResult, at_event: int, *, wall: float,
-           row: PolicyDecision | None = None) -> None:
-    """Record one decision (unless ``row`` already records it) and carry it out. The row's
-    ``at`` is ``wall`` time (``d.at`` is the engine's clock, which may count events)."""
+def _apply(session: Session, state: PolicyState, d: Decision, result: TickResult, at_event: int,
+           *, wall: float, row: PolicyDecision | None = None) -> None:
+    """Record one decision (unless ``row`` already records it) and carry it out; ``state``:
+    the engine's state after it. The row's ``at`` is ``wall`` time (``d.at`` is the engine's
+    clock, which may count events)."""
     if row is None:
         row = _record(session, result, at_event, action=d.action, task=d.task or None,
                       adapter=d.adapter, reason=d.reason, signals=dict(d.signals),
                       status=d.status, at=wall)
     if d.status != "applied" or d.action == "hold":
         return
-    if d.action == "fork":
-        source = session.get(Adapter, str(d.signals.get("from_adapter")))
-        if source is not None:
-            source.tasks = [t for t in source.tasks if t != d.task]
-        if session.get(Adapter, d.adapter) is None:
-            session.add(Adapter(name=d.adapter, tasks=[d.task],
-                                parent=source.name if source else None))
-    if d.action == "merge":
-        target = session.get(Adapter, d.adapter)
-        if target is not None and d.task not in target.tasks:
-            target.tasks = [*target.tasks, d.task]
-    if d.ratios and d.adapter:
-        adapter = session.get(Adapter, d.adapter)
-        if adapter is not None:
-            adapter.ratios = dict(d.ratios)
-            adapter.ratios_version = d.ratio_version or adapter.ratios_version + 1
     if d.action == "rollback":
         _rollback(session, d.adapter, int(d.signals["to_version"]))
     for adapter_name in d.train:
-        params = d.job if d.job is not None else _engine_job(session, d, adapter_name)
+        params = d.job if d.job is not None else _engine_job(state, d, adapter_name)
         job = crud.create_job(session, adapter=adapter_name, kind=d.action, params=params,
                               decision_id=row.id)
         assert job.id is not None
         result.jobs.append(job.id)
 
 
-def _engine_job(session: Session, d: Decision, adapter_name: str) -> dict[str, Any]:
-    """An engine decision's job: the adapter's current tasks and ratios, what it targets and
-    which tasks its self-audit must cover."""
+def _engine_job(state: PolicyState, d: Decision, adapter_name: str) -> dict[str, Any]:
+    """An engine decision's job: the adapter's tasks and the ratios the decision set (else its
+    current ones), what it targets and which tasks its self-audit must cover."""
     params: dict[str, Any] = {"targeted": list(d.signals.get("targeted") or [d.task]),
                               "audit": list(d.signals.get("audit") or [])}
-    adapter = session.get(Adapter, adapter_name)
-    if adapter is not None:
-        params["tasks"] = list(adapter.tasks)
-        params["ratios"] = dict(adapter.ratios)
+    ad = state.adapters.get(adapter_name)
+    if ad is not None:
+        params["tasks"] = list(ad.tasks)
+        params["ratios"] = dict(d.ratios) if d.ratios else dict(ad.ratios.weights)
     return params
+
+
+def _write_adapters(session: Session, state: PolicyState) -> None:
+    """Copy the engine's adapters (tasks, ratios) to the ``Adapter`` table; an adapter the
+    engine no longer has (its task merged back) is retired."""
+    for name, ad in state.adapters.items():
+        row = session.get(Adapter, name)
+        if row is None:
+            parents = {state.tasks[t].forked_from for t in ad.tasks if t in state.tasks}
+            row = Adapter(name=name, parent=next(iter(parents)) if len(parents) == 1 else None)
+            session.add(row)
+        tasks, ratios = list(ad.tasks), dict(ad.ratios.weights)
+        if (row.tasks, row.ratios, row.ratios_version, row.status) != (
+                tasks, ratios, ad.ratios.version, "active"):
+            row.tasks, row.ratios, row.ratios_version = tasks, ratios, ad.ratios.version
+            row.status = "active"
+    for row in crud.list_adapters(session):
+        if row.name not in state.adapters and row.status == "active":
+            row.tasks, row.ratios, row.status = [], {}, "retired"
 
 
 def _rollback(session: Session, adapter: str, to_version: int) -> None:
@@ -153,7 +162,7 @@ def _operator_requests(session: Session, state: PolicyState, config: PolicyConfi
         req.status, req.reason, req.adapter = "applied", d.reason, d.adapter
         req.signals, req.at_event = dict(d.signals), at_event
         result.decisions.append(req.model_dump())
-        _apply(session, d, result, at_event, wall=wall, row=req)
+        _apply(session, state, d, result, at_event, wall=wall, row=req)
     return state
 
 
@@ -178,14 +187,10 @@ def _adapter_facts(session: Session, state: PolicyState,
     bootstraps = store.failed_tries(session, key="bootstrap")
     rebuilds = (store.failed_tries(session, key="rebuild", value=base_build)
                 if base_build is not None else {})
-    facts = {}
-    for name, ad in state.adapters.items():
-        row = session.get(Adapter, name)
-        facts[name] = AdapterFacts(
-            name, tuple(ad.tasks), promoted=name in promoted,
-            failed_bootstraps=bootstraps.get(name, 0), failed_rebuilds=rebuilds.get(name, 0),
-            ratios=dict(row.ratios) if row is not None and row.ratios else {})
-    return facts
+    return {name: AdapterFacts(
+        name, tuple(ad.tasks), promoted=name in promoted,
+        failed_bootstraps=bootstraps.get(name, 0), failed_rebuilds=rebuilds.get(name, 0),
+        ratios=dict(ad.ratios.weights)) for name, ad in state.adapters.items()}
 
 
 def policy_tick(*, engine: Engine, client: redis.Redis | None, prefix: str, suite: Suite,
@@ -243,7 +248,7 @@ def _tick(engine: Engine, suite: Suite, config: PolicyConfig, mode: str, wall: f
         decisions, tick.bootstrap_given_up = bootstrap_decisions(
             list(facts.values()), routed=routes, busy=busy, running=len(active) + len(result.jobs),
             mode=mode, sizes=sizes, config=config, now=wall, given_up=tick.bootstrap_given_up)
-        _apply_all(session, decisions, result, at_event, wall, busy)
+        _apply_all(session, state, decisions, result, at_event, wall, busy)
         if base_build is not None:
             stale = [StaleServing(s.adapter, s.version, s.build, s.tasks, s.reason(base_build))
                      for s in stale_adapters(routes, base_build)]
@@ -251,7 +256,7 @@ def _tick(engine: Engine, suite: Suite, config: PolicyConfig, mode: str, wall: f
                 stale, facts, build=base_build, busy=busy,
                 running=len(active) + len(result.jobs), mode=mode, sizes=sizes, config=config,
                 now=wall, given_up=tick.rebuild_given_up)
-            _apply_all(session, decisions, result, at_event, wall, busy)
+            _apply_all(session, state, decisions, result, at_event, wall, busy)
         running = len(active) + len(result.jobs)
         if mode == "adaptive":
             signals = {t: TaskSignals(new_examples=buffers.get(t, 0), data_size=sizes.get(t))
@@ -262,8 +267,9 @@ def _tick(engine: Engine, suite: Suite, config: PolicyConfig, mode: str, wall: f
             decisions = schedule_decisions(list(facts.values()), buffers=buffers, busy=busy,
                                            running=running, mode=mode, sizes=sizes,
                                            config=config, now=wall)
-        _apply_all(session, decisions, result, at_event, wall, busy)
-        # 3. Gauges, hand-offs, state, commit.
+        _apply_all(session, state, decisions, result, at_event, wall, busy)
+        # 3. Adapters, gauges, hand-offs, state, commit.
+        _write_adapters(session, state)
         _update_task_rows(session, state)
         send = tick.hand_off(result.jobs, store.stale_jobs(session, now=wall,
                                                             queued_after_s=STALE_QUEUED_S),
@@ -280,8 +286,8 @@ def _tick(engine: Engine, suite: Suite, config: PolicyConfig, mode: str, wall: f
     return result
 
 
-def _apply_all(session: Session, decisions: list[Decision], result: TickResult, at_event: int,
-               wall: float, busy: set[str]) -> None:
+def _apply_all(session: Session, state: PolicyState, decisions: list[Decision],
+               result: TickResult, at_event: int, wall: float, busy: set[str]) -> None:
     for d in decisions:
-        _apply(session, d, result, at_event, wall=wall)
+        _apply(session, state, d, result, at_event, wall=wall)
         busy.update(d.train)
