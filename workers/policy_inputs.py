@@ -31,14 +31,16 @@ def parse_adapter(value: str | None) -> tuple[str | None, int | None]:
 
 def load_state(session: Session, config: PolicyConfig,
                sizes: dict[str, int]) -> tuple[PolicyState, TickState]:
-    """The stored engine state (created from the SQL adapters on the first tick) and the
-    tick's bookkeeping (``policies.tick.TickState``). ``sizes``: ``data_sizes(...)``."""
+    """The stored engine state and the tick's bookkeeping (``policies.tick.TickState``).
+    ``sizes``: ``data_sizes(...)``. The first tick creates the state from the ``Adapter``
+    rows the suite made; from then on the state is the source of membership and ratios and
+    the rows are its copy (``workers.policy``)."""
     row = session.get(PolicyStateRow, 1)
     tasks = {t.name: t for t in crud.list_tasks(session)}
     profiles = {n: TaskProfile(risk=t.risk, tone=t.tone) for n, t in tasks.items()}  # type: ignore[arg-type]
-    adapters = {a.name: list(a.tasks) for a in crud.list_adapters(session)
-                if a.status == "active" and a.tasks}
     if row is None or not row.state.get("engine"):
+        adapters = {a.name: list(a.tasks) for a in crud.list_adapters(session)
+                    if a.status == "active" and a.tasks}
         return policies.init_state(adapters, profiles, config, data_sizes=sizes), TickState()
     state = PolicyState.from_dict(row.state["engine"])
     state = policies.sync_state(state, state_adapters(state), profiles, config, data_sizes=sizes)
