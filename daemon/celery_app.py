@@ -25,6 +25,8 @@ def worker_context(settings: Settings) -> WorkerContext:
         policy=dict(settings.policy),
         train=dict(settings.train),
         eval=dict(settings.eval),
+        data=dict(settings.data),
+        gate=dict(settings.gate),
         train_device=settings.train_device,
         serving_replicas=[r.model_dump() for r in settings.serving_replicas],
         serving_grace_seconds=settings.serving_grace_seconds,

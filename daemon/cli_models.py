@@ -75,7 +75,7 @@ def train(
         return
     import redis as redis_lib
 
-    from workers.training.config import EvalConfig, TrainConfig
+    from workers.training.config import DataConfig, EvalConfig, GateConfig, TrainConfig
     from workers.training.job import run_training_job
 
     outcome = run_training_job(
@@ -83,6 +83,7 @@ def train(
         key_prefix=s.key_prefix, artifacts_dir=s.artifacts_dir, suite=suite,
         worker_id=f"cli-{uuid.uuid4().hex[:8]}", lease_seconds=s.train_lease_seconds,
         train_config=TrainConfig(**s.train), eval_config=EvalConfig(**s.eval),
+        data_config=DataConfig(**s.data), gate_config=GateConfig(**s.gate),
         device=s.train_device, show_bar=not json_out, two_step=bool(s.serving_replicas))
     if outcome.status == "promoted" and s.serving_replicas:
         from daemon.celery_app import make_celery

@@ -78,12 +78,17 @@ class Settings(BaseSettings):
     # Policy and training.
     policy_interval_seconds: float = Field(30.0, gt=0, description="beat period of the engine")
     policy_mode: Literal["adaptive", "static", "uniform", "isolated"] = Field(
-        "adaptive", description="adaptive = the engine; the others are baselines (section 9)")
+        "adaptive", description="adaptive = the engine; the others are the baselines "
+        "`adaptd simulate` compares it with")
     policy: dict[str, Any] = Field(
         default_factory=dict, description="PolicyConfig overrides, e.g. {\"cooldown_s\": 600}")
     train: dict[str, Any] = Field(
         default_factory=dict, description="TrainConfig overrides, e.g. {\"steps\": 200}")
     eval: dict[str, Any] = Field(default_factory=dict, description="EvalConfig overrides")
+    data: dict[str, Any] = Field(
+        default_factory=dict, description="DataConfig overrides, e.g. {\"heldout_fraction\": 0.2}")
+    gate: dict[str, Any] = Field(
+        default_factory=dict, description="GateConfig overrides, e.g. {\"z\": 2.0}")
     train_time_limit_seconds: int = Field(3600, ge=10)
     train_lease_seconds: int = Field(120, ge=5)
     train_device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -128,13 +133,12 @@ class Settings(BaseSettings):
             raise ValueError(f"policy overrides: {exc}") from None
         return value
 
-    @field_validator("train", "eval")
+    @field_validator("train", "eval", "data", "gate")
     @classmethod
     def _check_training(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
-        from workers.training.config import EvalConfig, TrainConfig
+        from workers.training.config import CONFIG_GROUPS
 
-        model = TrainConfig if info.field_name == "train" else EvalConfig
-        model.model_validate(value)  # its ValidationError names the bad field
+        CONFIG_GROUPS[str(info.field_name)].model_validate(value)  # names the bad field
         return value
 
     @field_validator("webhook_secret")

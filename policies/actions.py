@@ -11,7 +11,6 @@ from typing import Any
 
 from policies.config import PolicyConfig
 from policies.decision import Action, Decision
-from policies.mixture import mixture_leak
 from policies.ratios import RatioState, add_task, prior_ratios, remove_task, update_ratios
 from policies.state import AdapterState, PolicyState
 
@@ -102,19 +101,10 @@ def rebalance_pressure(
         leak = min(1.0, win.crosstalk_rate / (2.0 * rp.crosstalk_on))
         sev = max(sev, leak)
         pressure[t] = pressure.get(t, 0.0) + sev
-        slow = None if win.leaking or det.degraded else mixture_leak(st, t, config)
-        if win.leaking:
-            src = win.dominant_source
-        elif slow is not None:
-            src = slow.source  # a leak only the mixture tally sees
-        else:
-            src = None
+        src = win.dominant_source if win.leaking else None
         if src is not None and src in ad.tasks and src not in affected:
             pressure[src] = pressure.get(src, 0.0) - max(0.5, leak)
-        if slow is None:
-            # A rebalance for a leak only the mixture tally sees never counts towards a
-            # fork (policies.mixture); any other does, an operator's included.
-            counted.append(t)
+        counted.append(t)  # an operator's rebalance of a healthy task counts too
     return pressure, counted
 
 

@@ -1,8 +1,8 @@
 """Policy configuration: thresholds per risk level plus the anti-flapping knobs.
 
-Defaults follow DESIGN section 8: high-risk tasks get tighter thresholds (smaller drops and
-lower crosstalk rates count, fewer failed rebalances before a fork); low-risk tasks are never
-forked for degradation alone.  Both classes round-trip through JSON.
+High-risk tasks get tighter thresholds (smaller drops and lower crosstalk rates count, fewer
+failed rebalances before a fork); low-risk tasks are never forked for degradation alone.
+Both classes round-trip through JSON.
 """
 
 from __future__ import annotations
@@ -42,15 +42,15 @@ class RiskPolicy:
     # the adapter's total is below ``PolicyConfig.min_new_examples`` (None: only the total).
     # A high-risk task forked into its own adapter gets a small share of the traffic, so the
     # adapter-wide threshold would leave its feedback unused for thousands of requests; each
-    # retrain on that feedback lowers the residual leak further (README, bench/fork_retrain.py:
+    # retrain on that feedback lowers the residual leak further (bench/fork_retrain.py:
     # 7.2 % -> 0.8 % over seven rounds of 120 answers).
     min_new_examples: int | None = None
     # A task whose windowed crosstalk rate reaches this (with ``crosstalk_min_events`` in the
     # window) is flagged for the self-audit of its adapter's next training run: its answers to
     # fresh requests are searched for other tasks' style and trained against, whatever its
-    # risk (TrainConfig.audit covers its risk levels anyway). None: never flagged. Offline, a
-    # shared adapter's festival_wish gave 1.1 points of its 2.5-point sharing cost back
-    # (README, The loop: stop 31).
+    # risk (TrainConfig.audit covers its risk levels anyway). None: never flagged. A shared
+    # adapter's cheerful task leaking ~3 % (below low risk's crosstalk_on) gets about 1 point
+    # of its 2.5-point sharing cost back (bench/task_steps.py --audit-shared).
     audit_at: float | None = 0.02
 
     def __post_init__(self) -> None:
@@ -128,12 +128,6 @@ class PolicyConfig:
     min_isolation_s: float = 86400.0
     # Retrain an adapter once its tasks have buffered this many new examples.
     min_new_examples: int = 200
-    # The engine's clock. None: wall time. A number: policy time advances this many seconds
-    # per observed feedback event (and per tick that learns of finished jobs) and stands still
-    # otherwise (while a job trains, say), so a simulation's decisions do not depend on how
-    # fast the machine trains (`adaptd simulate` sets it; workers.policy.policy_clock). Every
-    # time above is then measured in events; a database keeps one clock.
-    seconds_per_event: float | None = None
     # After a rejected version, train again once the data grew by min_new_examples or by this
     # fraction of its size, whichever comes first.
     retry_growth: float = 0.1
@@ -152,15 +146,11 @@ class PolicyConfig:
     # A leak forks a low/medium-risk task only when the window proves it: the rate's Wilson
     # lower bound at this z must exceed the switch-off rate (high-risk: the latch suffices).
     fork_leak_z: float = 1.64
-    # A task that stays shared (not high risk) is rebalanced when its crosstalk from co-tasks,
-    # counted across promotions while the mixture stays the same (``mixture_window`` events
-    # at most), is significantly above this rate (Wilson lower bound at ``fork_leak_z``).
-    # None: off (measured, not adopted: README). See policies/mixture.py.
-    mixture_leak_rate: float | None = None
+    # Events a rebalanced high-risk task's crosstalk tally keeps (policies/mixture.py).
     mixture_window: int = 1000
     # Live outputs nobody flagged go through the automatic style detector (the suite's
-    # markers, then n-grams preferring another task by this many nats; DESIGN section 8:
-    # crosstalk = user flags + an automatic detector). None: user flags only.
+    # markers, then n-grams preferring another task by this many nats: live crosstalk is
+    # user flags plus this detector). None: user flags only.
     auto_crosstalk_margin: float | None = 2.0
     # A retrain's eval counts as regressing a task (towards ``fork_after_regressions``) only
     # when the drop beyond tolerance is also this many standard errors of the paired
@@ -173,6 +163,14 @@ class PolicyConfig:
     max_risk_gap: int = 1
     ratios: RatioConfig = field(default_factory=RatioConfig)
 
+    # Simulation only (`adaptd simulate`; production leaves it None).
+    # The engine's clock. None: wall time. A number: policy time advances this many seconds
+    # per observed feedback event (and per tick that learns of finished jobs) and stands still
+    # otherwise (while a job trains, say), so a simulation's decisions do not depend on how
+    # fast the machine trains (``policies.tick.TickState.clock``). Every time above is then
+    # measured in events; a database keeps one clock.
+    seconds_per_event: float | None = None
+
     def __post_init__(self) -> None:
         missing = [r for r in RISK_LEVELS if r not in self.risk]
         if missing:
@@ -181,8 +179,6 @@ class PolicyConfig:
             raise ValueError("max_concurrent_jobs must be >= 0")
         if not 0.0 < self.retry_growth <= 1.0:
             raise ValueError("retry_growth must be in (0, 1]")
-        if self.mixture_leak_rate is not None and not 0.0 < self.mixture_leak_rate < 1.0:
-            raise ValueError(f"mixture_leak_rate must be in (0, 1) or None, got {self.mixture_leak_rate}")
         if self.seconds_per_event is not None and not self.seconds_per_event > 0.0:
             raise ValueError(f"seconds_per_event must be > 0 or None, got {self.seconds_per_event}")
         if self.regression_z < 0.0:

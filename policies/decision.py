@@ -34,6 +34,11 @@ class Decision:
     ``rollback`` the adapter whose version goes back to ``signals["to_version"]``.
     ``train`` lists adapters whose training job must be enqueued now (empty for proposals,
     holds and rollbacks); pass ``signals["targeted"]`` back to ``record_eval``.
+
+    A decision about a whole adapter (a first version, a retrain after a base rebuild, a
+    baseline policy's schedule: ``policies.schedule``) has ``task`` ``""`` and carries the
+    parameters of the one training job it starts in ``job``; the engine's decisions leave
+    ``job`` None and the job takes the adapter's current tasks and ratios.
     """
 
     seq: int
@@ -47,9 +52,10 @@ class Decision:
     ratios: dict[str, float] | None = None
     ratio_version: int | None = None
     train: tuple[str, ...] = ()
+    job: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "seq": self.seq,
             "at": self.at,
             "action": self.action,
@@ -62,6 +68,9 @@ class Decision:
             "ratio_version": self.ratio_version,
             "train": list(self.train),
         }
+        if self.job is not None:
+            out["job"] = dict(self.job)
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Self:
@@ -79,4 +88,5 @@ class Decision:
             ratios=None if ratios is None else {str(k): float(v) for k, v in ratios.items()},
             ratio_version=None if rv is None else int(rv),
             train=tuple(str(a) for a in data.get("train", ())),
+            job=None if data.get("job") is None else dict(data["job"]),
         )

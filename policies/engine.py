@@ -18,9 +18,7 @@
      since its rebalance, ``policies.mixture.rebalanced_leak``, where each version's own
      window is too short), or ``fork_after_regressions`` consecutive retrains regressed it, or measured
      negative transfer from a co-task (``affinity``: the running TAG estimate);
-   - rebalance (shared adapter): a task is degraded (detector alarm) or leaking crosstalk,
-     or (``mixture_leak_rate``) a shared non-high-risk task leaks a co-task's style under
-     the current mixture, counted across promotions (``policies.mixture``);
+   - rebalance (shared adapter): a task is degraded (detector alarm) or leaking crosstalk;
    - merge: an isolated task compatible with its old adapter for ``merge_after_s``;
    - retrain: the adapter's tasks buffered ``min_new_examples`` (half that when one of
      them is degraded), or one task buffered its risk level's own ``min_new_examples``
@@ -46,7 +44,7 @@ from policies.actions import task_numbers
 from policies.config import PolicyConfig
 from policies.decision import Decision, TaskSignals
 from policies.gates import STRUCTURAL, TRAINING, Candidate
-from policies.mixture import mixture_leak, rebalanced_leak
+from policies.mixture import rebalanced_leak
 from policies.signals import RISK_LEVELS, live_regression, pair_verdict, wilson_lower
 from policies.state import PolicyState, TaskState
 
@@ -155,7 +153,7 @@ def _compatible_with_origin(
 def _compatible(
     st: PolicyState, a: str, b: str, config: PolicyConfig, aff: Mapping[tuple[str, str], float]
 ) -> bool:
-    """Same tone, similar risk and positive measured affinity (DESIGN section 8)."""
+    """Same tone, similar risk and positive measured affinity."""
     profiles = {t: st.tasks[t].profile for t in (a, b)}
     return pair_verdict(
         a, b, profiles, aff,
@@ -256,8 +254,8 @@ def _leak_from_partner(
 ) -> bool:
     """Is a non-high-risk ``task`` leaking the style of a compatible co-task?
 
-    Compatible tasks (same tone, similar risk, positive measured affinity) stay shared
-    (DESIGN section 8): a fork would give up a pair that helps itself to remove a style the
+    Compatible tasks (same tone, similar risk, positive measured affinity) stay shared: a
+    fork would give up a pair that helps itself to remove a style the
     user barely tells apart. The mixture is the cure. High-risk tasks get no such pass."""
     ts = st.tasks[task]
     source = ts.window.dominant_source
@@ -281,14 +279,6 @@ def _trouble(ts: TaskState) -> str:
             f"leaking {ts.window.crosstalk_rate:.1%} crosstalk from {ts.window.dominant_source or '?'}"
         )
     return " and ".join(parts)
-
-
-def _slow_leak(st: PolicyState, task: str, config: PolicyConfig) -> str:
-    leak = mixture_leak(st, task, config)
-    if leak is None:
-        return ""
-    return (f"leaking {leak.rate:.1%} crosstalk from co-tasks ({leak.source} most) over "
-            f"{leak.events} events of the current mixture")
 
 
 def _task_candidates(
@@ -328,7 +318,7 @@ def _task_candidates(
                 reason = _negative_transfer(st, t, config, aff, nums)
             if reason is not None:
                 out.append(Candidate("fork", t, ts.adapter, reason, nums, [t], high))
-            elif troubled or mixture_leak(st, t, config) is not None:
+            elif troubled:
                 rebalance.setdefault(ts.adapter, []).append(t)
         elif troubled and ad.version is not None and ad.pending_since is None:
             # Alone in its adapter: there is no mixture to rebalance and no one to fork away
@@ -341,7 +331,7 @@ def _task_candidates(
             out.append(merge)
     for name, tasks in rebalance.items():
         tasks.sort(key=_higher_risk_first(st))
-        reason = "; ".join(f"{x} {_trouble(st.tasks[x]) or _slow_leak(st, x, config)}" for x in tasks)
+        reason = "; ".join(f"{x} {_trouble(st.tasks[x])}" for x in tasks)
         out.append(Candidate("rebalance", tasks[0], name, reason, {}, tasks, _is_high(st, tasks)))
     return out
 

@@ -28,7 +28,6 @@ def observe(
     origin: Origin = "user",
     adapter: str | None = None,
     version: int | None = None,
-    mixture: bool = True,
 ) -> PolicyState:
     """Count one feedback event of ``task`` (in place; returns ``state``).
 
@@ -36,9 +35,8 @@ def observe(
     names the task whose style leaked into the output, flagged by the user or by the style
     detector (``origin``).  ``adapter``/``version`` say what produced the output; when given,
     events from anything but the task's current adapter version do not count towards the
-    live comparison that can trigger a rollback.  ``mixture=False`` leaves the mixture tally
-    of a task that is not high-risk alone (callers pass ``config.mixture_leak_rate is not
-    None``: it is read only then, and its update is about 40 % of this function's time).
+    live comparison that can trigger a rollback.  A high-risk task's event also enters its
+    mixture tally (``policies.mixture.rebalanced_leak`` reads it).
 
     >>> from policies.config import PolicyConfig
     >>> from policies.signals import TaskProfile
@@ -57,7 +55,7 @@ def observe(
         crosstalk_source = None  # a task's own style is not crosstalk
     ts.detector.update(accepted)
     ts.window.update(accepted, crosstalk_source, origin)
-    if mixture or ts.profile.risk == "high":  # high risk: read by rebalanced_leak
+    if ts.profile.risk == "high":
         ts.mixture.update(accepted, crosstalk_source, origin)
     ad = state.adapters.get(ts.adapter)
     if ad is not None and ad.probation is not None:

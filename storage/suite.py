@@ -16,15 +16,16 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from policies.signals import Risk  # the one risk vocabulary (pure, imports nothing of ours)
+
 BUILTIN_DIR = Path(__file__).parent / "suites"
 NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}\Z")
 _SLOT_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
-Risk = Literal["low", "medium", "high"]
 
 
 class SuiteError(ValueError):

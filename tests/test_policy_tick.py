@@ -341,16 +341,13 @@ def test_retrain_regressions_count_only_beyond_eval_noise(settings: Settings, en
         assert forks == [] and regressions == 0
 
 
-@pytest.mark.parametrize("rate", [None, 0.02], ids=["off", "on"])
-def test_the_tick_counts_the_mixture_tally_only_when_it_is_read(
-        settings: Settings, engine: Engine, rate: float | None) -> None:
+def test_the_tick_tallies_high_risk_tasks_only(settings: Settings, engine: Engine) -> None:
     sent: list[int] = []
-    config = PolicyConfig.from_dict({**FAST.to_dict(), "mixture_leak_rate": rate})
-    tick(settings, engine, sent, now=1000.0, config=config)
+    tick(settings, engine, sent, now=1000.0)
     finish(engine, sent[0])
     feed(settings, engine, [event(f"x{i}", "greeting") for i in range(30)]
          + [event(f"y{i}", "apology") for i in range(7)])
-    tick(settings, engine, sent, now=2000.0, config=config)
+    tick(settings, engine, sent, now=2000.0)
     with Session(engine) as session:
         row = session.get(PolicyStateRow, 1)
         assert row is not None
@@ -359,9 +356,8 @@ def test_the_tick_counts_the_mixture_tally_only_when_it_is_read(
     def n(window: dict[str, Any]) -> int:
         return sum(b["n"] for b in window["buckets"])
 
-    assert n(greeting["window"]) == 30
-    assert n(greeting["mixture"]) == (0 if rate is None else 30)
-    # A high-risk task's tally is always counted: policies.mixture.rebalanced_leak reads it.
+    assert n(greeting["window"]) == 30 and n(greeting["mixture"]) == 0
+    # policies.mixture.rebalanced_leak reads a high-risk task's tally.
     assert n(apology["window"]) == n(apology["mixture"]) == 7
 
 
@@ -394,3 +390,44 @@ def test_an_event_clock_measures_the_engines_times_in_events(settings: Settings,
         decision = session.execute(select(PolicyDecision).order_by(
             col(PolicyDecision.id).desc())).scalars().first()
     assert decision is not None and decision.at == 1011.0 + 86400  # rows keep wall time
+
+
+def _request(engine: Engine, action: str, task: str) -> None:
+    with session_scope(engine) as session:
+        crud.record_decision(session, action=action, task=task, reason="operator override",
+                             status="requested", origin="operator")
+
+
+def _adapters(engine: Engine) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The Adapter table and the engine's adapters, as (tasks, ratios, status)."""
+    with Session(engine) as session:
+        rows = {a.name: (sorted(a.tasks), a.ratios, a.status) for a in crud.list_adapters(session)}
+        row = session.get(PolicyStateRow, 1)
+        assert row is not None
+        engine_adapters = {n: (sorted(a["tasks"]), a["ratios"]["weights"], "active")
+                           for n, a in row.state["engine"]["adapters"].items()}
+    return rows, engine_adapters
+
+
+def test_the_adapter_table_is_the_engines_membership_and_ratios(settings: Settings,
+                                                                engine: Engine) -> None:
+    sent: list[int] = []
+    tick(settings, engine, sent, now=1000.0)
+    finish(engine, sent[0])
+    _request(engine, "fork", "thanks")
+    tick(settings, engine, sent, now=2000.0)
+    rows, engine_adapters = _adapters(engine)
+    assert rows == engine_adapters
+    shared_tasks, shared_ratios, _ = rows["shared"]
+    assert "thanks" not in shared_tasks and rows["thanks"][:2] == (["thanks"], {"thanks": 1.0})
+    # The shared adapter's ratios lost the forked task the moment it left, not at its next run.
+    assert set(shared_ratios) == set(shared_tasks) and abs(sum(shared_ratios.values()) - 1) < 1e-9
+    with Session(engine) as session:
+        fork = session.get(Adapter, "thanks")
+        assert fork is not None and fork.parent == "shared"
+    finish(engine, sent[-1])
+    _request(engine, "merge", "thanks")
+    tick(settings, engine, sent, now=3000.0)
+    rows, engine_adapters = _adapters(engine)
+    assert "thanks" in rows["shared"][0] and rows["thanks"] == ([], {}, "retired")
+    assert {n: r for n, r in rows.items() if r[2] == "active"} == engine_adapters

@@ -1,4 +1,5 @@
-"""Settings check the policy/train/eval overrides when they are read, not a worker later."""
+"""Settings check the policy/train/eval/data/gate overrides when they are read, not a worker
+later."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from tests.helpers import SECRET
     ({"policy": {"cooldown": 60}}, "policy"),
     ({"train": {"stepz": 100}}, "train.stepz"),
     ({"eval": {"prompts_per_task": 0}}, "eval.prompts_per_task"),
+    ({"data": {"heldout_fraction": 1.5}}, "data.heldout_fraction"),
+    ({"gate": {"tolerances": {}}}, "gate.tolerances"),
 ])
 def test_bad_overrides_are_refused_with_the_field(overrides: dict[str, object], field: str) -> None:
     with pytest.raises(ValidationError) as err:
@@ -29,6 +32,16 @@ def test_good_overrides_pass_through_unchanged() -> None:
     policy = {"cooldown_s": 60, "risk": {"high": {"crosstalk_on": 0.03}}}
     s = Settings(webhook_secret=SECRET, policy=policy, train={"steps": 20})  # type: ignore[arg-type]
     assert s.policy == policy and s.train == {"steps": 20}
+
+
+def test_every_training_group_is_set_the_same_way_and_reaches_the_workers(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from daemon.celery_app import worker_context
+
+    monkeypatch.setenv("ADAPTD_DATA", '{"heldout_min": 2}')
+    monkeypatch.setenv("ADAPTD_GATE", '{"z": 2.5}')
+    ctx = worker_context(Settings(webhook_secret=SECRET))
+    assert (ctx.data, ctx.gate) == ({"heldout_min": 2}, {"z": 2.5})
 
 
 def test_cli_names_the_bad_setting_without_a_traceback() -> None:

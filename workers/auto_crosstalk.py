@@ -1,5 +1,5 @@
-"""The automatic half of the live crosstalk signal (DESIGN section 8: "user flags + an
-automatic style detector").
+"""The automatic half of the live crosstalk signal (user flags plus an automatic style
+detector).
 
 Users rarely say *which* task's style leaked, and often accept a slightly odd answer. So
 every output nobody flagged is checked by the same detector the training eval uses

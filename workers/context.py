@@ -38,6 +38,8 @@ class WorkerContext:
     policy: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
     eval: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    gate: dict[str, Any] = field(default_factory=dict)
     train_device: str = "auto"
     # Serving replicas ({"url", "backend"}); empty: promotions are routed at once.
     serving_replicas: list[dict[str, Any]] = field(default_factory=list)

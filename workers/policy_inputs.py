@@ -7,21 +7,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, update
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
 import policies
 from policies import PolicyConfig, PolicyState, TaskProfile
+from policies.tick import TickState
 from policies.windows import Origin
 from storage import crud
-from storage.models import (
-    FINISHED_JOB_STATUSES,
-    AdapterVersion,
-    FeedbackEvent,
-    PolicyStateRow,
-    TrainingExample,
-    TrainingJob,
-)
+from storage import tick as store
+from storage.models import PolicyStateRow
 from storage.suite import Suite
 from workers.auto_crosstalk import AutoSource
 from workers.training.gate import paired_se  # plain arithmetic, no torch
@@ -36,24 +30,21 @@ def parse_adapter(value: str | None) -> tuple[str | None, int | None]:
 
 
 def load_state(session: Session, config: PolicyConfig,
-               sizes: dict[str, int]) -> tuple[PolicyState, dict[str, Any]]:
-    """The stored engine state (created from the SQL adapters on the first tick) and the
-    wrapper's bookkeeping: jobs already accounted for, events observed so far. ``sizes``:
-    ``data_sizes(...)``."""
+               sizes: dict[str, int]) -> tuple[PolicyState, TickState]:
+    """The stored engine state and the tick's bookkeeping (``policies.tick.TickState``).
+    ``sizes``: ``data_sizes(...)``. The first tick creates the state from the ``Adapter``
+    rows the suite made; from then on the state is the source of membership and ratios and
+    the rows are its copy (``workers.policy``)."""
     row = session.get(PolicyStateRow, 1)
     tasks = {t.name: t for t in crud.list_tasks(session)}
     profiles = {n: TaskProfile(risk=t.risk, tone=t.tone) for n, t in tasks.items()}  # type: ignore[arg-type]
-    adapters = {a.name: list(a.tasks) for a in crud.list_adapters(session)
-                if a.status == "active" and a.tasks}
     if row is None or not row.state.get("engine"):
-        state = policies.init_state(adapters, profiles, config, data_sizes=sizes)
-        meta: dict[str, Any] = {"jobs_seen": 0, "observed_total": 0}
-    else:
-        state = PolicyState.from_dict(row.state["engine"])
-        state = policies.sync_state(state, {a: t for a, t in state_adapters(state).items()},
-                                    profiles, config, data_sizes=sizes)
-        meta = dict(row.state.get("meta") or {})
-    return state, meta
+        adapters = {a.name: list(a.tasks) for a in crud.list_adapters(session)
+                    if a.status == "active" and a.tasks}
+        return policies.init_state(adapters, profiles, config, data_sizes=sizes), TickState()
+    state = PolicyState.from_dict(row.state["engine"])
+    state = policies.sync_state(state, state_adapters(state), profiles, config, data_sizes=sizes)
+    return state, TickState.from_dict(row.state.get("meta") or {})
 
 
 def state_adapters(state: PolicyState) -> dict[str, list[str]]:
@@ -62,10 +53,7 @@ def state_adapters(state: PolicyState) -> dict[str, list[str]]:
 
 def feedback_examples(session: Session) -> dict[str, int]:
     """Usable training examples from feedback (accepted outputs, corrections) per task."""
-    stmt = (select(col(TrainingExample.task), func.count())
-            .where(col(TrainingExample.kind).in_(["accepted", "correction"]))
-            .group_by(col(TrainingExample.task)))
-    return {t: int(n) for t, n in session.execute(stmt)}
+    return store.feedback_example_counts(session)
 
 
 def data_sizes(suite: Suite, fed: dict[str, int]) -> dict[str, int]:
@@ -74,14 +62,10 @@ def data_sizes(suite: Suite, fed: dict[str, int]) -> dict[str, int]:
 
 
 def observe_new_events(session: Session, state: PolicyState, limit: int,
-                       auto: AutoSource | None = None, *, mixture: bool = True) -> int:
+                       auto: AutoSource | None = None) -> int:
     """Feed unobserved feedback to the detectors and windows. A user's crosstalk flag is
-    taken as is; an output nobody flagged is checked by ``auto`` (origin ``auto``).
-    ``mixture``: also count the mixture tally (only read with ``mixture_leak_rate`` set)."""
-    rows = session.execute(
-        select(FeedbackEvent).where(col(FeedbackEvent.observed).is_(False))
-        .order_by(col(FeedbackEvent.received_at), col(FeedbackEvent.id)).limit(limit)
-    ).scalars().all()
+    taken as is; an output nobody flagged is checked by ``auto`` (origin ``auto``)."""
+    rows = store.unobserved_events(session, limit=limit)
     found: dict[crud.CounterKey, float] = {}
     for ev in rows:
         if ev.task not in state.tasks:
@@ -96,43 +80,32 @@ def observe_new_events(session: Session, state: PolicyState, limit: int,
                                        {"task": ev.task, "source_task": source, "origin": "auto"})
                 found[key] = found.get(key, 0.0) + 1
         policies.observe(state, ev.task, ev.verdict == "accept", crosstalk_source=source,
-                         origin=origin, adapter=adapter, version=version, mixture=mixture)
+                         origin=origin, adapter=adapter, version=version)
     crud.add_counters(session, increments=found)
-    ids = [ev.id for ev in rows]
-    for i in range(0, len(ids), 500):
-        session.execute(update(FeedbackEvent).where(col(FeedbackEvent.id).in_(ids[i:i + 500]))
-                        .values(observed=True))
+    store.mark_observed(session, ids=[ev.id for ev in rows])
     return len(rows)
 
 
-def account_finished_jobs(session: Session, state: PolicyState, meta: dict[str, Any],
-                           config: PolicyConfig, now: float) -> PolicyState:
-    """Tell the engine about promotions, rejections and failures since the last tick."""
-    seen = int(meta.get("jobs_seen", 0))
-    jobs = session.execute(
-        select(TrainingJob).where(col(TrainingJob.id) > seen)
-        .where(col(TrainingJob.status).in_(FINISHED_JOB_STATUSES))
-        .order_by(col(TrainingJob.id))
-    ).scalars().all()
-    for job in jobs:
+def account_finished_jobs(session: Session, state: PolicyState, tick: TickState,
+                          config: PolicyConfig, now: float) -> tuple[PolicyState, int]:
+    """Tell the engine about promotions, rejections and failures since the last tick (jobs
+    after ``tick.jobs_seen``; measured affinity is folded into ``tick.affinity``). Returns
+    the state and the id up to which every job is now accounted for."""
+    seen = tick.jobs_seen
+    for job in store.finished_jobs_after(session, seen=seen):
         # Only advance past a contiguous prefix: a lower job still running is seen later.
-        if session.execute(select(func.count()).select_from(TrainingJob)
-                           .where(col(TrainingJob.id) < job.id, col(TrainingJob.id) > seen)
-                           .where(col(TrainingJob.status).in_(["queued", "running"]))).scalar():
+        assert job.id is not None
+        if store.open_jobs_between(session, above=seen, below=job.id):
             break
-        seen = int(job.id or seen)
+        seen = job.id
         if job.adapter not in state.adapters:
             continue
-        version = session.execute(
-            select(AdapterVersion).where(col(AdapterVersion.adapter) == job.adapter,
-                                         col(AdapterVersion.version) == job.result_version)
-        ).scalars().first()
+        version = store.get_version(session, adapter=job.adapter, version=job.result_version)
         if version is not None and version.eval:
             # The run's TAG affinity (promoted or not: it describes training, not the gate).
             measured = (version.eval.get("train") or {}).get("affinity")
             if measured:
-                folded = policies.fold_affinity(affinity_estimate(meta), measured)
-                meta["affinity"] = [[i, j, z] for (i, j), z in folded.items()]
+                tick.affinity = policies.fold_affinity(tick.affinity, measured)
             before = _qualities(version.eval.get("production"))
             after = _qualities(version.eval.get("candidate"))
             if before and after:
@@ -147,13 +120,7 @@ def account_finished_jobs(session: Session, state: PolicyState, meta: dict[str, 
             state = policies.on_rejection(state, job.adapter, now=now, config=config)
         else:
             state = policies.clear_pending(state, job.adapter)
-    meta["jobs_seen"] = seen
-    return state
-
-
-def affinity_estimate(meta: dict[str, Any]) -> dict[tuple[str, str], float]:
-    """The running inter-task affinity estimate kept in the tick's bookkeeping."""
-    return {(str(i), str(j)): float(z) for i, j, z in meta.get("affinity") or []}
+    return state, seen
 
 
 def _paired_se(production: Any, candidate: Any) -> dict[str, float | None]:

@@ -65,7 +65,7 @@ def policy_tick(self: Task) -> dict[str, Any]:
 )
 def train_job(self: Task, job_id: int) -> dict[str, Any]:
     """Run one training job (the job row's lease makes a redelivery harmless)."""
-    from workers.training.config import EvalConfig, TrainConfig
+    from workers.training.config import DataConfig, EvalConfig, GateConfig, TrainConfig
     from workers.training.job import run_training_job
 
     ctx = context_of(self.app)
@@ -73,7 +73,8 @@ def train_job(self: Task, job_id: int) -> dict[str, Any]:
         int(job_id), engine=ctx.engine, redis_client=ctx.redis, key_prefix=ctx.key_prefix,
         artifacts_dir=ctx.artifacts_dir, suite=ctx.suite, worker_id=ctx.consumer,
         lease_seconds=ctx.train_lease_seconds, train_config=TrainConfig(**ctx.train),
-        eval_config=EvalConfig(**ctx.eval), device=ctx.train_device,
+        eval_config=EvalConfig(**ctx.eval), data_config=DataConfig(**ctx.data),
+        gate_config=GateConfig(**ctx.gate), device=ctx.train_device,
         two_step=bool(ctx.serving_replicas),
     )
     if outcome.status == "promoted":

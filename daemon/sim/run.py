@@ -36,10 +36,10 @@ POLICIES = ("adaptive", "static", "uniform", "isolated")
 # A synchronous run also puts the engine on an event clock (``PolicyConfig.seconds_per_event``):
 # SIM_SECONDS_PER_EVENT per request, about the pace of the demo on a 2-core machine with its
 # training included, so rebalance patience is 800 requests and probation 2,000, on any machine
-# (the same decisions on CPUs of one kind; other CPUs round differently: README).
+# (the same decisions on CPUs of one kind; other CPUs round floating point differently).
 SIM_SECONDS_PER_EVENT = 0.15
-# ``min_new_examples`` 300: what ``bench/loop.py`` measures the policies with; since stop 35 the
-# demo's too (at 150 the demo's holiday run trained 22 times, at 300 19: README, The loop).
+# ``min_new_examples`` 300: what ``bench/loop.py`` measures the policies with, so the demo runs
+# the configuration the loop bench measures.
 SIM_POLICY: dict[str, Any] = {
     "cooldown_s": 0, "structural_cooldown_s": 0, "training_timeout_s": 900,
     "rebalance_patience_s": 120, "merge_after_s": 10**9, "min_isolation_s": 0,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
-from policies import PolicyState, on_promotion, override
+import pytest
+
+from policies import PolicyConfig, PolicyState, on_promotion, override
 from policies.mixture import rebalanced_leak
 from tests.policies.test_policy_engine import (
     CFG,
@@ -58,12 +60,12 @@ def test_a_leak_each_version_is_too_short_to_show_forks_after_the_rebalance() ->
     assert st.tasks["h"].adapter != "shared" and st.tasks["h"].rebalanced_ratio is None
 
 
-def test_other_tasks_keep_restarting_their_tally_on_new_ratios() -> None:
+def test_only_high_risk_tasks_keep_a_tally() -> None:
     st = promoted_often(rebalanced(), versions=4, rate=0.75, other_rebalance_at=None)
     feed(st, "c", 30, 0.9, source="g")
     st, _ = override(st, "c", "rebalance", now=T0 + 5 * HOUR, config=CFG)
     st = on_promotion(st, "shared", version=9, now=T0 + 6 * HOUR, config=CFG)
-    assert st.tasks["c"].mixture.n == 0  # not high risk: new ratios, a new tally
+    assert st.tasks["c"].mixture.n == 0  # not high risk: its live window alone decides
     assert st.tasks["h"].mixture.n == 48  # high risk, rebalanced: still counting
 
 
@@ -105,3 +107,10 @@ def test_states_stored_before_the_field_still_load() -> None:
     assert st.tasks["h"].rebalanced_ratio is None
     st = promoted_often(st, versions=6, rate=0.75)
     assert rebalanced_leak(st, "h", CFG) is None  # counted per ratios, as before
+
+
+def test_the_tally_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="mixture_window"):
+        PolicyConfig.from_dict({"mixture_window": 2})
+    with pytest.raises(ValueError, match="unknown policy config keys"):
+        PolicyConfig.from_dict({"mixture_leak_rate": 0.02})

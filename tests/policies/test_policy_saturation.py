@@ -1,8 +1,8 @@
 """A rebalance the mixture has no room for is not a training run (RatioConfig.min_move).
 
-The loop's case (README, The loop: stop 34): a low-risk task of the shared adapter keeps
-leaking a co-task's style; once it sits at its ratio ceiling (the anchor) and its source at
-its floor, every further rebalance retrained the adapter on the same mix.
+The case: a low-risk task of the shared adapter keeps leaking a co-task's style; once it sits
+at its ratio ceiling (the anchor) and its source at its floor, every further rebalance would
+retrain the adapter on the same mix.
 """
 
 from __future__ import annotations

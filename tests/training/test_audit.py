@@ -44,32 +44,22 @@ def test_audit_trains_away_the_leaks_it_finds(bundle: Any, suite: Suite, train_c
     assert data.tasks["apology"].negatives == []  # the caller's data is untouched
 
 
-def test_an_audit_ends_when_it_finds_little_or_its_training_does_not_shrink_the_finds(
+def test_an_audit_trains_on_every_round_that_finds_leaks_and_ends_at_a_clean_one(
         bundle: Any, suite: Suite, train_cfg: Any, eval_cfg: Any) -> None:
     data = assemble(suite, ["apology"])
     ratios = default_ratios(data.sizes())
     model = train_adapter(bundle, data, ratios=ratios, config=train_cfg(steps=4),
                           general_share=suite.general_share).model
-    detector = build_detector(suite)
-
-    def audit(**settings: Any) -> tuple[Any, list[dict[str, Any]]]:
-        cfg = train_cfg(steps=4, audit={"rounds": 3, "samples": 64, "steps": 8, **settings})
-        return audit_adapter(bundle, model, data, suite=suite, ratios=ratios, config=cfg,
-                             general_share=suite.general_share, detector=detector,
-                             ecfg=eval_cfg)
-
-    # Every round counts as clean at stop_at 1.0: the first one ends the audit untrained.
-    same, rounds = audit(stop_at=1.0)
-    assert same is model
-    assert len(rounds) == 1 and rounds[0]["leaks"]["apology"] > 0  # found, yet not trained
-    assert rounds[0]["steps"] == 0 and rounds[0]["stopped"] == "clean"
-    # min_progress 1.0 asks a round to find nothing after the last one's training: round 1
-    # trains on its finds, round 2 samples and ends the audit (anything found is no progress).
-    _, rounds = audit(min_progress=1.0)
-    assert len(rounds) == 2 and rounds[0]["steps"] == 8 and "stopped" not in rounds[0]
-    assert rounds[1]["steps"] == 0
-    assert rounds[1]["stopped"] == ("clean" if rounds[1]["leaks"]["apology"] == 0
-                                    else "no progress")
+    cfg = train_cfg(steps=4, audit={"rounds": 3, "samples": 64, "steps": 8})
+    _, rounds = audit_adapter(bundle, model, data, suite=suite, ratios=ratios, config=cfg,
+                              general_share=suite.general_share,
+                              detector=build_detector(suite), ecfg=eval_cfg)
+    assert rounds[0]["leaks"]["apology"] > 0 and rounds[0]["steps"] == 8
+    for r in rounds:
+        found = r["leaks"]["apology"] > 0
+        # A round that finds anything trains on it, even more than the round before found.
+        assert (r["steps"], r.get("stopped")) == ((8, None) if found else (0, "clean")), rounds
+    assert len(rounds) == 3 or rounds[-1].get("stopped") == "clean"
 
 
 def test_found_outputs_carry_another_tasks_style_and_held_out_prompts_are_skipped(

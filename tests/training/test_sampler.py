@@ -6,12 +6,11 @@ from collections import Counter
 
 import pytest
 
-from workers.training.config import RatioConfig
+from policies.ratios import RatioConfig
 from workers.training.sampler import (
     GENERAL,
     NEG_SUFFIX,
     MixtureSampler,
-    clip_ratios,
     default_ratios,
     source_ratios,
     stage_task_ratios,
@@ -83,12 +82,6 @@ def test_default_ratios_temperature_floor_cap() -> None:
     assert r["big"] > r["mid"] > r["tiny"]
     # Temperature flattens: the share of "big" is far below its data share (0.99).
     assert r["big"] < 0.9
-
-
-def test_clip_ratios_infeasible_bounds_fall_back_to_uniformish() -> None:
-    r = clip_ratios({"a": 1.0, "b": 0.0}, floor=0.6, cap=0.9)
-    assert sum(r.values()) == pytest.approx(1.0)
-    assert r["b"] > 0
 
 
 def test_per_task_stage_blocks_follow_ratios() -> None:

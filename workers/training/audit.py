@@ -9,11 +9,12 @@ answers ``samples`` fresh requests from the suite's prompt generators with produ
 sampling; the answers that carry another task's style (its ``markers``, else the style
 detector: the same test the evaluation uses) become negatives for ``steps`` more training
 steps (the unlikelihood term), continued from the trained weights. Repeat for ``rounds``,
-fewer if a round finds nothing (or at most ``stop_at`` of its samples) on every task it asked,
-or, with ``min_progress``, if the last round's training did not shrink what a round finds (a
-flagged task is asked in the first ``flagged_rounds``).
+fewer if a round finds nothing on every task it asked (a flagged task is asked in the first
+``flagged_rounds``). A round that finds more than the one before still trains: what a late
+round finds is what the earlier rounds' training left, and training on it lowers the leak
+further (``bench/fork_retrain.py --variant`` measures the rounds).
 
-``bench/fork_retrain.py --variant`` measures it (README, The loop). A task of a file suite
+A task of a file suite
 has no prompt generators, so its requests come from what the run knows the task is asked:
 its seed prompts and the prompts of its users' feedback in the data (accepted, corrected and
 rejected answers alike: the rejected ones are where it failed before), the production
@@ -41,7 +42,7 @@ import torch
 
 from storage.suite import Suite
 from workers.training.base_model import BaseBundle
-from workers.training.config import AuditConfig, EvalConfig, TrainConfig
+from workers.training.config import EvalConfig, TrainConfig
 from workers.training.data import DataBundle, Sample
 from workers.training.generate import generate_batch
 from workers.training.sampler import NEG_SUFFIX
@@ -88,28 +89,14 @@ def find_leaks(
                                 margin=ecfg.crosstalk_margin) is not None]
 
 
-def audit_done(leaks: Mapping[str, int], previous: Mapping[str, int] | None,
-               audit: AuditConfig) -> str | None:
-    """Why a round that found ``leaks`` (per asked task) ends the audit, or None to train on.
+def audit_done(leaks: Mapping[str, int]) -> str | None:
+    """Why a round that found ``leaks`` (per asked task) ends the audit, or None to train on:
+    ``"clean"`` when it found nothing.
 
-    ``"clean"``: every task leaked in at most ``audit.stop_at`` of its samples. ``"no
-    progress"``: after the previous round's training (``previous``: its finds), every task
-    still leaked in more than ``1 - audit.min_progress`` of what that round found.
-
-    >>> cfg = AuditConfig(stop_at=0.01, min_progress=0.25)
-    >>> audit_done({"sorry": 2}, None, cfg), audit_done({"sorry": 3}, None, cfg)
+    >>> audit_done({"sorry": 0, "reply": 0}), audit_done({"sorry": 0, "reply": 1})
     ('clean', None)
-    >>> audit_done({"sorry": 51, "reply": 44}, {"sorry": 65, "reply": 51}, cfg)
-    'no progress'
-    >>> audit_done({"sorry": 9, "reply": 44}, {"sorry": 25, "reply": 51}, cfg) is None
-    True
     """
-    if all(n <= audit.stop_at * audit.samples for n in leaks.values()):
-        return "clean"
-    if previous is not None and audit.min_progress is not None and all(
-            n > (1.0 - audit.min_progress) * previous.get(t, 0) for t, n in leaks.items()):
-        return "no progress"
-    return None
+    return "clean" if not any(leaks.values()) else None
 
 
 def audit_adapter(
@@ -159,9 +146,8 @@ def audit_adapter(
             counts = {t: len(v) for t, v in found.items()}
             record: dict[str, Any] = {"round": k, "samples": audit.samples, "leaks": counts,
                                       "steps": 0}
-            # 2. As clean as this audit can tell (``stop_at``; by default: nothing found), or,
-            #    if ``min_progress`` is set, no fewer finds than the last round's: end here.
-            stopped = audit_done(counts, rounds[-1]["leaks"] if rounds else None, audit)
+            # 2. As clean as this audit can tell: end here.
+            stopped = audit_done(counts)
             rounds.append(record)
             if stopped:
                 record["stopped"] = stopped

@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from storage.suite import Risk
+from policies.signals import Risk
 
 StageKind = Literal["mixed", "per_task", "hard"]
 
@@ -57,30 +57,17 @@ class AuditConfig(_Model):
     """The self-audit after training (``audit.py``): sample the adapter's tasks of the
     ``risks`` levels on ``samples`` fresh requests each, as production samples, and train
     ``steps`` more steps with the outputs that carry another task's style as negatives;
-    ``rounds`` times at most, fewer when a round finds (almost) nothing or no fewer than the
-    round before (``stop_at``, ``min_progress``: ``audit.audit_done``). ``rounds=0`` turns it
-    off. Measured by ``bench/fork_retrain.py`` (README, The loop)."""
+    ``rounds`` times at most, fewer when a round finds nothing (``audit.audit_done``).
+    ``rounds=0`` turns it off. Measured by ``bench/fork_retrain.py``."""
 
     rounds: int = Field(3, ge=0, le=20)
     samples: int = Field(256, ge=1, le=100_000)
     steps: int = Field(100, ge=1, le=1_000_000)
-    # A round in which every asked task leaked in at most this share of its samples ends the
-    # audit without training on its finds: 0 (the default) ends it only on a round that finds
-    # nothing. At 256 samples, 0.01 ends it on 2 leaks or fewer per task: offline 0.76x the
-    # training time of a fork's jobs, crosstalk within a few answers of 1,200; not yet run in
-    # the loop (README, The loop: stop 36).
-    stop_at: float = Field(0.0, ge=0.0, le=1.0)
-    # A round that still finds more than ``1 - min_progress`` of the previous round's finds on
-    # every task it asks ends the audit. None (the default): never. Measured and rejected at
-    # 0.25 with stop_at 0.01 (``bench/fork_retrain.py``, README, The loop: stop 36): a fresh
-    # fork's round 3 found 11 after 19 and 4, and training on those 11 is what took apology from
-    # 2.8 % to 0.8 % crosstalk; a round finding more does not mean training stopped helping.
-    min_progress: float | None = Field(None, ge=0.0, le=1.0)
     risks: list[Risk] = Field(default_factory=_high_risk_only)
     # Rounds in which a task audited only because the policy engine flagged it (its users saw
-    # it leak: ``RiskPolicy.audit_at``), not for its risk, is sampled. Offline, one round did
-    # as well as three on a shared adapter's cheerful tasks at a third of the cost
-    # (README, The loop: stop 31).
+    # it leak: ``RiskPolicy.audit_at``), not for its risk, is sampled. One round does about as
+    # well as three on a shared adapter's cheerful tasks at a third of the cost
+    # (bench/task_steps.py --audit-shared).
     flagged_rounds: int = Field(1, ge=0, le=20)
 
 
@@ -91,15 +78,11 @@ class TrainConfig(_Model):
     # An adapter with n tasks trains ``steps * n ** task_scaling`` steps (``for_tasks``). With
     # 1.0 every task of a shared adapter is drawn about as often as in a one-task adapter;
     # with 0 (fixed steps) a four-task adapter sees each task a quarter as often and answers
-    # terse requests in a co-task's style more often (README, bench/task_steps.py). 0.5 is
+    # terse requests in a co-task's style more often (bench/task_steps.py). 0.5 is
     # the middle way for adapters of many tasks on a large model, where steps are dear. Above
     # 1 a shared adapter sees each task more often than a one-task adapter does; at 1.5 a
-    # seven-task adapter (1,852 steps) already fails the retention gate (README, The loop).
+    # seven-task adapter (1,852 steps) already fails the retention gate (bench/loop.py).
     task_scaling: float = Field(1.0, ge=0.0, le=2.0)
-    # The most steps ``for_tasks`` gives any adapter (None: no cap). With task_scaling above 1
-    # the steps grow faster than the tasks, and a big shared adapter trains long enough to
-    # forget general data; a cap keeps the scaling for small adapters and bounds the big ones.
-    max_steps: int | None = Field(None, ge=1, le=1_000_000)
     batch_examples: int = Field(16, ge=1, le=4096)  # examples per optimizer micro-step
     grad_accum: int = Field(1, ge=1, le=1024)
     lr: float = Field(2e-3, gt=0.0, le=1.0)
@@ -150,13 +133,8 @@ class TrainConfig(_Model):
         800
         >>> TrainConfig(steps=100, task_scaling=0.0).for_tasks(4).steps  # fixed steps
         100
-        >>> capped = TrainConfig(steps=100, task_scaling=1.5, max_steps=1000)
-        >>> capped.for_tasks(4).steps, capped.for_tasks(7).steps  # uncapped: 800, 1852
-        (800, 1000)
         """
         steps = max(1, round(self.steps * max(n_tasks, 1) ** self.task_scaling))
-        if self.max_steps is not None:
-            steps = min(steps, self.max_steps)
         return self.model_copy(update={"steps": steps, "task_scaling": 0.0})
 
     def stage_steps(self) -> list[tuple[Stage, int]]:
@@ -164,14 +142,6 @@ class TrainConfig(_Model):
         counts = [int(s.fraction * self.steps) for s in self.stages]
         counts[0] += self.steps - sum(counts)
         return list(zip(self.stages, counts, strict=True))
-
-
-class RatioConfig(_Model):
-    """Default mixture: temperature sampling over data sizes, clipped to [floor, cap]."""
-
-    temperature: float = Field(2.0, ge=1.0, le=100.0)
-    floor: float = Field(0.05, ge=0.0, lt=1.0)
-    cap: float = Field(0.8, gt=0.0, le=1.0)
 
 
 class DataConfig(_Model):
@@ -223,8 +193,17 @@ class GateConfig(_Model):
     # task's quality moves by a few points between two equally good models; without this,
     # such noise rejects versions that fix a neighbour. 0 disables (tolerances alone).
     z: float = Field(1.64, ge=0.0)
-    # ``per_task`` is adaptd's gate. ``mean`` is what a team without it does: promote unless
-    # the average quality over tasks drops by more than ``mean_tolerance`` (the baseline
-    # policies of `adaptd simulate` use it, so averages can hide one task getting worse).
+
+    # Simulation only: the baseline policies of `adaptd simulate` (policies.schedule) judge a
+    # shared adapter's version as a team without a per-task gate does, ``mean``: promote
+    # unless the average quality over tasks drops by more than ``mean_tolerance``, so an
+    # average can hide one task getting worse. ``per_task`` (the default) is adaptd's gate.
     mode: Literal["per_task", "mean"] = "per_task"
     mean_tolerance: float = Field(0.02, ge=0.0)
+
+
+# The groups an operator sets through ``Settings`` (``ADAPTD_TRAIN``, ``ADAPTD_EVAL``,
+# ``ADAPTD_DATA``, ``ADAPTD_GATE``: JSON objects of overrides; the policy engine's own group
+# is ``ADAPTD_POLICY``, a ``policies.PolicyConfig``).
+CONFIG_GROUPS: dict[str, type[_Model]] = {
+    "train": TrainConfig, "eval": EvalConfig, "data": DataConfig, "gate": GateConfig}

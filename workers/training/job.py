@@ -102,7 +102,8 @@ def run_training_job(
     suite: Suite, worker_id: str, lease_seconds: int = 120, progress: Progress | None = None,
     train_config: TrainConfig | None = None, eval_config: EvalConfig | None = None,
     gate_config: GateConfig | None = None, scorer: Scorer | None = None, max_attempts: int = 5,
-    device: str = "auto", show_bar: bool = False, two_step: bool = False,
+    device: str = "auto", show_bar: bool = False, data_config: DataConfig | None = None,
+    two_step: bool = False,
 ) -> JobOutcome:
     """Run job ``job_id`` if it can be claimed. Never raises for job-level failures: they are
     recorded on the row (status ``failed``, ``error``) and returned. ``two_step``: serving
@@ -131,8 +132,8 @@ def run_training_job(
                 job_id, engine=engine, artifacts_dir=artifacts_dir, suite=suite,
                 worker_id=worker_id, should_stop=beat.lost.is_set, progress=progress,
                 tcfg=train_config or TrainConfig(), ecfg=eval_config or EvalConfig(),
-                gcfg=gate_config or GateConfig(), scorer=scorer, device=device,
-                show_bar=show_bar, two_step=two_step,
+                gcfg=gate_config or GateConfig(), dcfg=data_config or DataConfig(),
+                scorer=scorer, device=device, show_bar=show_bar, two_step=two_step,
             )
         except (TrainingAborted, LeaseLost) as exc:
             return JobOutcome(job_id, adapter, "lease_lost", error=str(exc),
@@ -157,8 +158,8 @@ def _work_dir(artifacts_dir: Path, adapter: str, job_id: int) -> Path:
 def _run(
     job_id: int, *, engine: Engine, artifacts_dir: Path, suite: Suite, worker_id: str,
     should_stop: Callable[[], bool], progress: Progress | None, tcfg: TrainConfig,
-    ecfg: EvalConfig, gcfg: GateConfig, scorer: Scorer | None, device: str, show_bar: bool,
-    two_step: bool = False,
+    ecfg: EvalConfig, gcfg: GateConfig, dcfg: DataConfig, scorer: Scorer | None, device: str,
+    show_bar: bool, two_step: bool = False,
 ) -> JobOutcome:
     from peft import PeftModel
 
@@ -182,7 +183,7 @@ def _run(
         if params.get("gate"):
             gcfg = GateConfig.model_validate({**gcfg.model_dump(), **params["gate"]})
         # 3. Data: SQL rows + suite seeds, cleaned and split; the style detector's texts.
-        data = assemble(suite, tasks, session=session, cfg=DataConfig())
+        data = assemble(suite, tasks, session=session, cfg=dcfg)
         detector = build_detector(suite, accepted_texts(session, list(suite.tasks)))
         _, all_routes = routing_table(session)
         routes = {t: r for t, r in all_routes.items() if t in tasks}

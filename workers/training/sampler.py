@@ -18,48 +18,17 @@ import random
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from workers.training.config import RatioConfig, StageKind
+from policies.ratios import RatioConfig, prior_ratios
+from workers.training.config import StageKind
 
 GENERAL = "_general"  # pseudo-task of general data; cannot clash (task names start a-z)
 NEG_SUFFIX = "#neg"
 
 
 def default_ratios(sizes: Mapping[str, int], cfg: RatioConfig | None = None) -> dict[str, float]:
-    """Temperature sampling over data sizes (``n ** (1/T)``), clipped to [floor, cap]."""
-    cfg = cfg or RatioConfig()
-    raw = {t: max(n, 1) ** (1.0 / cfg.temperature) for t, n in sizes.items()}
-    return clip_ratios(raw, floor=cfg.floor, cap=cfg.cap)
-
-
-def clip_ratios(raw: Mapping[str, float], *, floor: float, cap: float) -> dict[str, float]:
-    """Normalize, then water-fill: pin shares that fall outside [floor, cap] to the bound and
-    spread the remaining mass over the others in proportion to their weights."""
-    if not raw:
-        return {}
-    n = len(raw)
-    floor, cap = min(floor, 1.0 / n), max(cap, 1.0 / n)  # keep the bounds feasible
-    w = {t: max(v, 0.0) for t, v in raw.items()}
-    low: set[str] = set()
-    high: set[str] = set()
-    r: dict[str, float] = {}
-    for _ in range(n + 1):  # every pass pins at least one share, or stops
-        free = [t for t in w if t not in low and t not in high]
-        mass = 1.0 - floor * len(low) - cap * len(high)
-        wsum = sum(w[t] for t in free)
-        r = {t: floor for t in low} | {t: cap for t in high}
-        for t in free:
-            r[t] = mass * (w[t] / wsum if wsum > 0 else 1.0 / len(free))
-        new_low = {t for t in free if r[t] < floor - 1e-12}
-        new_high = {t for t in free if r[t] > cap + 1e-12}
-        if not new_low and not new_high:
-            break
-        # Pin the caps first: that frees mass which may lift the small shares above the floor.
-        if new_high:
-            high |= new_high
-        else:
-            low |= new_low
-    total = sum(r.values())
-    return {t: r[t] / total for t in raw}
+    """The engine's prior over these data sizes (``policies.prior_ratios``): a job without
+    ratios trains on what the policy engine would give the adapter's first version."""
+    return prior_ratios(sizes, cfg)
 
 
 def source_ratios(
