@@ -12,7 +12,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from daemon.cli_common import JsonFlag, console, fail, settings
+from daemon.cli_common import JsonFlag, console, err, fail, settings
+from daemon.live import LiveView, describe, follow_job
 from storage.suite import SuiteError, load_suite
 
 
@@ -37,10 +38,12 @@ def train(
     adapter: Annotated[str, typer.Option(help="adapter to train (a suite adapter or a fork)")],
     ratios: Annotated[str | None, typer.Option(help="task=weight,... (default: the adapter's)")] = None,
     queue: Annotated[bool, typer.Option("--queue", help="hand the job to the train workers")] = False,
+    follow: Annotated[bool, typer.Option(
+        "--follow", help="with --queue: show the job's progress until it ends")] = False,
     json_out: JsonFlag = False,
 ) -> None:
     """Train a new version of an adapter, evaluate it per task and promote it if the gate
-    passes. Runs here with a progress bar unless --queue."""
+    passes. Runs here, showing its progress, unless --queue."""
     from sqlmodel import Session
 
     from storage.db import make_engine, session_scope
@@ -68,24 +71,37 @@ def train(
 
         job = crud.create_job(session, adapter=adapter, kind="retrain", params=params)
         job_id = int(job.id or 0)
+    import redis as redis_lib
+
+    live = LiveView(err, enabled=not json_out and console.is_terminal and err.is_terminal,
+                    say=lambda line: None)  # the outcome is printed below
     if queue:
         from daemon.celery_app import make_celery
 
         make_celery(s).send_task("adaptd.train.run_job", args=[job_id], queue="train")
+        if follow:
+            with live:
+                state = follow_job(redis_lib.Redis.from_url(s.redis_url), s.key_prefix, live,
+                                   job_id=job_id, adapter=adapter)
+            print(json.dumps(state)) if json_out else console.print(f"job {job_id}: "
+                                                                     f"{describe(state)}")
+            if state.get("status") == "failed":
+                raise typer.Exit(1)
+            return
         print(json.dumps({"job": job_id, "queued": True})) if json_out else console.print(
             f"job {job_id} queued on `train`")
         return
-    import redis as redis_lib
 
     from workers.training.config import EvalConfig, TrainConfig
     from workers.training.job import run_training_job
 
-    outcome = run_training_job(
-        job_id, engine=engine, redis_client=redis_lib.Redis.from_url(s.redis_url),
-        key_prefix=s.key_prefix, artifacts_dir=s.artifacts_dir, suite=suite,
-        worker_id=f"cli-{uuid.uuid4().hex[:8]}", lease_seconds=s.train_lease_seconds,
-        train_config=TrainConfig(**s.train), eval_config=EvalConfig(**s.eval),
-        device=s.train_device, show_bar=not json_out)
+    with live:
+        outcome = run_training_job(
+            job_id, engine=engine, redis_client=redis_lib.Redis.from_url(s.redis_url),
+            key_prefix=s.key_prefix, artifacts_dir=s.artifacts_dir, suite=suite,
+            worker_id=f"cli-{uuid.uuid4().hex[:8]}", lease_seconds=s.train_lease_seconds,
+            train_config=TrainConfig(**s.train), eval_config=EvalConfig(**s.eval),
+            device=s.train_device, progress=live.show)
     if json_out:
         print(json.dumps(outcome.to_dict(), default=str))
         return
@@ -170,11 +186,13 @@ def simulate(
         fail(f"unknown policy {policy!r}; choose from {', '.join(POLICIES)}")
     s = settings()
     out = console if not json_out else Console(stderr=True)
+    view = LiveView(err, enabled=not json_out and console.is_terminal and err.is_terminal,
+                    say=out.print)
     try:
         result = run_simulation(s, scenario, policy=policy, report_path=report,
                                 workdir=workdir or report.parent / f"state-{policy}",
                                 console=out, sync=sync, chunk=chunk,
-                                base_cache=report.parent / "base-cache")
+                                base_cache=report.parent / "base-cache", view=view)
     except (RuntimeError, SuiteError, ValueError) as exc:
         fail(str(exc))
     if json_out:

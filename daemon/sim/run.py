@@ -20,9 +20,9 @@ from typing import Any
 import httpx
 import yaml
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from daemon.live import LiveView
 from daemon.settings import Settings
 from daemon.sim.app import AppSimulator, Tally
 from daemon.sim.scenario import load_scenario
@@ -68,8 +68,12 @@ def run_simulation(
     console: Console, sync: bool = True, chunk: int = 50, base_cache: Path | None = None,
     policy_overrides: dict[str, Any] | None = None, train_overrides: dict[str, Any] | None = None,
     on_decision: Callable[[dict[str, Any]], None] | None = None, seed: int | None = None,
+    view: LiveView | None = None,
 ) -> dict[str, Any]:
-    """Run ``scenario_ref`` under ``policy``; write the report JSON (+ PNG and HTML)."""
+    """Run ``scenario_ref`` under ``policy``; write the report JSON (+ PNG and HTML).
+
+    ``view``: where the live progress goes (training jobs, events, waits); by default none
+    is drawn, and finished training jobs get a line on ``console``."""
     from workers.training.generate import AdapterServer  # torch only on this path
 
     if policy not in POLICIES:
@@ -87,10 +91,12 @@ def run_simulation(
                               "seed": scenario.seed, "suite": suite.name, "phases": []}
     decisions: list[dict[str, Any]] = []
     clock = {"seconds_per_event": SIM_SECONDS_PER_EVENT} if sync else {}
-    with LocalStack(settings, workdir, suite=suite_ref, policy_mode=mode,
-                    policy={**SIM_POLICY, **clock, **(policy_overrides or {})},
-                    train={**SIM_TRAIN, **(train_overrides or {})}, evaluation=SIM_EVAL,
-                    say=console.print, base_cache=base_cache) as stack:
+    view = view or LiveView(Console(stderr=True), enabled=False, say=console.print)
+    now = view.bar(f"[{policy}] starting adaptd: API, workers, beat")
+    with view, LocalStack(settings, workdir, suite=suite_ref, policy_mode=mode,
+                          policy={**SIM_POLICY, **clock, **(policy_overrides or {})},
+                          train={**SIM_TRAIN, **(train_overrides or {})}, evaluation=SIM_EVAL,
+                          say=console.print, base_cache=base_cache) as stack, stack.watch(view):
         assert stack.child is not None
         http = httpx.Client(timeout=120)
         seen_decision = 0
@@ -115,6 +121,7 @@ def run_simulation(
         # Bootstrap: the first versions of every adapter must exist before traffic.
         console.print(f"[{policy}] training the first adapter versions (builds the base model "
                       "on first use)")
+        view.status(now, f"[{policy}] first adapter versions")
         _wait_routes(stack, http, set(suite.tasks), timeout=1800)
         if sync:
             # The tick that accounts the bootstrap jobs may decide (a fork on the affinity they
@@ -126,28 +133,33 @@ def run_simulation(
         sim = AppSimulator(suite=suite, url=stack.url, secret=settings.webhook_secrets()[0],
                            generator=server, seed=scenario.seed, http=http)
         series: list[dict[str, Any]] = []
-        with Progress(TextColumn("[{task.description}]"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), console=console) as progress:
-            bar = progress.add_task(policy, total=scenario.total_events)
-            for phase in scenario.phases:
-                tallies: dict[str, Tally] = {}
-                done = 0
-                while done < phase.events:
-                    n = min(chunk, phase.events - done)
-                    window: dict[str, Tally] = {}
-                    sim.step(phase.traffic, n, window)
-                    for task, t in window.items():
-                        tallies.setdefault(task, Tally()).merge(t)
-                    done += n
-                    series.append({"at_event": sim.sent, "phase": phase.name,
-                                   "tasks": {k: v.as_report() for k, v in window.items()}})
-                    progress.advance(bar, n)
-                    if sync:
-                        stack.wait_settled(timeout=1800)
-                    poll_decisions(sim.sent)
-                report["phases"].append({"name": phase.name, "events": phase.events,
-                                         "tasks": {t: v.as_report()
-                                                   for t, v in sorted(tallies.items())}})
+        total = scenario.total_events
+        view.remove(now)
+        bar = view.bar(f"[{policy}] events 0/{total}", total=total)
+        for phase in scenario.phases:
+            tallies: dict[str, Tally] = {}
+            done = 0
+            while done < phase.events:
+                n = min(chunk, phase.events - done)
+                events = f"[{policy}] events {sim.sent}/{total}  {phase.name}"
+                view.status(bar, f"{events}: sending {n} requests")
+                window: dict[str, Tally] = {}
+                sim.step(phase.traffic, n, window)
+                for task, t in window.items():
+                    tallies.setdefault(task, Tally()).merge(t)
+                done += n
+                series.append({"at_event": sim.sent, "phase": phase.name,
+                               "tasks": {k: v.as_report() for k, v in window.items()}})
+                events = f"[{policy}] events {sim.sent}/{total}  {phase.name}"
+                view.status(bar, f"{events}: the daemon catches up" if sync else events,
+                            completed=sim.sent)
+                if sync:
+                    stack.wait_settled(timeout=1800)
+                poll_decisions(sim.sent)
+            report["phases"].append({"name": phase.name, "events": phase.events,
+                                     "tasks": {t: v.as_report()
+                                               for t, v in sorted(tallies.items())}})
+        view.status(bar, f"[{policy}] events {sim.sent}/{total}: the daemon settles")
         stack.wait_settled(timeout=1800)
         poll_decisions(sim.sent)
         report["routing"] = http.get(f"{stack.url}/v1/routing").json()["routes"]
