@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,6 +16,12 @@ from rich.table import Table
 from daemon.cli_common import JsonFlag, console, err, fail, settings
 from daemon.live import LiveView, describe, follow_job
 from storage.suite import SuiteError, load_suite
+
+
+def _live(json_out: bool, say: Callable[[str], None] = lambda line: None) -> LiveView:
+    """Live progress on stderr, drawn only for a person: not with --json, not into a pipe."""
+    return LiveView(err, enabled=not json_out and console.is_terminal and err.is_terminal,
+                    say=say)
 
 
 def _parse_ratios(text: str | None) -> dict[str, float] | None:
@@ -73,8 +80,7 @@ def train(
         job_id = int(job.id or 0)
     import redis as redis_lib
 
-    live = LiveView(err, enabled=not json_out and console.is_terminal and err.is_terminal,
-                    say=lambda line: None)  # the outcome is printed below
+    live = _live(json_out)
     if queue:
         from daemon.celery_app import make_celery
 
@@ -127,10 +133,14 @@ def eval_(
     if not sep or not ver.isdigit():
         fail(f"expected NAME@VERSION, got {target!r}")
     s = settings()
+    live = _live(json_out)
+    live.bar(f"evaluating {target} and the base model beside it")
     try:
-        result = evaluate_version(make_engine(s.database_url), artifacts_dir=s.artifacts_dir,
-                                  suite=load_suite(s.suite), adapter=name, version=int(ver),
-                                  eval_config=EvalConfig(**s.eval), device=s.train_device)
+        with live:
+            result = evaluate_version(
+                make_engine(s.database_url), artifacts_dir=s.artifacts_dir,
+                suite=load_suite(s.suite), adapter=name, version=int(ver),
+                eval_config=EvalConfig(**s.eval), device=s.train_device)
     except (ArtifactError, SuiteError) as exc:
         fail(str(exc))
     if json_out:
@@ -186,8 +196,7 @@ def simulate(
         fail(f"unknown policy {policy!r}; choose from {', '.join(POLICIES)}")
     s = settings()
     out = console if not json_out else Console(stderr=True)
-    view = LiveView(err, enabled=not json_out and console.is_terminal and err.is_terminal,
-                    say=out.print)
+    view = _live(json_out, say=lambda line: out.print(line, markup=False, highlight=False))
     try:
         result = run_simulation(s, scenario, policy=policy, report_path=report,
                                 workdir=workdir or report.parent / f"state-{policy}",

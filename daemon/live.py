@@ -58,10 +58,10 @@ def describe(state: State) -> str:
 class LiveView:
     """A rich Progress on ``console`` (off unless ``enabled``): named bars the command
     drives (``bar``, ``advance``, ``status``) and one line per training job (``show``).
-    ``say`` prints a line above the live area (decisions, finished jobs)."""
+    ``say`` prints a line above the live area (finished jobs; plain text, not markup)."""
 
     def __init__(self, console: Console, *, enabled: bool, say: Callable[[str], None]) -> None:
-        self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"),
+        self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}", markup=False),
                                  BarColumn(bar_width=24), TimeElapsedColumn(), console=console,
                                  disable=not enabled, transient=True)
         self.say = say

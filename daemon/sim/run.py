@@ -91,7 +91,8 @@ def run_simulation(
                               "seed": scenario.seed, "suite": suite.name, "phases": []}
     decisions: list[dict[str, Any]] = []
     clock = {"seconds_per_event": SIM_SECONDS_PER_EVENT} if sync else {}
-    view = view or LiveView(Console(stderr=True), enabled=False, say=console.print)
+    view = view or LiveView(Console(stderr=True), enabled=False,
+                            say=lambda line: console.print(line, markup=False, highlight=False))
     now = view.bar(f"[{policy}] starting adaptd: API, workers, beat")
     with view, LocalStack(settings, workdir, suite=suite_ref, policy_mode=mode,
                           policy={**SIM_POLICY, **clock, **(policy_overrides or {})},
