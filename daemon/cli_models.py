@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,10 +17,10 @@ from daemon.live import LiveView, describe, follow_job
 from storage.suite import SuiteError, load_suite
 
 
-def _live(json_out: bool, say: Callable[[str], None] = lambda line: None) -> LiveView:
+def _live(json_out: bool, out: Console | None = None) -> LiveView:
     """Live progress on stderr, drawn only for a person: not with --json, not into a pipe."""
     return LiveView(err, enabled=not json_out and console.is_terminal and err.is_terminal,
-                    say=say)
+                    out=out)
 
 
 def _parse_ratios(text: str | None) -> dict[str, float] | None:
@@ -196,7 +195,7 @@ def simulate(
         fail(f"unknown policy {policy!r}; choose from {', '.join(POLICIES)}")
     s = settings()
     out = console if not json_out else Console(stderr=True)
-    view = _live(json_out, say=lambda line: out.print(line, markup=False, highlight=False))
+    view = _live(json_out, out=out)
     try:
         result = run_simulation(s, scenario, policy=policy, report_path=report,
                                 workdir=workdir or report.parent / f"state-{policy}",

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -56,15 +55,18 @@ def describe(state: State) -> str:
 
 
 class LiveView:
-    """A rich Progress on ``console`` (off unless ``enabled``): named bars the command
-    drives (``bar``, ``advance``, ``status``) and one line per training job (``show``).
-    ``say`` prints a line above the live area (finished jobs; plain text, not markup)."""
+    """A rich Progress on ``console`` (off unless ``enabled``): bars the command drives
+    (``bar``, ``status``) and one line per training job (``show``).
 
-    def __init__(self, console: Console, *, enabled: bool, say: Callable[[str], None]) -> None:
+    ``print`` writes a line above the live area while it is drawn (on its console: a rich
+    console elsewhere would write through it), else on ``out``; finished jobs get a line
+    there too, unless ``out`` is None."""
+
+    def __init__(self, console: Console, *, enabled: bool, out: Console | None) -> None:
         self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}", markup=False),
                                  BarColumn(bar_width=24), TimeElapsedColumn(), console=console,
                                  disable=not enabled, transient=True)
-        self.say = say
+        self.enabled, self.out = enabled, out
         self._jobs: dict[int, TaskID] = {}
         self._finished: set[tuple[int, float]] = set()
         self._lock = threading.Lock()
@@ -77,6 +79,12 @@ class LiveView:
                  tb: TracebackType | None) -> None:
         self.progress.stop()
 
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        if self.enabled:
+            self.progress.console.print(*objects, **kwargs)
+        elif self.out is not None:
+            self.out.print(*objects, **kwargs)
+
     def bar(self, description: str, total: float | None = None) -> TaskID:
         return self.progress.add_task(description, total=total)
 
@@ -87,7 +95,7 @@ class LiveView:
         self.progress.remove_task(task)
 
     def show(self, state: State) -> None:
-        """Draw one job's state: a line while it runs; a ``say`` line once it is done."""
+        """Draw one job's state: a live line while it runs; a printed line once it is done."""
         job = int(state.get("job", 0))
         with self._lock:
             task = self._jobs.get(job)
@@ -98,7 +106,8 @@ class LiveView:
                 run = (job, float(state.get("started_at", 0.0)))
                 if run not in self._finished:
                     self._finished.add(run)
-                    self.say(describe(state))
+                    if self.out is not None:
+                        self.print(describe(state), markup=False, highlight=False)
                 return
             step, total = state.get("step"), state.get("total")
             bar = {"total": total, "completed": step} if step is not None and total else \

@@ -149,8 +149,8 @@ def test_describe_says_what_each_phase_is_doing() -> None:
 def test_the_live_view_draws_what_the_channel_holds(client: Any, prefix: str) -> None:
     out = io.StringIO()
     console = Console(file=out, width=110, record=True, color_system=None)
-    said: list[str] = []
-    view = LiveView(console, enabled=True, say=said.append)
+    said = Console(file=io.StringIO(), width=110, record=True, color_system=None)
+    view = LiveView(console, enabled=False, out=said)
     events = view.bar("[adaptive] events 150/2000", total=2000)
     view.status(events, "[adaptive] events 150/2000", completed=150)
     watcher = JobWatcher(client, prefix, view)
@@ -165,13 +165,20 @@ def test_the_live_view_draws_what_the_channel_holds(client: Any, prefix: str) ->
     assert "[adaptive] events 150/2000" in text
     assert "building base builtin:tiny  step 120/400" in text
     assert "fork-a v2  evaluating 3/6 tasks" in text
-    assert view.jobs_shown == 2 and said == []
+    assert view.jobs_shown == 2 and said.export_text(clear=False) == ""
     # A finished job leaves the live area for one line above it, once.
     base.update(phase="done", status="promoted")
     watcher.poll()
     watcher.poll()
-    assert view.jobs_shown == 1 and len(said) == 1 and said[0].startswith("shared v1  promoted")
+    lines = said.export_text().splitlines()
+    assert view.jobs_shown == 1 and len(lines) == 1 and lines[0].startswith("shared v1  promoted")
     # A job whose progress expired without an end is dropped from the live area.
     client.delete(job_key(prefix, 2))
     watcher.poll()
     assert view.jobs_shown == 0
+    # While the live area is drawn, lines go through its console (on stderr), not around it.
+    live_console = Console(file=io.StringIO(), width=110, record=True, color_system=None)
+    beside = Console(file=io.StringIO(), width=110, record=True, color_system=None)
+    LiveView(live_console, enabled=True, out=beside).print("  retrain shared: drift")
+    assert "retrain shared: drift" in live_console.export_text()
+    assert beside.export_text() == ""

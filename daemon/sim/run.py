@@ -72,8 +72,9 @@ def run_simulation(
 ) -> dict[str, Any]:
     """Run ``scenario_ref`` under ``policy``; write the report JSON (+ PNG and HTML).
 
-    ``view``: where the live progress goes (training jobs, events, waits); by default none
-    is drawn, and finished training jobs get a line on ``console``."""
+    ``view``: where the live progress goes (training jobs, events, waits) and, while it is
+    drawn, the lines printed during the run; by default none is drawn and they go to
+    ``console``."""
     from workers.training.generate import AdapterServer  # torch only on this path
 
     if policy not in POLICIES:
@@ -91,13 +92,12 @@ def run_simulation(
                               "seed": scenario.seed, "suite": suite.name, "phases": []}
     decisions: list[dict[str, Any]] = []
     clock = {"seconds_per_event": SIM_SECONDS_PER_EVENT} if sync else {}
-    view = view or LiveView(Console(stderr=True), enabled=False,
-                            say=lambda line: console.print(line, markup=False, highlight=False))
+    view = view or LiveView(Console(stderr=True), enabled=False, out=console)
     now = view.bar(f"[{policy}] starting adaptd: API, workers, beat")
     with view, LocalStack(settings, workdir, suite=suite_ref, policy_mode=mode,
                           policy={**SIM_POLICY, **clock, **(policy_overrides or {})},
                           train={**SIM_TRAIN, **(train_overrides or {})}, evaluation=SIM_EVAL,
-                          say=console.print, base_cache=base_cache) as stack, stack.watch(view):
+                          say=view.print, base_cache=base_cache) as stack, stack.watch(view):
         assert stack.child is not None
         http = httpx.Client(timeout=120)
         seen_decision = 0
@@ -116,12 +116,12 @@ def run_simulation(
                 if on_decision:
                     on_decision(entry)
                 elif row["action"] != "hold":
-                    console.print(f"  [bold]{row['action']}[/] {row['task'] or row['adapter']}: "
-                                  f"{row['reason']}")
+                    view.print(f"  [bold]{row['action']}[/] {row['task'] or row['adapter']}: "
+                               f"{row['reason']}")
 
         # Bootstrap: the first versions of every adapter must exist before traffic.
-        console.print(f"[{policy}] training the first adapter versions (builds the base model "
-                      "on first use)")
+        view.print(f"[{policy}] training the first adapter versions (builds the base model "
+                   "on first use)", markup=False)
         view.status(now, f"[{policy}] first adapter versions")
         _wait_routes(stack, http, set(suite.tasks), timeout=1800)
         if sync:
