@@ -8,9 +8,10 @@ will write), ``phase`` (:data:`PHASES`), ``step``/``total`` within the phase, ``
 ``rounds`` of the self-audit, ``loss``, ``base`` (the suite's base model), ``status`` and
 ``error`` once done, ``started_at``, ``updated_at``.
 
-Writes are throttled (at most one per ``min_interval`` seconds, plus one at every change of
-phase or audit round), one pipelined round trip each, so a job pays nothing measurable for
-them. Everything expires: a hash ``ttl`` seconds after its last write (``done_ttl`` once the
+Writes are throttled (at most one per ``min_interval`` seconds, half a second: as often as
+the readers poll; plus one at every change of phase or audit round), one MULTI round trip
+each, beside training steps of a tenth of a second and more: a job pays nothing measurable
+for them. Everything expires: a hash ``ttl`` seconds after its last write (``done_ttl`` once the
 job ended), so a killed worker leaves nothing behind for long.
 """
 
@@ -92,7 +93,7 @@ class JobProgress:
     """
 
     def __init__(self, client: redis.Redis | None, prefix: str, job_id: int, *,
-                 listener: Listener | None = None, min_interval: float = 0.25,
+                 listener: Listener | None = None, min_interval: float = 0.5,
                  ttl: int = DEFAULT_TTL, done_ttl: int = DONE_TTL,
                  clock: Callable[[], float] = time.time) -> None:
         self.client, self.key, self.index = client, job_key(prefix, job_id), index_key(prefix)
