@@ -55,6 +55,8 @@ def train(
     from storage.db import make_engine, session_scope
     from storage.models import Adapter
 
+    if follow and not queue:
+        fail("--follow goes with --queue (without it the job runs here, showing its progress)")
     s = settings()
     try:
         suite = load_suite(s.suite)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -182,3 +185,11 @@ def test_the_live_view_draws_what_the_channel_holds(client: Any, prefix: str) ->
     LiveView(live_console, enabled=True, out=beside).print("  retrain shared: drift")
     assert "retrain shared: drift" in live_console.export_text()
     assert beside.export_text() == ""
+
+
+def test_follow_without_queue_is_a_clear_cli_error(tmp_path: Any) -> None:
+    out = subprocess.run([sys.executable, "-m", "daemon.cli", "train", "--adapter", "shared",
+                          "--follow"], capture_output=True, text=True, timeout=120,
+                         cwd=tmp_path, env={**os.environ, "COLUMNS": "200"})
+    assert out.returncode == 2 and out.stdout == ""
+    assert "--follow goes with --queue" in out.stderr and "Traceback" not in out.stderr
