@@ -12,8 +12,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from daemon.cli_common import JsonFlag, console, fail, settings
+from daemon.cli_common import JsonFlag, console, err, fail, settings
+from daemon.live import LiveView, describe, follow_job
 from storage.suite import SuiteError, load_suite
+
+
+def _live(json_out: bool, out: Console | None = None) -> LiveView:
+    """Live progress on stderr, drawn only for a person: not with --json, not into a pipe."""
+    return LiveView(err, enabled=not json_out and console.is_terminal and err.is_terminal,
+                    out=out)
 
 
 def _parse_ratios(text: str | None) -> dict[str, float] | None:
@@ -37,15 +44,19 @@ def train(
     adapter: Annotated[str, typer.Option(help="adapter to train (a suite adapter or a fork)")],
     ratios: Annotated[str | None, typer.Option(help="task=weight,... (default: the adapter's)")] = None,
     queue: Annotated[bool, typer.Option("--queue", help="hand the job to the train workers")] = False,
+    follow: Annotated[bool, typer.Option(
+        "--follow", help="with --queue: show the job's progress until it ends")] = False,
     json_out: JsonFlag = False,
 ) -> None:
     """Train a new version of an adapter, evaluate it per task and promote it if the gate
-    passes. Runs here with a progress bar unless --queue."""
+    passes. Runs here, showing its progress, unless --queue."""
     from sqlmodel import Session
 
     from storage import crud
     from storage.db import make_engine, session_scope
 
+    if follow and not queue:
+        fail("--follow goes with --queue (without it the job runs here, showing its progress)")
     s = settings()
     try:
         suite = load_suite(s.suite)
@@ -66,25 +77,37 @@ def train(
     with session_scope(engine) as session:
         job = crud.create_job(session, adapter=adapter, kind="retrain", params=params)
         job_id = int(job.id or 0)
+    import redis as redis_lib
+
+    live = _live(json_out)
     if queue:
         from daemon.celery_app import make_celery
 
         make_celery(s).send_task("adaptd.train.run_job", args=[job_id], queue="train")
+        if follow:
+            with live:
+                state = follow_job(redis_lib.Redis.from_url(s.redis_url), s.key_prefix, live,
+                                   job_id=job_id, adapter=adapter)
+            print(json.dumps(state)) if json_out else console.print(f"job {job_id}: "
+                                                                     f"{describe(state)}")
+            if state.get("status") == "failed":
+                raise typer.Exit(1)
+            return
         print(json.dumps({"job": job_id, "queued": True})) if json_out else console.print(
             f"job {job_id} queued on `train`")
         return
-    import redis as redis_lib
 
     from workers.training.config import DataConfig, EvalConfig, GateConfig, TrainConfig
     from workers.training.job import run_training_job
 
-    outcome = run_training_job(
-        job_id, engine=engine, redis_client=redis_lib.Redis.from_url(s.redis_url),
-        key_prefix=s.key_prefix, artifacts_dir=s.artifacts_dir, suite=suite,
-        worker_id=f"cli-{uuid.uuid4().hex[:8]}", lease_seconds=s.train_lease_seconds,
-        train_config=TrainConfig(**s.train), eval_config=EvalConfig(**s.eval),
-        data_config=DataConfig(**s.data), gate_config=GateConfig(**s.gate),
-        device=s.train_device, show_bar=not json_out, two_step=bool(s.serving_replicas))
+    with live:
+        outcome = run_training_job(
+            job_id, engine=engine, redis_client=redis_lib.Redis.from_url(s.redis_url),
+            key_prefix=s.key_prefix, artifacts_dir=s.artifacts_dir, suite=suite,
+            worker_id=f"cli-{uuid.uuid4().hex[:8]}", lease_seconds=s.train_lease_seconds,
+            train_config=TrainConfig(**s.train), eval_config=EvalConfig(**s.eval),
+            data_config=DataConfig(**s.data), gate_config=GateConfig(**s.gate),
+            device=s.train_device, progress=live.show, two_step=bool(s.serving_replicas))
     if outcome.status == "promoted" and s.serving_replicas:
         from daemon.celery_app import make_celery
 
@@ -115,10 +138,14 @@ def eval_(
     if not sep or not ver.isdigit():
         fail(f"expected NAME@VERSION, got {target!r}")
     s = settings()
+    live = _live(json_out)
+    live.bar(f"evaluating {target} and the base model beside it")
     try:
-        result = evaluate_version(make_engine(s.database_url), artifacts_dir=s.artifacts_dir,
-                                  suite=load_suite(s.suite), adapter=name, version=int(ver),
-                                  eval_config=EvalConfig(**s.eval), device=s.train_device)
+        with live:
+            result = evaluate_version(
+                make_engine(s.database_url), artifacts_dir=s.artifacts_dir,
+                suite=load_suite(s.suite), adapter=name, version=int(ver),
+                eval_config=EvalConfig(**s.eval), device=s.train_device)
     except (ArtifactError, SuiteError) as exc:
         fail(str(exc))
     if json_out:
@@ -180,11 +207,12 @@ def simulate(
         fail(f"unknown policy {policy!r}; choose from {', '.join(POLICIES)}")
     s = settings()
     out = console if not json_out else Console(stderr=True)
+    view = _live(json_out, out=out)
     try:
         result = run_simulation(s, scenario, policy=policy, report_path=report,
                                 workdir=workdir or report.parent / f"state-{policy}",
                                 console=out, sync=sync, chunk=chunk,
-                                base_cache=report.parent / "base-cache",
+                                base_cache=report.parent / "base-cache", view=view,
                                 serving=serving, serving_url=serving_url)
     except (RuntimeError, SuiteError, ValueError) as exc:
         fail(str(exc))

@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import redis
 
 from daemon import procs
+from daemon.live import JobWatcher, LiveView
 from daemon.settings import Settings
 
 
@@ -119,6 +121,13 @@ class LocalStack:
         self.procs.append(procs.spawn(["beat"], env, logs / "beat.log"))
         self.url = f"http://127.0.0.1:{port}"
         procs.wait_http(f"{self.url}/healthz", proc=api)
+
+    def watch(self, view: LiveView) -> JobWatcher:
+        """The training jobs' progress (``storage.progress``), shown on ``view`` while the
+        returned watcher is entered."""
+        assert self.child is not None, "the stack is not started"
+        return JobWatcher(redis.Redis.from_url(self.child.redis_url), self.child.key_prefix,
+                          view)
 
     def status(self) -> dict[str, Any]:
         return dict(self._http.get(f"{self.url}/v1/status").json())

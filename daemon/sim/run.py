@@ -20,9 +20,9 @@ from typing import Any
 import httpx
 import yaml
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from daemon.live import LiveView
 from daemon.settings import Settings
 from daemon.sim.app import AppSimulator, Tally
 from daemon.sim.scenario import load_scenario
@@ -69,11 +69,14 @@ def run_simulation(
     console: Console, sync: bool = True, chunk: int = 50, base_cache: Path | None = None,
     policy_overrides: dict[str, Any] | None = None, train_overrides: dict[str, Any] | None = None,
     on_decision: Callable[[dict[str, Any]], None] | None = None, seed: int | None = None,
-    serving: str = "inprocess", serving_url: str | None = None,
+    view: LiveView | None = None, serving: str = "inprocess", serving_url: str | None = None,
 ) -> dict[str, Any]:
     """Run ``scenario_ref`` under ``policy``; write the report JSON (+ PNG and HTML).
-    ``serving="vllm"``: the app generates through a vLLM replica the stack's serving sync
-    keeps loaded, at ``serving_url`` or started from ``settings.vllm_venv``."""
+
+    ``view``: where the live progress goes (training jobs, events, waits) and, while it is
+    drawn, the lines printed during the run; by default none is drawn and they go to
+    ``console``. ``serving="vllm"``: the app generates through a vLLM replica the stack's
+    serving sync keeps loaded, at ``serving_url`` or started from ``settings.vllm_venv``."""
     from workers.training.generate import AdapterServer  # torch only on this path
 
     if policy not in POLICIES:
@@ -92,12 +95,14 @@ def run_simulation(
     decisions: list[dict[str, Any]] = []
     clock = {"seconds_per_event": SIM_SECONDS_PER_EVENT} if sync else {}
     engine = serving_plan(serving, serving_url)
-    with LocalStack(settings, workdir, suite=suite_ref, policy_mode=mode,
-                    policy={**SIM_POLICY, **clock, **(policy_overrides or {})},
-                    train={**SIM_TRAIN, **(train_overrides or {})}, evaluation=SIM_EVAL,
-                    say=console.print, base_cache=base_cache,
-                    serving_replicas=engine.replicas) as stack, \
-            engine.running(settings, stack, say=console.print):
+    view = view or LiveView(Console(stderr=True), enabled=False, out=console)
+    now = view.bar(f"[{policy}] starting adaptd: API, workers, beat")
+    with view, LocalStack(settings, workdir, suite=suite_ref, policy_mode=mode,
+                          policy={**SIM_POLICY, **clock, **(policy_overrides or {})},
+                          train={**SIM_TRAIN, **(train_overrides or {})}, evaluation=SIM_EVAL,
+                          say=view.print, base_cache=base_cache,
+                          serving_replicas=engine.replicas) as stack, \
+            stack.watch(view), engine.running(settings, stack, say=view.print):
         assert stack.child is not None
         http = httpx.Client(timeout=120)
         seen_decision = 0
@@ -116,12 +121,13 @@ def run_simulation(
                 if on_decision:
                     on_decision(entry)
                 elif row["action"] != "hold":
-                    console.print(f"  [bold]{row['action']}[/] {row['task'] or row['adapter']}: "
-                                  f"{row['reason']}")
+                    view.print(f"  [bold]{row['action']}[/] {row['task'] or row['adapter']}: "
+                               f"{row['reason']}")
 
         # Bootstrap: the first versions of every adapter must exist before traffic.
-        console.print(f"[{policy}] training the first adapter versions (builds the base model "
-                      "on first use)")
+        view.print(f"[{policy}] training the first adapter versions (builds the base model "
+                   "on first use)", markup=False)
+        view.status(now, f"[{policy}] first adapter versions")
         _wait_routes(stack, http, set(suite.tasks), timeout=1800)
         engine.wait_served(stack, http, timeout=600)
         if sync:
@@ -134,28 +140,33 @@ def run_simulation(
         sim = AppSimulator(suite=suite, url=stack.url, secret=settings.webhook_secrets()[0],
                            generator=server, seed=scenario.seed, http=http)
         series: list[dict[str, Any]] = []
-        with Progress(TextColumn("[{task.description}]"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), console=console) as progress:
-            bar = progress.add_task(policy, total=scenario.total_events)
-            for phase in scenario.phases:
-                tallies: dict[str, Tally] = {}
-                done = 0
-                while done < phase.events:
-                    n = min(chunk, phase.events - done)
-                    window: dict[str, Tally] = {}
-                    sim.step(phase.traffic, n, window)
-                    for task, t in window.items():
-                        tallies.setdefault(task, Tally()).merge(t)
-                    done += n
-                    series.append({"at_event": sim.sent, "phase": phase.name,
-                                   "tasks": {k: v.as_report() for k, v in window.items()}})
-                    progress.advance(bar, n)
-                    if sync:
-                        stack.wait_settled(timeout=1800)
-                    poll_decisions(sim.sent)
-                report["phases"].append({"name": phase.name, "events": phase.events,
-                                         "tasks": {t: v.as_report()
-                                                   for t, v in sorted(tallies.items())}})
+        total = scenario.total_events
+        view.remove(now)
+        bar = view.bar(f"[{policy}] events 0/{total}", total=total)
+        for phase in scenario.phases:
+            tallies: dict[str, Tally] = {}
+            done = 0
+            while done < phase.events:
+                n = min(chunk, phase.events - done)
+                events = f"[{policy}] events {sim.sent}/{total}  {phase.name}"
+                view.status(bar, f"{events}: sending {n} requests")
+                window: dict[str, Tally] = {}
+                sim.step(phase.traffic, n, window)
+                for task, t in window.items():
+                    tallies.setdefault(task, Tally()).merge(t)
+                done += n
+                series.append({"at_event": sim.sent, "phase": phase.name,
+                               "tasks": {k: v.as_report() for k, v in window.items()}})
+                events = f"[{policy}] events {sim.sent}/{total}  {phase.name}"
+                view.status(bar, f"{events}: the daemon catches up" if sync else events,
+                            completed=sim.sent)
+                if sync:
+                    stack.wait_settled(timeout=1800)
+                poll_decisions(sim.sent)
+            report["phases"].append({"name": phase.name, "events": phase.events,
+                                     "tasks": {t: v.as_report()
+                                               for t, v in sorted(tallies.items())}})
+        view.status(bar, f"[{policy}] events {sim.sent}/{total}: the daemon settles")
         stack.wait_settled(timeout=1800)
         poll_decisions(sim.sent)
         report["routing"] = http.get(f"{stack.url}/v1/routing").json()["routes"]

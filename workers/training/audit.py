@@ -135,6 +135,8 @@ def audit_adapter(
             if not asked:
                 break
             t0 = time.monotonic()
+            if progress is not None:
+                progress({"round": k, "rounds": audit.rounds})
             # 1. Each audited task answers fresh requests; leaks become its negatives.
             model.eval()
             found = {t: find_leaks(model, bundle.tokenizer, suite, t, samples=audit.samples,
@@ -164,10 +166,18 @@ def audit_adapter(
                 config=config.model_copy(update={"steps": audit.steps, "seed": config.seed + k}),
                 general_share=general_share, init_adapter=init,
                 checkpoint_dir=root / f"audit-{k}" / "ckpt" if checkpoint_dir else None,
-                progress=progress, should_stop=should_stop)
+                progress=_in_round(progress, k, audit.rounds), should_stop=should_stop)
             model = result.model
             record["steps"] = result.steps
             record["resumed_from"] = result.resumed_from  # a restarted job's round: its step
             record["negatives_drawn"] = {t: result.drawn.get(t + NEG_SUFFIX, 0) for t in audited}
             record["seconds"] = round(time.monotonic() - t0, 3)
     return model, rounds
+
+
+def _in_round(progress: Progress | None, k: int, rounds: int) -> Progress | None:
+    """The trainer's step reports, marked with the audit round they belong to."""
+    if progress is None:
+        return None
+    report = progress
+    return lambda info: report({**info, "round": k, "rounds": rounds})

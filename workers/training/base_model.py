@@ -102,9 +102,11 @@ def _file_lock(path: Path) -> Iterator[None]:
 
 
 def ensure_base(
-    suite: Suite, artifacts_dir: Path, *, log: Callable[[str], None] | None = None
+    suite: Suite, artifacts_dir: Path, *, log: Callable[[str], None] | None = None,
+    progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> Path:
-    """Return the local directory of the suite's base model, building ``builtin:tiny`` once."""
+    """Return the local directory of the suite's base model, building ``builtin:tiny`` once
+    (``progress`` hears the build's steps: ``tiny.build_tiny``)."""
     ref = suite.base_model
     if ref.startswith("builtin:"):
         name = ref.removeprefix("builtin:")
@@ -122,7 +124,7 @@ def ensure_base(
             tmp = root / f".tmp-{target.name}-{uuid.uuid4().hex[:8]}"
             tmp.mkdir(parents=True)
             try:
-                build_tiny(suite, tmp, log=log)
+                build_tiny(suite, tmp, log=log, progress=progress)
                 _fsync_tree(tmp)
                 os.rename(tmp, target)  # atomic: a reader sees all of it or nothing
             finally:
@@ -216,11 +218,12 @@ def check_build(version: Path, build: str, meta: Mapping[str, Any] | None = None
 def load_base(
     suite: Suite, artifacts_dir: Path, *, device: str = "auto",
     log: Callable[[str], None] | None = None,
+    progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> BaseBundle:
     """Load the suite's base model and tokenizer onto the chosen device (eval mode)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = ensure_base(suite, artifacts_dir, log=log)
+    path = ensure_base(suite, artifacts_dir, log=log, progress=progress)
     dev, dtype = pick_device(device)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)

@@ -10,7 +10,7 @@ removed again. A task with no route (first training), or whose production is unu
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +30,26 @@ def side_by_side(
     model: Any, tokenizer: Any, data: DataBundle, suite: Suite, *, tasks: Sequence[str],
     routes: Mapping[str, Mapping[str, Any]], detector: StyleDetector | None,
     cfg: EvalConfig | None = None, scorer: Scorer | None = None, build: str,
+    progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """``{"candidate": ..., "production": ..., "compare": ..., "production_routes": ...}``.
 
     ``build``: the loaded base build; production versions trained on another are not loaded.
+    ``progress`` hears ``{"done": n, "total": 2 * len(tasks)}``: each task evaluated on
+    each side.
     """
+    done, total = 0, 2 * len(tasks)
+
+    def tick(event: Mapping[str, Any] | None = None) -> None:
+        nonlocal done
+        done += event is not None
+        if progress is not None:
+            progress({"done": done, "total": total})
+
+    tick()
     model.set_adapter(CANDIDATE)
     candidate = evaluate_model(model, tokenizer, data, suite, tasks=tasks, detector=detector,
-                               cfg=cfg, scorer=scorer)
+                               cfg=cfg, scorer=scorer, progress=tick)
     production: dict[str, Any] = {"tasks": {}}
     groups: dict[tuple[str, int] | None, list[str]] = {}
     for task in tasks:
@@ -63,11 +75,12 @@ def side_by_side(
             with model.disable_adapter():
                 res = evaluate_model(model, tokenizer, data, suite, tasks=members,
                                      detector=detector, cfg=cfg, scorer=scorer,
-                                     with_general=with_general)
+                                     with_general=with_general, progress=tick)
         else:
             model.set_adapter(name)
             res = evaluate_model(model, tokenizer, data, suite, tasks=members, detector=detector,
-                                 cfg=cfg, scorer=scorer, with_general=with_general)
+                                 cfg=cfg, scorer=scorer, with_general=with_general,
+                                 progress=tick)
             model.set_adapter(CANDIDATE)
             model.delete_adapter(name)
         if key is None:

@@ -101,9 +101,10 @@ def mean_loss(model: Any, tokenizer: Any, samples: Sequence[Sample], task: str) 
 def evaluate_model(
     model: Any, tokenizer: Any, data: DataBundle, suite: Suite, *, tasks: Sequence[str],
     detector: StyleDetector | None, cfg: EvalConfig | None = None, scorer: Scorer | None = None,
-    with_general: bool = True,
+    with_general: bool = True, progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """``{"tasks": {task: {...}}, "general_loss": x}`` for the model as it is now."""
+    """``{"tasks": {task: {...}}, "general_loss": x}`` for the model as it is now.
+    ``progress`` hears ``{"task": name}`` as each task's evaluation ends."""
     cfg = cfg or EvalConfig()
     scorer = scorer or default_scorer(suite)
     markers = suite_markers(suite)
@@ -116,6 +117,8 @@ def evaluate_model(
         if not held:
             out["tasks"][task] = {"n": 0, "quality": None, "crosstalk_rate": None,
                                   "crosstalk_source": None, "loss": None}
+            if progress is not None:
+                progress({"task": task})
             continue
         pool = [s.response for s in (td.train if td else [])][:64]
         # Each prompt k times in a row; output i answers held[i // k].
@@ -147,6 +150,8 @@ def evaluate_model(
             "samples": [{"prompt": s.prompt, "output": o}
                         for s, o in list(zip(asked, outputs, strict=True))[:: k][:3]],
         }
+        if progress is not None:
+            progress({"task": task})
     if with_general:
         gen = data.general_heldout[: cfg.general_examples]
         out["general_loss"] = mean_loss(model, tokenizer, gen, GENERAL) if gen else None

@@ -39,6 +39,7 @@ from storage.artifacts import (
 from storage.artifacts import list_versions as disk_versions
 from storage.crud import routing_table
 from storage.models import Adapter, AdapterVersion, TrainingJob
+from storage.progress import JobProgress
 from storage.suite import Suite, SuiteError
 from workers.serving.contract import prompt_contracts
 from workers.training.audit import audit_adapter
@@ -102,12 +103,15 @@ def run_training_job(
     suite: Suite, worker_id: str, lease_seconds: int = 120, progress: Progress | None = None,
     train_config: TrainConfig | None = None, eval_config: EvalConfig | None = None,
     gate_config: GateConfig | None = None, scorer: Scorer | None = None, max_attempts: int = 5,
-    device: str = "auto", show_bar: bool = False, data_config: DataConfig | None = None,
-    two_step: bool = False,
+    device: str = "auto", data_config: DataConfig | None = None, two_step: bool = False,
 ) -> JobOutcome:
     """Run job ``job_id`` if it can be claimed. Never raises for job-level failures: they are
-    recorded on the row (status ``failed``, ``error``) and returned. ``two_step``: serving
-    replicas are configured, a promotion is routed once they list it (promote.finalize)."""
+    recorded on the row (status ``failed``, ``error``) and returned.
+
+    What the job is doing (base build, training steps, audit rounds, evaluation) goes to
+    Redis for other processes to show (``storage.progress``) and to ``progress``, which
+    hears the job's whole progress state at every step. ``two_step``: serving replicas are
+    configured, a promotion is routed once they list it (promote.finalize)."""
     t0 = time.monotonic()
     artifacts_dir = Path(artifacts_dir)
     with Session(engine) as session:
@@ -126,16 +130,20 @@ def run_training_job(
         msg = f"gave up after {attempts - 1} interrupted attempts"
         mark_failed(engine, job_id=job_id, worker_id=worker_id, error=msg, requeue=False)
         return JobOutcome(job_id, adapter, "failed", error=msg)
+    tracker = JobProgress(redis_client, key_prefix, job_id, listener=progress)
     with Heartbeat(engine, job_id, worker_id, lease_seconds) as beat:
         try:
+            tracker.update(phase="prepare", adapter=adapter, base=suite.base_model,
+                           version=_next_version(engine, artifacts_dir, adapter))
             outcome = _run(
                 job_id, engine=engine, artifacts_dir=artifacts_dir, suite=suite,
-                worker_id=worker_id, should_stop=beat.lost.is_set, progress=progress,
+                worker_id=worker_id, should_stop=beat.lost.is_set, progress=tracker,
                 tcfg=train_config or TrainConfig(), ecfg=eval_config or EvalConfig(),
                 gcfg=gate_config or GateConfig(), dcfg=data_config or DataConfig(),
-                scorer=scorer, device=device, show_bar=show_bar, two_step=two_step,
+                scorer=scorer, device=device, two_step=two_step,
             )
         except (TrainingAborted, LeaseLost) as exc:
+            tracker.update(phase="done", status="lease_lost", error=str(exc))
             return JobOutcome(job_id, adapter, "lease_lost", error=str(exc),
                               seconds=time.monotonic() - t0)
         except (BaseModelError, ArtifactError, SuiteError, ValueError, KeyError,
@@ -143,11 +151,13 @@ def run_training_job(
             log.exception("job %s failed", job_id)
             msg = f"{type(exc).__name__}: {exc}"
             mark_failed(engine, job_id=job_id, worker_id=worker_id, error=msg, requeue=False)
+            tracker.update(phase="done", status="failed", error=msg)
             return JobOutcome(job_id, adapter, "failed", error=msg, seconds=time.monotonic() - t0)
     if outcome.status in ("promoted", "rejected"):
         publish_routing(engine, redis_client, key_prefix)
         shutil.rmtree(_work_dir(artifacts_dir, adapter, job_id), ignore_errors=True)
     outcome.seconds = round(time.monotonic() - t0, 3)
+    tracker.update(phase="done", status=outcome.status, version=outcome.version)
     return outcome
 
 
@@ -157,16 +167,17 @@ def _work_dir(artifacts_dir: Path, adapter: str, job_id: int) -> Path:
 
 def _run(
     job_id: int, *, engine: Engine, artifacts_dir: Path, suite: Suite, worker_id: str,
-    should_stop: Callable[[], bool], progress: Progress | None, tcfg: TrainConfig,
+    should_stop: Callable[[], bool], progress: JobProgress, tcfg: TrainConfig,
     ecfg: EvalConfig, gcfg: GateConfig, dcfg: DataConfig, scorer: Scorer | None, device: str,
-    show_bar: bool, two_step: bool = False,
+    two_step: bool = False,
 ) -> JobOutcome:
     from peft import PeftModel
 
     # 1. Base model (built once for builtin:tiny) on the chosen device. Its build decides
     #    which versions and checkpoints may be continued from, adopted, compared with or
     #    resumed: never those of another build.
-    bundle = load_base(suite, artifacts_dir, device=device)
+    bundle = load_base(suite, artifacts_dir, device=device, progress=progress.phase("base"))
+    progress.update(phase="prepare")
     build = bundle.build
     # 2. What to train: the adapter's tasks, ratios, targeted tasks, config overrides.
     with Session(engine) as session:
@@ -201,6 +212,7 @@ def _run(
     if candidate is not None:
         # 4a. A previous attempt already wrote this job's version: evaluate it, don't retrain.
         version_id, version, vpath = candidate
+        progress.update(version=version)
         with quiet_peft():
             model = PeftModel.from_pretrained(bundle.model, str(vpath))
         train_summary = read_meta(vpath).get("train", {})
@@ -210,14 +222,15 @@ def _run(
         result = train_adapter(
             bundle, data, ratios=ratios, config=tcfg, general_share=general_share,
             init_adapter=init, checkpoint_dir=work,
-            progress=progress, should_stop=should_stop, show_bar=show_bar,
+            progress=progress.phase("train"), should_stop=should_stop,
         )
         # 4c. Self-audit: high-risk tasks and the ones the engine flagged (their users saw
         #     them leak) answer fresh requests; their leaks are trained away.
         model, audit = audit_adapter(
             bundle, result.model, data, suite=suite, ratios=ratios, config=tcfg,
             general_share=general_share, detector=detector, ecfg=ecfg, checkpoint_dir=work,
-            progress=progress, should_stop=should_stop, flagged=params.get("audit", ()),
+            progress=progress.phase("audit"), should_stop=should_stop,
+            flagged=params.get("audit", ()),
         )
         train_summary = {"steps": result.steps, "tokens": result.tokens,
                          "seconds": round(result.seconds, 3), "task_loss": result.task_loss,
@@ -227,7 +240,9 @@ def _run(
     for _ in range(3):
         # 5. Candidate vs production, side by side, then the gate.
         ev = side_by_side(model, bundle.tokenizer, data, suite, tasks=tasks, routes=routes,
-                          detector=detector, cfg=ecfg, scorer=scorer, build=build)
+                          detector=detector, cfg=ecfg, scorer=scorer, build=build,
+                          progress=progress.phase("eval"))
+        progress.update(phase="write")
         verdict = gate(ev["candidate"], ev["production"], risks=risks, targeted=targeted,
                        config=gcfg)
         if candidate is None:
@@ -347,6 +362,16 @@ def _adoptable(
     return None
 
 
+def _next_version(engine: Engine, artifacts_dir: Path, adapter: str) -> int:
+    """The number the adapter's next version gets (above every recorded and written one)."""
+    with Session(engine) as session:
+        top = session.execute(
+            select(func.max(col(AdapterVersion.version)))
+            .where(col(AdapterVersion.adapter) == adapter)
+        ).scalar() or 0
+    return max([int(top), *disk_versions(artifacts_dir, adapter)]) + 1
+
+
 def _write_candidate(
     engine: Engine, artifacts_dir: Path, adapter: str, model: Any, meta: dict[str, Any],
     job_id: int, ratios: Mapping[str, float], parent: int | None, tag: str,
@@ -355,12 +380,7 @@ def _write_candidate(
         model.save_pretrained(str(tmp), selected_adapters=["default"], safe_serialization=True)
 
     for _ in range(5):  # another job may take the same number: try the next one
-        with Session(engine) as session:
-            top = session.execute(
-                select(func.max(col(AdapterVersion.version)))
-                .where(col(AdapterVersion.adapter) == adapter)
-            ).scalar() or 0
-        version = max([int(top), *disk_versions(artifacts_dir, adapter)]) + 1
+        version = _next_version(engine, artifacts_dir, adapter)
         try:
             info = write_version(artifacts_dir, adapter, version, write_files=files, meta=meta,
                                  tag=tag)

@@ -18,6 +18,7 @@ import random
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -68,8 +69,10 @@ def train_tokenizer(suite: Suite, vocab_size: int) -> PreTrainedTokenizerFast:
 def build_tiny(
     suite: Suite, out_dir: Path, *, spec: dict[str, float] | None = None,
     log: Callable[[str], None] | None = None,
+    progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> None:
-    """Train tokenizer + model for ``suite`` and ``save_pretrained`` both into ``out_dir``."""
+    """Train tokenizer + model for ``suite`` and ``save_pretrained`` both into ``out_dir``.
+    ``progress`` hears ``{"step", "steps", "loss"}`` after every pre-training step."""
     s = {**TINY_SPEC, **(spec or {})}
     seed = int(s["seed"])
     torch.manual_seed(seed)
@@ -89,7 +92,8 @@ def build_tiny(
     )
     model = LlamaForCausalLM(config)
     seqs = _pretrain_seqs(suite, tokenizer)
-    _pretrain(model, seqs, pad_id=int(tokenizer.pad_token_id), spec=s, log=log)
+    _pretrain(model, seqs, pad_id=int(tokenizer.pad_token_id), spec=s, log=log,
+              progress=progress)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.save_pretrained(out_dir)  # safetensors is the default serialization
@@ -111,6 +115,7 @@ def _pretrain_seqs(suite: Suite, tokenizer: PreTrainedTokenizerFast) -> list[Seq
 def _pretrain(
     model: LlamaForCausalLM, seqs: list[Seq], *, pad_id: int, spec: dict[str, float],
     log: Callable[[str], None] | None,
+    progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> None:
     from workers.training.loss import batch_loss
 
@@ -137,6 +142,8 @@ def _pretrain(
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
+        if progress is not None:
+            progress({"step": step + 1, "steps": steps, "loss": loss.item()})
         if log and (step % 200 == 0 or step == steps - 1):
             log(f"pretrain step {step + 1}/{steps} loss {loss.item():.3f} "
                 f"({time.monotonic() - t0:.1f}s)")
