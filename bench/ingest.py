@@ -9,7 +9,7 @@ Phases (one run, one private redis-server, one SQLite file; the API only XADDs):
 3. single: one event per request at a fixed offered rate (open loop, default 1,000 req/s for
    10 s), latency from each request's scheduled send time.
 
-Goals (DESIGN section 10 / bench brief): batch ingest >= 25 % of the ceiling; single-event
+Goals (docs/benchmarks.md): batch ingest >= 25 % of the ceiling; single-event
 p99 <= 10 ms at 1,000 req/s.
 
     python -m bench.ingest --quick

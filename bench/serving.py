@@ -11,7 +11,7 @@
    generate call per task, sampling as the simulator does) in requests/s: through vLLM's
    completions API (routed name + prompt contract) against in-process PEFT generation.
 
-    python bench/serving.py [--promotions 20] [--naive 3] [--out PATH]
+    python -m bench.serving [--promotions 20] [--naive 3] [--out PATH]
 
 Needs the vLLM environment (``make vllm`` or ``ADAPTD_VLLM_VENV``). Prints a table and
 writes JSON to ``--out`` (default ``.adaptd/bench/serving.json``).
@@ -28,12 +28,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `python bench/serving.py` from anywhere
-    sys.path.insert(0, str(ROOT))
+from bench.common import machine, percentile, print_table
+from daemon.settings import Settings
 
-from bench.common import machine, percentile, print_table  # noqa: E402
-from daemon.settings import Settings  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 SUITE = "builtin:festive-zh"
 

@@ -71,7 +71,7 @@ def worker(
     if "train" in wanted:
         argv += ["--max-tasks-per-child", "1"]
         # Each job runs in a fresh child forked from this process: importing the training
-        # stack here, once, spares every job its own import (bench/job_start.py).
+        # stack here, once, spares every job its own import of torch, peft and transformers.
         from workers.training.job import preload
 
         preload()

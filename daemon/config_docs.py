@@ -47,6 +47,8 @@ JSON_OVERRIDES: dict[str, str] = {
     "policy": "policies.config:PolicyConfig",
     "train": "workers.training.config:TrainConfig",
     "eval": "workers.training.config:EvalConfig",
+    "data": "workers.training.config:DataConfig",
+    "gate": "workers.training.config:GateConfig",
 }
 
 COMMAND = "python -m daemon.config_docs > docs/configuration.md"

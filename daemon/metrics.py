@@ -1,4 +1,4 @@
-"""Prometheus metrics (DESIGN section 6), correct across processes and hosts.
+"""Prometheus metrics (docs/contracts.md section 6), correct across processes and hosts.
 
 Nothing is counted in process memory. Each scrape of ``/metrics`` reads the authoritative
 state:
@@ -84,7 +84,7 @@ METRICS: tuple[MetricDef, ...] = (
               "Eval quality of the promoted version, per task."),
     MetricDef("adaptd_eval_crosstalk_rate", "gauge", ("task", "adapter"),
               "Eval crosstalk rate of the promoted version, per task."),
-    # Serving (DESIGN section 11), written by the serving sync.
+    # Serving (docs/contracts.md section 11), written by the serving sync.
     MetricDef("adaptd_serving_loaded", "gauge", ("replica", "adapter", "version"),
               "1 while a serving replica holds an adapter version (as the last sync saw it)."),
     MetricDef("adaptd_serving_sync_errors_total", "counter", ("replica", "reason"),

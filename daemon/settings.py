@@ -64,7 +64,7 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = Field(None, description="bearer token for admin endpoints")
     webhook_tolerance_seconds: int = Field(300, ge=1, description="signature timestamp window")
 
-    # Ingest limits (DESIGN section 4).
+    # Ingest limits (docs/contracts.md section 4).
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     max_batch_events: int = Field(1000, ge=1)
     dedupe_ttl_seconds: int = Field(7 * 24 * 3600, ge=60, description="how long ids stay known")
@@ -93,7 +93,7 @@ class Settings(BaseSettings):
     train_lease_seconds: int = Field(120, ge=5)
     train_device: Literal["auto", "cpu", "cuda"] = "auto"
 
-    # Serving (DESIGN section 11): the replicas the serving sync keeps loaded.
+    # Serving (docs/contracts.md section 11): the replicas the serving sync keeps loaded.
     serving_replicas: list[ServingReplica] = Field(
         default_factory=list,
         description="JSON list of {\"url\", \"backend\"} (backend: vllm); empty = no sync, "

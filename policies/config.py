@@ -42,15 +42,14 @@ class RiskPolicy:
     # the adapter's total is below ``PolicyConfig.min_new_examples`` (None: only the total).
     # A high-risk task forked into its own adapter gets a small share of the traffic, so the
     # adapter-wide threshold would leave its feedback unused for thousands of requests; each
-    # retrain on that feedback lowers the residual leak further (bench/fork_retrain.py:
-    # 7.2 % -> 0.8 % over seven rounds of 120 answers).
+    # retrain on that feedback lowers the residual leak further.
     min_new_examples: int | None = None
     # A task whose windowed crosstalk rate reaches this (with ``crosstalk_min_events`` in the
     # window) is flagged for the self-audit of its adapter's next training run: its answers to
     # fresh requests are searched for other tasks' style and trained against, whatever its
     # risk (TrainConfig.audit covers its risk levels anyway). None: never flagged. A shared
-    # adapter's cheerful task leaking ~3 % (below low risk's crosstalk_on) gets about 1 point
-    # of its 2.5-point sharing cost back (bench/task_steps.py --audit-shared).
+    # adapter's cheerful task leaking a few percent (below low risk's crosstalk_on) wins back
+    # part of what sharing costs it.
     audit_at: float | None = 0.02
 
     def __post_init__(self) -> None:

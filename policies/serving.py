@@ -1,4 +1,4 @@
-"""The serving reconcile decision (DESIGN section 11): pure, no I/O.
+"""The serving reconcile decision (docs/contracts.md section 11): pure, no I/O.
 
 Given what should be served (the routing table, versions waiting to be routed, each adapter's
 last good version) and what each replica reported, decide what every replica loads and

@@ -1,4 +1,4 @@
-"""Adapter artifact store: immutable versions on disk (DESIGN section 7). No torch needed.
+"""Adapter artifact store: immutable versions on disk (docs/contracts.md section 7). No torch needed.
 
 ``<artifacts>/<adapter>/v<N>/`` holds PEFT's ``adapter_config.json`` and
 ``adapter_model.safetensors`` plus ``adaptd.json`` (base model and the resolved base build it

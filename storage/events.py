@@ -1,4 +1,4 @@
-"""Feedback event v1 (DESIGN section 3): the schema the app posts and the stream carries."""
+"""Feedback event v1 (docs/contracts.md section 3): the schema the app posts and the stream carries."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ def now() -> float:
 
 
 class FeedbackEvent(SQLModel, table=True):
-    """One feedback event (DESIGN section 3). The unique id makes ingest idempotent."""
+    """One feedback event (docs/contracts.md section 3). The unique id makes ingest idempotent."""
 
     __tablename__ = "feedback_event"
     id: str = Field(primary_key=True, max_length=128)
@@ -103,7 +103,7 @@ class Adapter(SQLModel, table=True):
 
 
 class AdapterVersion(SQLModel, table=True):
-    """An immutable adapter version on disk (DESIGN section 7).
+    """An immutable adapter version on disk (docs/contracts.md section 7).
 
     status: ``candidate`` | ``promoted`` | ``rejected`` | ``rolled_back``.
     """
@@ -185,7 +185,7 @@ class RoutingEntry(SQLModel, table=True):
 
     ``served_as`` is the ``model`` name the app sends to the serving engine
     (``<adapter>-v<N>``); ``prompt`` is the prompt contract the version was trained with
-    (DESIGN section 11), so an app builds exactly the tokens training used.
+    (docs/contracts.md section 11), so an app builds exactly the tokens training used.
     """
 
     __tablename__ = "routing_entry"

@@ -1,4 +1,4 @@
-"""Persistence of the serving sync (DESIGN section 11): rollouts (promoted versions waiting to
+"""Persistence of the serving sync (docs/contracts.md section 11): rollouts (promoted versions waiting to
 be routed) and what each replica holds. Keyword-only functions taking a session; the caller
 owns the transaction."""
 

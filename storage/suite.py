@@ -1,6 +1,6 @@
 """Task suites: the base model, the tasks with their profiles, and the adapters.
 
-A suite is a YAML file (DESIGN sections 5 and 9) or a builtin (``builtin:<name>``, shipped in
+A suite is a YAML file (docs/contracts.md sections 5 and 9) or a builtin (``builtin:<name>``, shipped in
 ``storage/suites``). Tasks get their seed data either from JSONL files
 (``{"prompt": ..., "response": ...}``) or from generators: prompt templates and response parts
 with ``{slot}`` placeholders. A bad suite raises :class:`SuiteError` naming the file, the field

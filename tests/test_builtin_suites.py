@@ -1,6 +1,6 @@
 """The builtin task suites and simulation scenarios are valid and judgeable.
 
-The synthetic judge of DESIGN section 9 accepts an output that carries one of its own task's
+The synthetic judge of docs/contracts.md section 9 accepts an output that carries one of its own task's
 markers and none of its ``forbid`` phrases; an output carrying another task's markers is
 crosstalk. These tests run such a judge over the suites' own seed data (and over every
 response template) so the simulation starts from data the judge fully accepts, and check that

@@ -43,8 +43,8 @@ def check_contract(report: dict, tasks: set[str], total: int) -> None:  # type: 
 
 
 @pytest.mark.slow
-# The whole loop, base-model build included: 204 s alone on a 2-core AMD EPYC (stop 35), and
-# past the suite's default 300 s there with another test process beside it.
+# The whole loop, base-model build included: about 200 s alone on 2 cores, and past the
+# suite's default 300 s with another test process beside it.
 @pytest.mark.timeout(600)
 def test_smoke_scenario_runs_the_whole_loop(make_settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     settings: Settings = make_settings()

@@ -37,7 +37,7 @@ class Generator(Protocol):
 class EngineGenerator:
     """Generates through a serving engine's OpenAI-compatible completions API, as a
     production app does: the route's ``served_as`` as ``model`` and the route's prompt
-    contract (DESIGN section 11); sampling as the in-process generator does."""
+    contract (docs/contracts.md section 11); sampling as the in-process generator does."""
 
     def __init__(self, url: str, *, http: httpx.Client | None = None, base_name: str = "base",
                  max_tokens: int = 48, temperature: float = 0.8, top_p: float = 0.95):

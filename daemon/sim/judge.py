@@ -1,4 +1,4 @@
-"""The synthetic judge (DESIGN section 9).
+"""The synthetic judge (docs/contracts.md section 9).
 
 It accepts an output that carries at least one of its own task's markers and none of its
 ``forbid`` phrases; an output carrying another task's markers is rejected as crosstalk from

@@ -1,4 +1,4 @@
-"""Simulation scenarios (DESIGN section 9): a seed, a suite and phases of traffic."""
+"""Simulation scenarios (docs/contracts.md section 9): a seed, a suite and phases of traffic."""
 
 from __future__ import annotations
 

@@ -183,7 +183,7 @@ def test_redis_keys_refuse_bad_ids(name: str) -> None:
 
 
 def test_ids_with_colons_stay_in_their_namespace() -> None:
-    """':' is legal in ids (DESIGN section 3); the key still lives under <prefix>seen:."""
+    """':' is legal in ids (docs/contracts.md section 3); the key still lives under <prefix>seen:."""
     keys = Keys("adaptd:")
     assert keys.seen("a:b") == "adaptd:seen:a:b"
     assert keys.seen("events") == "adaptd:seen:events" != keys.stream

@@ -3,7 +3,7 @@ Each test names the contract it checks; the fixes are in the reliability report.
 
 1. Lone UTF-16 surrogates ("\\ud800", legal as a JSON escape) reach places that must encode
    UTF-8: the 422 answer echoing a bad event's id, and the Redis client packing an accepted
-   event -> 500 instead of a 4xx (DESIGN section 4: "never a 5xx").
+   event -> 500 instead of a 4xx (docs/contracts.md section 4: "never a 5xx").
 2. An event the API accepted (202) that PostgreSQL cannot store (NUL in a text field,
    NaN/Infinity inside `meta`) makes the drain's whole batch fail, so the valid events that
    share its batch are not stored either, and the batch is retried until it is dead-lettered.

@@ -1,4 +1,4 @@
-"""Two-step promotion against a real vLLM: hot swap, refusal, rollback (DESIGN section 11)."""
+"""Two-step promotion against a real vLLM: hot swap, refusal, rollback (docs/contracts.md section 11)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The prompt contract: how an app builds exactly the tokens training used for a task.
 
-Published with every route (DESIGN section 11). ``prefix + prompt + suffix``, tokenized with
+Published with every route (docs/contracts.md section 11). ``prefix + prompt + suffix``, tokenized with
 ``add_special_tokens`` as given, equals ``workers.training.encode.prompt_ids`` (tests/serving
 check it against the token ids vLLM reports). ``style`` says how the task is marked: ``tag``
 (a literal task tag and separator) or ``chat`` (the chat template with ``system`` text; the

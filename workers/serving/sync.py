@@ -1,5 +1,5 @@
 """The serving sync: make every configured replica hold what should be served, and route a
-promoted version once every reachable replica lists it (DESIGN section 11).
+promoted version once every reachable replica lists it (docs/contracts.md section 11).
 
 One round (:func:`sync_once`): read the routing table, pending rollouts and promoted versions
 from SQL; ask each replica what it lists; load what is missing and unload what has been

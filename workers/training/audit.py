@@ -12,7 +12,7 @@ steps (the unlikelihood term), continued from the trained weights. Repeat for ``
 fewer if a round finds nothing on every task it asked (a flagged task is asked in the first
 ``flagged_rounds``). A round that finds more than the one before still trains: what a late
 round finds is what the earlier rounds' training left, and training on it lowers the leak
-further (``bench/fork_retrain.py --variant`` measures the rounds).
+further.
 
 A task of a file suite
 has no prompt generators, so its requests come from what the run knows the task is asked:

@@ -58,7 +58,7 @@ class AuditConfig(_Model):
     ``risks`` levels on ``samples`` fresh requests each, as production samples, and train
     ``steps`` more steps with the outputs that carry another task's style as negatives;
     ``rounds`` times at most, fewer when a round finds nothing (``audit.audit_done``).
-    ``rounds=0`` turns it off. Measured by ``bench/fork_retrain.py``."""
+    ``rounds=0`` turns it off."""
 
     rounds: int = Field(3, ge=0, le=20)
     samples: int = Field(256, ge=1, le=100_000)
@@ -66,8 +66,7 @@ class AuditConfig(_Model):
     risks: list[Risk] = Field(default_factory=_high_risk_only)
     # Rounds in which a task audited only because the policy engine flagged it (its users saw
     # it leak: ``RiskPolicy.audit_at``), not for its risk, is sampled. One round does about as
-    # well as three on a shared adapter's cheerful tasks at a third of the cost
-    # (bench/task_steps.py --audit-shared).
+    # well as three on a shared adapter's cheerful tasks at a third of the cost.
     flagged_rounds: int = Field(1, ge=0, le=20)
 
 
@@ -78,7 +77,7 @@ class TrainConfig(_Model):
     # An adapter with n tasks trains ``steps * n ** task_scaling`` steps (``for_tasks``). With
     # 1.0 every task of a shared adapter is drawn about as often as in a one-task adapter;
     # with 0 (fixed steps) a four-task adapter sees each task a quarter as often and answers
-    # terse requests in a co-task's style more often (bench/task_steps.py). 0.5 is
+    # terse requests in a co-task's style more often. 0.5 is
     # the middle way for adapters of many tasks on a large model, where steps are dear. Above
     # 1 a shared adapter sees each task more often than a one-task adapter does; at 1.5 a
     # seven-task adapter (1,852 steps) already fails the retention gate (bench/loop.py).
@@ -169,8 +168,8 @@ class EvalConfig(_Model):
     top_p: float = Field(0.95, gt=0.0, le=1.0)
     seed: int = 0
     general_examples: int = Field(32, ge=0)
-    # One generate call per task and side at the default 16 × 4 answers: measured by
-    # bench/eval_batch.py (16 -> 64: 0.72-0.84× the time, greedy answers identical).
+    # One generate call per task and side at the default 16 × 4 answers (greedy answers do
+    # not depend on the batch size).
     batch_size: int = Field(64, ge=1)
     crosstalk_margin: float = Field(2.0, ge=0.0)  # log-odds the detector needs to flag a leak
 

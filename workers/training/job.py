@@ -70,7 +70,7 @@ def preload() -> None:
     A `train` worker runs each job in a fresh child process forked from its main process,
     which calls this first so that every child inherits the imports: this module (torch,
     peft) and the transformers classes ``load_base`` resolves lazily (transformers scans its
-    model registry on first use). ``bench/job_start.py`` measures what it saves. Nothing is
+    model registry on first use), seconds that would otherwise delay every job. Nothing is
     loaded onto a device and no torch thread pool starts, so forking afterwards is safe.
     A hub base of another architecture still imports its own modeling module in each job.
     """

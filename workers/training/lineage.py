@@ -26,7 +26,7 @@ def init_source(
     because its parent's mixture leaks into it or hurts it, and the parent's weights carry
     that: a high-risk fork continued from a holiday-skewed parent answered 11-12 % of requests
     in a cheerful co-task's style after its first 100 steps, from fresh weights 8.5-10 %
-    (``bench/fork_retrain.py``, README).
+    on the builtin festive-zh suite.
 
     ``production`` starts fresh instead when the served version was trained on a task this
     job no longer trains (it was forked out): continuing from those weights would keep

@@ -39,7 +39,7 @@ class Finalized:
 
 
 def route_of(version: AdapterVersion, prompt: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The routing entry of ``version`` (DESIGN section 11: served name, prompt contract);
+    """The routing entry of ``version`` (docs/contracts.md section 11: served name, prompt contract);
     without a contract the task keeps the one it has."""
     route: dict[str, Any] = {"adapter": version.adapter, "version": version.version,
                              "path": version.path, "sha256": version.sha256,
