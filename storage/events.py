@@ -1,4 +1,8 @@
-"""Feedback event v1 (docs/contracts.md section 3): the schema the app posts and the stream carries."""
+"""Feedback event v1 (docs/contracts.md section 3): the schema the app posts and the stream carries.
+
+Two backward-compatible extensions: ``"verdict": "unrated"`` (an answer the app served that no
+user judged) and ``messages`` instead of ``prompt`` (the conversation the model answered, in
+OpenAI chat format, ending with a user turn)."""
 
 from __future__ import annotations
 
@@ -23,6 +27,9 @@ Scalar = str | int | float | bool | None
 MAX_PROMPT_BYTES = 8 * 1024
 MAX_OUTPUT_BYTES = 16 * 1024
 MAX_META_VALUES = 32
+MAX_TURNS = 64
+
+Role = Literal["system", "user", "assistant"]
 
 
 def _utf8_len(text: str) -> int:
@@ -37,6 +44,33 @@ def _utf8_len(text: str) -> int:
     return size
 
 
+class ChatMessage(BaseModel):
+    """One turn of a conversation (OpenAI chat format, text content only)."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+    role: Role
+    content: str
+
+
+def check_messages(messages: list[ChatMessage]) -> list[ChatMessage]:
+    """The conversation rules shared by events and training examples: 1..MAX_TURNS turns,
+    a system turn only first, ending with a user turn, the contents together within
+    MAX_PROMPT_BYTES (the same budget as a plain ``prompt``)."""
+    if not messages:
+        raise ValueError("messages holds no turns")
+    if len(messages) > MAX_TURNS:
+        raise ValueError(f"messages holds more than {MAX_TURNS} turns")
+    for i, m in enumerate(messages):
+        if m.role == "system" and i != 0:
+            raise ValueError(f"messages[{i}]: a system turn may only come first")
+    if messages[-1].role != "user":
+        raise ValueError("messages must end with a user turn (the output answers it)")
+    if sum(_utf8_len(m.content) for m in messages) > MAX_PROMPT_BYTES:
+        raise ValueError(f"messages are longer than {MAX_PROMPT_BYTES} bytes together")
+    return messages
+
+
 class FeedbackEventV1(BaseModel):
     """One piece of user feedback on one output. Unknown fields are rejected."""
 
@@ -45,9 +79,10 @@ class FeedbackEventV1(BaseModel):
     id: EventId
     task: TaskName
     adapter: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:@-]{1,128}$")] | None = None
-    prompt: str
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
     output: str
-    verdict: Literal["accept", "reject", "edit"]
+    verdict: Literal["accept", "reject", "edit", "unrated"]
     rating: Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)] | None = None
     correction: str | None = None
     crosstalk_source: TaskName | None = None
@@ -56,10 +91,15 @@ class FeedbackEventV1(BaseModel):
 
     @field_validator("prompt")
     @classmethod
-    def _prompt_size(cls, value: str) -> str:
-        if _utf8_len(value) > MAX_PROMPT_BYTES:
+    def _prompt_size(cls, value: str | None) -> str | None:
+        if value is not None and _utf8_len(value) > MAX_PROMPT_BYTES:
             raise ValueError(f"prompt is longer than {MAX_PROMPT_BYTES} bytes")
         return value
+
+    @field_validator("messages")
+    @classmethod
+    def _messages_shape(cls, value: list[ChatMessage] | None) -> list[ChatMessage] | None:
+        return None if value is None else check_messages(value)
 
     @field_validator("output", "correction")
     @classmethod
@@ -88,7 +128,13 @@ class FeedbackEventV1(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _edit_needs_correction(self) -> FeedbackEventV1:
+    def _consistent(self) -> FeedbackEventV1:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of `prompt` and `messages`")
+        if self.verdict == "unrated" and (self.rating is not None or self.correction
+                                          or self.crosstalk_source):
+            raise ValueError("an unrated answer carries no `rating`, `correction` or "
+                             "`crosstalk_source` (nobody judged it)")
         if self.verdict == "edit" and not self.correction:
             raise ValueError("verdict 'edit' requires a non-empty `correction`")
         if self.crosstalk_source is not None and self.crosstalk_source == self.task:
@@ -100,3 +146,4 @@ class FeedbackEventV1(BaseModel):
         data = self.model_dump(mode="json", exclude_none=True)
         data["occurred_at"] = self.occurred_at.timestamp()
         return data
+

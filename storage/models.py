@@ -25,7 +25,9 @@ class FeedbackEvent(SQLModel, table=True):
     id: str = Field(primary_key=True, max_length=128)
     task: str = Field(index=True, max_length=64)
     adapter: str | None = Field(default=None, max_length=128)
+    # With ``messages`` (a conversation), ``prompt`` holds its last user turn.
     prompt: str
+    messages: list[dict[str, str]] | None = Field(default=None, sa_column=Column(JSON))
     output: str
     verdict: str = Field(max_length=8)
     rating: float | None = None
@@ -53,6 +55,9 @@ class TrainingExample(SQLModel, table=True):
     task: str = Field(index=True, max_length=64)
     kind: str = Field(max_length=16)
     prompt: str
+    # The app's conversation (chat format, ending with a user turn) when the event had one;
+    # training renders it with the base model's chat template instead of ``prompt``.
+    messages: list[dict[str, str]] | None = Field(default=None, sa_column=Column(JSON))
     response: str
     negative: str | None = None
     crosstalk_source: str | None = Field(default=None, max_length=64)

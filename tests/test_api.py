@@ -249,3 +249,45 @@ def test_api_does_not_import_torch() -> None:
             "print('torch' in sys.modules or 'transformers' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+CHAT = [{"role": "system", "content": "你是客服。"},
+        {"role": "user", "content": "订单晚到了"},
+        {"role": "assistant", "content": "请问订单号是多少？"},
+        {"role": "user", "content": "帮我给王总写一句道歉"}]
+
+
+def test_messages_and_unrated_events_are_accepted(live_api: LiveServer,
+                                                 settings: Settings) -> None:
+    chat = {k: v for k, v in event(1, "apology").items() if k != "prompt"}
+    r = post(live_api.url, {"events": [{**chat, "messages": CHAT},
+                                       event(2, verdict="unrated")]})
+    assert r.status_code == 202, r.text
+    assert stream_len(settings) == 2
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        ({"messages": CHAT}, "exactly one of `prompt` and `messages`"),        # both
+        ({"prompt": None}, "exactly one of `prompt` and `messages`"),         # neither
+        ({"prompt": None, "messages": []}, "no turns"),
+        ({"prompt": None, "messages": CHAT[:3]}, "end with a user turn"),
+        ({"prompt": None, "messages": [CHAT[1], CHAT[0], CHAT[3]]}, "only come first"),
+        ({"prompt": None, "messages": [{"role": "tool", "content": "x"}]}, "role"),
+        ({"prompt": None, "messages": [{"role": "user"}]}, "content"),
+        ({"prompt": None, "messages": [{**CHAT[3], "name": "x"}]}, "Extra inputs"),
+        ({"prompt": None, "messages": [CHAT[3]] * 65}, "more than 64 turns"),
+        ({"prompt": None, "messages": [{"role": "user", "content": "字" * 1000}] * 3},
+         "8192 bytes together"),
+        ({"verdict": "unrated", "rating": 0.5}, "carries no"),
+        ({"verdict": "unrated", "crosstalk_source": "apology"}, "carries no"),
+    ],
+)
+def test_bad_messages_and_unrated_get_422(live_api: LiveServer, settings: Settings,
+                                          change: dict[str, object], says: str) -> None:
+    ev = {k: v for k, v in {**event(1), **change}.items() if v is not None}
+    r = post(live_api.url, ev)
+    assert r.status_code == 422, r.text
+    assert says in r.text
+    assert stream_len(settings) == 0

@@ -176,3 +176,24 @@ def test_migrations_run_twice(request: pytest.FixtureRequest, url_fixture: str) 
     with Session(eng) as session:
         assert crud.count_feedback(session) == 0
     eng.dispose()
+
+
+def test_messages_reach_the_example_and_unrated_yields_none(make_settings, db_url: str) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings(database_url=db_url)
+    engine = prepared_engine(settings)
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "hello"}, {"role": "user", "content": "greet 王总"}]
+    with_chat = {k: v for k, v in event(1).items() if k != "prompt"} | {"messages": chat}
+    append(settings, [with_chat, event(2, verdict="unrated")])
+    client = redis.Redis.from_url(settings.redis_url)
+    result = drain_once(client=client, engine=engine, prefix=settings.key_prefix, consumer="c1")
+    assert (result.read, result.inserted) == (2, 2)
+    with Session(engine) as session:
+        examples = list(session.exec(select(TrainingExample)).scalars())  # type: ignore[call-overload]
+        assert [(e.event_id, e.prompt, e.messages) for e in examples] == [
+            ("evt_1", "greet 王总", chat)]
+        stored = session.get(FeedbackEvent, "evt_2")
+        assert stored is not None and stored.verdict == "unrated"
+    c = counters(engine)
+    assert c[("adaptd_feedback_events_total", (("task", "greeting"), ("verdict", "unrated")))] == 1
+    engine.dispose()

@@ -51,10 +51,19 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def _prompt(event: dict[str, Any]) -> str:
+    """``prompt``, or the last user turn of ``messages`` (validated to end with one)."""
+    if "prompt" in event:
+        return str(event["prompt"])
+    return str(event["messages"][-1]["content"])
+
+
 def _derive_example(event: dict[str, Any]) -> dict[str, Any] | None:
-    """The training example an event yields, keyed by (event_id, kind)."""
+    """The training example an event yields, keyed by (event_id, kind). An unrated answer
+    yields none: nobody said it was good."""
     verdict = event["verdict"]
-    base = {"task": event["task"], "prompt": event["prompt"], "event_id": event["id"],
+    base = {"task": event["task"], "prompt": _prompt(event), "messages": event.get("messages"),
+            "event_id": event["id"],
             "created_at": time.time(), "crosstalk_source": event.get("crosstalk_source")}
     if verdict == "accept":
         return {**base, "kind": "accepted", "response": event["output"], "negative": None}
@@ -69,7 +78,8 @@ def _derive_example(event: dict[str, Any]) -> dict[str, Any] | None:
 def _row(event: dict[str, Any], received_at: float) -> dict[str, Any]:
     return {
         "id": event["id"], "task": event["task"], "adapter": event.get("adapter"),
-        "prompt": event["prompt"], "output": event["output"], "verdict": event["verdict"],
+        "prompt": _prompt(event), "messages": event.get("messages"),
+        "output": event["output"], "verdict": event["verdict"],
         "rating": event.get("rating"), "correction": event.get("correction"),
         "crosstalk_source": event.get("crosstalk_source"),
         "occurred_at": float(event["occurred_at"]), "received_at": received_at,

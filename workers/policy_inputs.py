@@ -68,7 +68,8 @@ def observe_new_events(session: Session, state: PolicyState, limit: int,
     rows = store.unobserved_events(session, limit=limit)
     found: dict[crud.CounterKey, float] = {}
     for ev in rows:
-        if ev.task not in state.tasks:
+        if ev.task not in state.tasks or ev.verdict == "unrated":
+            # An unrated answer is no evidence of quality for the detectors.
             continue
         adapter, version = parse_adapter(ev.adapter)
         source: str | None = ev.crosstalk_source
