@@ -65,7 +65,7 @@ def train_version(suite: Suite, base_root: Path, work: Path) -> Path:
     from workers.training.job import run_training_job
 
     artifacts = work / "artifacts"
-    artifacts.mkdir()
+    artifacts.mkdir(parents=True)
     (artifacts / "_base").symlink_to((base_root / "_base").resolve(), target_is_directory=True)
     url = f"sqlite:///{work / 'train.db'}"
     migrate(url)

@@ -29,7 +29,7 @@ PROMPTS_PER_TASK = 3
 VLLM_LORA_ARCHES = ("gemma", "mistral", "phi3", "qwen2")
 # builtin:tiny's shape (vLLM's CPU attention takes its head size, 32) with a shorter
 # pre-training: parity needs a base that answers, not a good one.
-ARCH_SPEC = {"pretrain_steps": 150}
+ARCH_SPEC = {"pretrain_steps": 150, "pretrain_batch": 8}
 
 
 def _assert_parity(engine: Engine, artifacts: Path, trained: Path, vllm: VLLMServer,
