@@ -226,7 +226,7 @@ class PolicyConfig:
 
 
 @cache
-def _adapter(cls: type) -> TypeAdapter[Any]:
+def _adapter(cls: Any) -> TypeAdapter[Any]:
     return TypeAdapter(cls)
 
 
@@ -234,4 +234,5 @@ def _typed(cls: type[T], data: Mapping[str, Any]) -> T:
     """``cls`` from ``data``, each value converted to its field's type the way settings are
     (an environment variable gives ``"600"`` for a number of seconds), or a ValueError naming
     the field."""
-    return _adapter(cls).validate_python(dict(data))  # type: ignore[no-any-return]
+    typed: T = _adapter(cls).validate_python(dict(data))
+    return typed
