@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
-from functools import cache
 from typing import Any, Self, TypeVar
 
 from pydantic import TypeAdapter
@@ -225,14 +224,13 @@ class PolicyConfig:
         return _typed(cls, full)
 
 
-@cache
-def _adapter(cls: Any) -> TypeAdapter[Any]:
-    return TypeAdapter(cls)
+_ADAPTERS: dict[type, TypeAdapter[Any]] = {}
 
 
 def _typed(cls: type[T], data: Mapping[str, Any]) -> T:
     """``cls`` from ``data``, each value converted to its field's type the way settings are
     (an environment variable gives ``"600"`` for a number of seconds), or a ValueError naming
     the field."""
-    typed: T = _adapter(cls).validate_python(dict(data))
+    adapter = _ADAPTERS.get(cls) or _ADAPTERS.setdefault(cls, TypeAdapter(cls))
+    typed: T = adapter.validate_python(dict(data))
     return typed
