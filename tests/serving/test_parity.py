@@ -36,13 +36,16 @@ def _assert_parity(engine: Engine, artifacts: Path, trained: Path, vllm: VLLMSer
                    suite: Suite, bundle: Any, served: str) -> None:
     from peft import PeftModel
 
+    from workers.training.base_model import quiet_peft
+
     tasks = sorted(suite.tasks)
     tok = bundle.tokenizer
     version = install_version(engine, artifacts, served, 1, trained)
     promote(engine, version, tasks, tok)
     assert sync(engine, vllm.url).routed == [f"{served}@1"]
     table = routes(engine)
-    model = PeftModel.from_pretrained(bundle.model, table[tasks[0]]["path"]).eval()
+    with quiet_peft():
+        model = PeftModel.from_pretrained(bundle.model, table[tasks[0]]["path"]).eval()
     rng = random.Random(7)
     compared = 0
     for task in tasks:
@@ -69,6 +72,7 @@ def test_vllm_answers_like_adaptd_and_receives_prompt_ids(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # builds a base and starts its own replica: 5-13 min on busy cores
 @pytest.mark.parametrize("arch", VLLM_LORA_ARCHES)
 def test_vllm_parity_on_chat_bases_of_other_architectures(
         arch: str, serving_db: Engine, artifacts: Path, serving_suite: Suite,
