@@ -149,7 +149,7 @@ def test_an_unstorable_event_does_not_hold_back_its_batch(make_settings, db_url:
     assert len(examples) == counted == len(events)
     assert result.inserted == len(events) and result.duplicates == 1
     keys = Keys(settings.key_prefix)
-    dead = client.xrange(keys.dead_letter)
+    dead: Any = client.xrange(keys.dead_letter)
     if on_pg:
         assert result.dead_lettered == 1 and len(dead) == 1
         assert dead[0][1][b"why"] == b"unstorable"
