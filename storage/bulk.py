@@ -70,7 +70,7 @@ def _tuples(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> Iterat
         values = [row.get(c) for c in columns]
         for i in json_at:
             if values[i] is not None:
-                values[i] = json.dumps(values[i], ensure_ascii=False)
+                values[i] = json.dumps(values[i])
         yield tuple(values)
 
 
