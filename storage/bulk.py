@@ -16,6 +16,7 @@ as the statements the ORM runs.
 from __future__ import annotations
 
 import json
+import operator
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -63,20 +64,22 @@ def _as_sqlalchemy_errors(statement: sql.Composable) -> Iterator[None]:
         raise DBAPIError.instance(str(statement), None, exc, psycopg.Error) from exc
 
 
-def _tuples(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> Iterator[tuple[Any, ...]]:
-    """Rows in ``columns`` order; JSON columns as JSON text, None as SQL NULL."""
+def _tuples(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> Iterator[Sequence[Any]]:
+    """Rows in ``columns`` order (each row has every column); JSON columns as JSON text, None
+    as SQL NULL."""
+    pick = operator.itemgetter(*columns)
     json_at = [i for i, c in enumerate(columns) if c in JSON_COLUMNS]
     for row in rows:
-        values = [row.get(c) for c in columns]
+        values = list(pick(row))
         for i in json_at:
             if values[i] is not None:
                 values[i] = json.dumps(values[i])
-        yield tuple(values)
+        yield values
 
 
 def copy_feedback(session: Session, *, rows: Sequence[Mapping[str, Any]]) -> set[str]:
-    """Insert feedback rows (``FEEDBACK_COLUMNS``), skipping ids already stored or repeated in
-    ``rows``; return the ids really inserted."""
+    """Insert feedback rows (each with every one of ``FEEDBACK_COLUMNS``), skipping ids already
+    stored or repeated in ``rows``; return the ids really inserted."""
     if not rows:
         return set()
     with _driver(session).cursor() as cur:
@@ -91,9 +94,10 @@ def copy_feedback(session: Session, *, rows: Sequence[Mapping[str, Any]]) -> set
 
 
 def copy_examples(session: Session, *, rows: Sequence[Mapping[str, Any]]) -> int:
-    """Insert training examples (``EXAMPLE_COLUMNS``) of feedback rows this transaction has just
-    inserted. Without ON CONFLICT: no (event_id, kind) pair of a row that was not stored before
-    can exist, and the unique constraint still refuses one that would."""
+    """Insert training examples (each with every one of ``EXAMPLE_COLUMNS``) of feedback rows
+    this transaction has just inserted. Without ON CONFLICT: no (event_id, kind) pair of a row
+    that was not stored before can exist, and the unique constraint still refuses one that
+    would."""
     if not rows:
         return 0
     with _driver(session).cursor() as cur, _as_sqlalchemy_errors(_COPY_EXAMPLES), \
