@@ -103,20 +103,20 @@ def store_events(engine: Engine, events: list[dict[str, Any]]) -> tuple[set[str]
         fresh = [unique[i] for i in unique if i in inserted]
         examples = [ex for ev in fresh if (ex := _derive_example(ev)) is not None]
         crud.insert_examples(session, rows=examples)
+        verdicts = Tally((ev["task"], ev["verdict"]) for ev in fresh)
+        crosstalk = Tally((ev["task"], ev["crosstalk_source"]) for ev in fresh
+                          if ev.get("crosstalk_source"))
         increments: dict[crud.CounterKey, float] = {}
         per_task: Tally[str] = Tally()
-        for ev in fresh:
-            per_task[ev["task"]] += 1
-            key = crud.counter_key(
-                "adaptd_feedback_events_total", {"task": ev["task"], "verdict": ev["verdict"]}
-            )
-            increments[key] = increments.get(key, 0.0) + 1
-            if ev.get("crosstalk_source"):
-                key = crud.counter_key(
-                    "adaptd_crosstalk_events_total",
-                    {"task": ev["task"], "source_task": ev["crosstalk_source"], "origin": "user"},
-                )
-                increments[key] = increments.get(key, 0.0) + 1
+        for (task, verdict), n in verdicts.items():
+            per_task[task] += n
+            key = crud.counter_key("adaptd_feedback_events_total",
+                                   {"task": task, "verdict": verdict})
+            increments[key] = float(n)
+        for (task, source), n in crosstalk.items():
+            key = crud.counter_key("adaptd_crosstalk_events_total",
+                                   {"task": task, "source_task": source, "origin": "user"})
+            increments[key] = float(n)
         crud.add_counters(session, increments=increments)
     return inserted, per_task
 
@@ -187,8 +187,11 @@ def drain_once(
     events: list[dict[str, Any]] = []
     good: list[str] = []
     bad: list[Entry] = []
+    field_key = EVENT_FIELD.encode()
     for entry_id, fields in entries:
-        raw: Any = fields.get(EVENT_FIELD.encode(), fields.get(EVENT_FIELD))
+        raw: Any = fields.get(field_key)
+        if raw is None:
+            raw = fields.get(EVENT_FIELD)
         try:
             event = json.loads(raw)
             if not isinstance(event, dict) or "id" not in event or "task" not in event:
