@@ -5,6 +5,7 @@ and meta stored as sent, and a batch with an unstorable event stored one event a
 from __future__ import annotations
 
 import json
+import threading
 import time
 from typing import Any
 
@@ -20,7 +21,7 @@ from storage.models import FeedbackEvent, TrainingExample
 from storage.stream import EVENT_FIELD, GROUP, FeedbackStream, Keys
 from tests.conftest import prepared_engine
 from tests.helpers import event
-from workers.ingest import drain_once
+from workers.ingest import drain_once, store_events, store_in
 
 
 def _payload(ev: dict[str, Any]) -> dict[str, Any]:
@@ -164,4 +165,36 @@ def test_an_unstorable_event_does_not_hold_back_its_batch(make_settings, db_url:
     with Session(engine) as session:
         n = session.execute(select(func.count()).select_from(FeedbackEvent)).scalar()
     assert n == len(events) + 5
+    engine.dispose()
+
+
+def test_an_id_a_concurrent_drain_commits_first_is_stored_once(make_settings, pg_url: str) -> None:  # type: ignore[no-untyped-def]
+    """On PostgreSQL the drain copies the ids it did not find; an id another transaction is
+    inserting at that moment makes the copy wait, and once that transaction commits the batch
+    is inserted with ON CONFLICT instead: the id is stored once, counted once."""
+    settings = make_settings(database_url=pg_url)
+    engine = prepared_engine(settings)
+    race = _payload(event("race", verdict="reject"))
+    other = _payload(event("other", "thanks"))
+    outcome: dict[str, Any] = {}
+
+    def drain_batch() -> None:
+        outcome["stored"] = store_events(engine, [race | {"verdict": "accept"}, other])
+
+    with session_scope(engine) as rival:
+        ids, _ = store_in(rival, [race])
+        assert ids == {"evt_race"}
+        worker = threading.Thread(target=drain_batch)
+        worker.start()
+        worker.join(1.0)
+        assert worker.is_alive(), "the copy did not wait for the rival transaction"
+    worker.join(30)
+    inserted, per_task = outcome["stored"]
+    assert inserted == {"evt_other"} and per_task == {"thanks": 1}
+    events, examples, counted = _stored(engine)
+    assert {i: e.verdict for i, e in events.items()} == {"evt_race": "reject",
+                                                          "evt_other": "accept"}
+    assert [(x.event_id, x.kind) for x in examples] == [("evt_other", "accepted"),
+                                                        ("evt_race", "negative")]
+    assert counted == 2
     engine.dispose()
