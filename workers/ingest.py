@@ -196,7 +196,7 @@ def drain_once(
         if raw is None:
             raw = fields.get(EVENT_FIELD)
         try:
-            event = json.loads(raw)
+            event = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
             if not isinstance(event, dict) or "id" not in event or "task" not in event:
                 raise ValueError("not an event object")
             events.append(event)
