@@ -3,7 +3,8 @@
 One call of :func:`drain_once` reads a batch with the consumer group, first reclaiming entries
 a dead consumer left pending (XAUTOCLAIM), and then:
 
-1. inserts the events with ON CONFLICT DO NOTHING, so a redelivered event changes nothing;
+1. inserts the events whose ids are not stored yet (``ON CONFLICT DO NOTHING`` on SQLite, COPY
+   on PostgreSQL: ``storage/bulk.py``), so a redelivered event changes nothing;
 2. derives training examples (accepted outputs, corrections, rejected outputs kept as
    negatives with their crosstalk source) and bumps the exactly-once counters — only for rows
    really inserted, in the same transaction;
