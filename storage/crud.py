@@ -11,7 +11,6 @@ from sqlalchemy import func, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
-from storage import bulk
 from storage.models import (
     FINISHED_JOB_STATUSES,
     Adapter,
@@ -45,6 +44,8 @@ def insert_feedback(session: Session, *, rows: Sequence[Mapping[str, Any]]) -> s
     if not rows:
         return set()
     if session.get_bind().dialect.name == "postgresql":
+        from storage import bulk  # psycopg: loaded by the processes that talk to PostgreSQL
+
         return bulk.copy_feedback(session, rows=rows)
     table = FeedbackEvent.__table__  # type: ignore[attr-defined]
     stmt = _insert(session, table).on_conflict_do_nothing(index_elements=["id"])
@@ -59,6 +60,8 @@ def insert_examples(session: Session, *, rows: Sequence[Mapping[str, Any]]) -> i
     if not rows:
         return 0
     if session.get_bind().dialect.name == "postgresql":
+        from storage import bulk
+
         return bulk.copy_examples(session, rows=rows)
     table = TrainingExample.__table__  # type: ignore[attr-defined]
     stmt = _insert(session, table).on_conflict_do_nothing(index_elements=["event_id", "kind"])
