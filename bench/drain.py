@@ -172,7 +172,7 @@ def run_baseline(redis_url: str, db_url: str, n: int) -> dict[str, Any]:
     app = make_celery(settings)
     engine = make_engine(db_url)
 
-    @app.task(name="bench.store_one", ignore_result=True)
+    @app.task(name=f"bench.store_one.{prefix}", ignore_result=True)  # one per database run
     def store_one(event: dict[str, Any]) -> None:
         store_events(engine, [event])
 
