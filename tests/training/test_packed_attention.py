@@ -19,7 +19,7 @@ def _model(arch: str) -> Any:
     from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 
     torch.manual_seed(0)
-    shape = {"vocab_size": 97, "hidden_size": 32, "intermediate_size": 64,
+    shape: dict[str, Any] = {"vocab_size": 97, "hidden_size": 32, "intermediate_size": 64,
              "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
              "attn_implementation": "sdpa"}
     if arch == "mistral":  # sliding window shorter than the longest example
@@ -78,3 +78,24 @@ def test_one_row_holds_the_whole_batch() -> None:
     assert rows.segments is not None
     assert sum(map(sum, rows.segments)) == rows.n_tokens
     assert len(rows.segments) > 1 and all(sum(r) <= 32 or len(r) == 1 for r in rows.segments)
+
+
+def test_logits_in_chunks_give_the_same_loss_and_gradients() -> None:
+    from workers.training.loss import target_logp
+
+    model = _model("llama")
+    batch = make_batch(_seqs(), pad_id=0, pack_len=None)
+    targets = batch.labels[:, 1:]
+    wanted = targets != -100
+    results = []
+    for chunk in (1 << 26, 97 * 7):  # all targets at once; 7 target rows per chunk
+        model.zero_grad(set_to_none=True)
+        with segments(batch.segments), use_packed(model):
+            logp = target_logp(model, batch, wanted, targets[wanted], chunk=chunk)
+            (-logp.mean()).backward()
+        results.append((logp.detach(), [p.grad.clone() for p in model.parameters()
+                                        if p.grad is not None]))
+    (whole, g1), (chunked, g2) = results
+    assert whole.shape == chunked.shape == (int(wanted.sum()),) and whole.shape[0] > 7
+    assert torch.allclose(whole, chunked, atol=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(g1, g2, strict=True))

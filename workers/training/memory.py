@@ -14,8 +14,8 @@ What a step holds:
   checkpointing only each layer's input (``h``) plus one layer's full set while it is
   recomputed. Attention adds nothing quadratic: SDPA's fused kernels and ``packed_sdpa``
   never hold a ``length x length`` matrix per example for backward on CUDA;
-- the fp32 logits at target positions only (``loss.py``): logits, log-softmax and their
-  gradient, 12 bytes per target token and vocabulary entry;
+- the fp32 logits at target positions only, ``LOGIT_CHUNK`` of them at a time
+  (``loss.target_logp``): logits, log-softmax and their gradient, 12 bytes an element;
 - 1 GiB of CUDA context and allocator slack, plus 10 % fragmentation.
 
 An estimate, not a bound: a real run's peak also depends on the kernels torch picks.
@@ -31,6 +31,7 @@ CONTEXT_BYTES = 1 * GIB
 FRAGMENTATION = 1.10
 LORA_STATE_BYTES = 16  # fp32 weight + gradient + two AdamW moments
 LOGIT_BYTES = 12  # fp32 logits, log-softmax, gradient
+LOGIT_CHUNK = 1 << 26  # logits made at a time by the loss (loss.target_logp): 256 MiB in fp32
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ def estimate(shape: BaseShape, *, lora_params: int, tokens: int, weight_bytes: i
         acts = tokens * shape.layers * per_layer * weight_bytes
     weights = shape.params * weight_bytes
     lora = lora_params * LORA_STATE_BYTES
-    logits = tokens * shape.vocab * LOGIT_BYTES
+    logits = min(tokens * shape.vocab, max(LOGIT_CHUNK, shape.vocab)) * LOGIT_BYTES
     total = int((weights + lora + acts + logits) * FRAGMENTATION) + CONTEXT_BYTES
     return MemoryEstimate(weights=weights, lora_state=lora, activations=acts, logits=logits,
                           total=total)
@@ -93,15 +94,21 @@ def estimate(shape: BaseShape, *, lora_params: int, tokens: int, weight_bytes: i
 
 def shape_of(config: Any, params: int) -> BaseShape:
     """The shape of a transformers causal-LM config (Llama-style names, GPT-2's as fallback)."""
-    hidden = int(getattr(config, "hidden_size", None) or getattr(config, "n_embd", 0))
-    heads = int(getattr(config, "num_attention_heads", None) or getattr(config, "n_head", 1))
-    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
-    head_dim = int(getattr(config, "head_dim", None) or hidden // max(heads, 1))
-    inter = int(getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None)
-                or 4 * hidden)
-    layers = int(getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", 0))
-    return BaseShape(params=params, layers=layers, hidden=hidden, intermediate=inter,
-                     vocab=int(getattr(config, "vocab_size", 0)), kv=kv_heads * head_dim)
+
+    def first(*names: str, default: int = 0) -> int:
+        for name in names:
+            value = getattr(config, name, None)
+            if value:
+                return int(value)
+        return default
+
+    hidden = first("hidden_size", "n_embd")
+    heads = first("num_attention_heads", "n_head", default=1)
+    head_dim = first("head_dim", default=hidden // heads)
+    return BaseShape(params=params, layers=first("num_hidden_layers", "n_layer"), hidden=hidden,
+                     intermediate=first("intermediate_size", "n_inner", default=4 * hidden),
+                     vocab=first("vocab_size"),
+                     kv=first("num_key_value_heads", default=heads) * head_dim)
 
 
 def model_shape(model: Any) -> BaseShape:
