@@ -297,12 +297,12 @@ def main() -> None:
         cases += [Case(name, ref, steps, ns.batch or spec["batch"]) for ref in suites]
     if ns.quick:
         ns.repeats = 1
-    load = os.getloadavg()
+    where = common.machine()
     results: dict[str, dict[str, Any]] = {}
     for case in cases:
         results.setdefault(case.profile, {})[case.suite] = bench_case(ns, case)
     out = {"command": common.command("train"), "repeats": ns.repeats, "threads": ns.threads,
-           "loadavg_at_start": list(load), "profiles": results,
+           "machine": where, "profiles": results,
            "goal_met": all(r["goal_met"] for per in results.values() for r in per.values()),
            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     common.write_json(ns.out, out)
