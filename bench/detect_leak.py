@@ -177,6 +177,10 @@ def run(args: argparse.Namespace, log: Any) -> dict[str, Any]:
             log(f"leak: rated {rated:.0%}, unrated {'posted' if post_unrated else 'not posted'}: "
                 f"median {s['median']:.0f} served answers, {s['missed']} missed")
         rows.append(row)
+    perfect = rows[0]["rated_only"]["median"]  # every answer rated: the baseline
+    for row in rows:
+        for side in ("with_unrated", "rated_only"):
+            row[side]["vs_all_rated"] = round(row[side]["median"] / perfect, 2)
     return {
         "params": {"share": p.share, "leak_rate": p.rate, "tau": p.tau, "horizon": p.horizon,
                    "runs": runs, "auto_recall": p.auto_recall, "auto_fp": p.auto_fp,
@@ -194,14 +198,17 @@ def table_lines(res: dict[str, Any]) -> tuple[str, list[str], list[list[str]]]:
     title = (f"leak in a rare high-risk task ({p['share']:.0%} of traffic, {p['leak_rate']:.0%} "
              f"of its answers leak): served answers until caught, {p['runs']} runs; detector "
              f"recall {p['auto_recall']:.0%}, false flags {p['auto_fp']:.1%} (assumed)")
-    head = ["rated", "unrated posted: median (p90)", "its answers", "rated only: median (p90)",
-            "its answers", "missed", "false alarms /100k"]
+    head = ["rated", "unrated posted: median (p90)", "its answers", "× all rated",
+            "rated only: median (p90)", "its answers", "× all rated", "missed",
+            "false alarms /100k"]
     lines = []
     for r in res["rates"]:
         w, o = r["with_unrated"], r["rated_only"]
         lines.append([f"{r['rated']:.0%}", f"{w['median']:,.0f} ({w['p90']:,.0f})",
-                      f"{w['rare_answers_median']:,.0f}", f"{o['median']:,.0f} ({o['p90']:,.0f})",
-                      f"{o['rare_answers_median']:,.0f}", f"{w['missed']} | {o['missed']}",
+                      f"{w['rare_answers_median']:,.0f}", f"{w['vs_all_rated']:.2f}",
+                      f"{o['median']:,.0f} ({o['p90']:,.0f})",
+                      f"{o['rare_answers_median']:,.0f}", f"{o['vs_all_rated']:.2f}",
+                      f"{w['missed']} | {o['missed']}",
                       f"{w['false_alarms_per_100k']:.2f} | {o['false_alarms_per_100k']:.2f}"])
     return title, head, lines
 
