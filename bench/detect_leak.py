@@ -7,7 +7,7 @@ answers (all tasks) pass before the engine sees the leak, at each feedback rate,
 without the app posting its unrated answers?
 
 - Users: the simulator's own feedback model (``daemon.sim.feedback.FeedbackModel``) at the
-  rate under test, with the label noise of the issue's thin-feedback setting: 5 % of good
+  rate under test, with the label noise of the contract's thin-feedback example: 5 % of good
   answers rejected, 10 % of bad ones accepted, 20 % of crosstalk rejects naming their
   source, ratings landing up to 200 requests late.
 - Automatic style detector: a leaked answer is found with probability ``--auto-recall``, a

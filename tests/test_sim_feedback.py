@@ -21,7 +21,7 @@ from daemon.sim.scenario import load_scenario
 from storage.suite import SuiteError
 
 Z = 3.89
-ISSUE_SPEC = FeedbackSpec(rated=0.05, false_reject=0.05, false_accept=0.10, names_source=0.2,
+THIN = FeedbackSpec(rated=0.05, false_reject=0.05, false_accept=0.10, names_source=0.2,
                           delay=200, post_unrated=True)
 GOOD = Verdict(True, None, "ok")
 BAD = Verdict(False, "greeting", "carries the style of greeting")
@@ -36,7 +36,7 @@ def within(k: int, n: int, p: float) -> bool:
 
 
 def test_rates_hold_on_a_long_draw() -> None:
-    users = FeedbackModel(ISSUE_SPEC, seed=11)
+    users = FeedbackModel(THIN, seed=11)
     n = 400_000
     ratings = [users.rate(GOOD if i % 2 else BAD) for i in range(n)]
     rated = [(i, r) for i, r in enumerate(ratings) if r is not None]
@@ -45,12 +45,12 @@ def test_rates_hold_on_a_long_draw() -> None:
     false_accepts = [r for r in on_bad if r.accepted]
     rejects = [r for r in on_bad if not r.accepted]
     checks = {
-        "rated": (len(rated), n, ISSUE_SPEC.rated),
+        "rated": (len(rated), n, THIN.rated),
         "false_reject": (sum(not r.accepted for r in on_good), len(on_good),
-                         ISSUE_SPEC.false_reject),
-        "false_accept": (len(false_accepts), len(on_bad), ISSUE_SPEC.false_accept),
+                         THIN.false_reject),
+        "false_accept": (len(false_accepts), len(on_bad), THIN.false_accept),
         "names_source": (sum(r.crosstalk_source == "greeting" for r in rejects), len(rejects),
-                         ISSUE_SPEC.names_source),
+                         THIN.names_source),
     }
     for name, (k, total, p) in checks.items():
         assert total > 1000 and within(k, total, p), (name, k, total, p)
@@ -58,7 +58,7 @@ def test_rates_hold_on_a_long_draw() -> None:
     assert all(r.crosstalk_source is None for r in on_good + false_accepts)
     # Delays: whole requests from 0 to 200, uniform (mean 100, each end reached).
     delays = [r.delay for _, r in rated]
-    assert min(delays) == 0 and max(delays) == ISSUE_SPEC.delay
+    assert min(delays) == 0 and max(delays) == THIN.delay
     mean, sd = sum(delays) / len(delays), math.sqrt((201**2 - 1) / 12)
     assert abs(mean - 100) <= Z * sd / math.sqrt(len(delays)), mean
 
@@ -66,7 +66,7 @@ def test_rates_hold_on_a_long_draw() -> None:
 def test_the_same_answers_are_rated_whatever_the_judge_said() -> None:
     # Common random numbers: two policies on one seed see the same answers rated, with the
     # same delays, however differently their answers are judged; another seed differs.
-    spec = ISSUE_SPEC
+    spec = THIN
     a, b, c = FeedbackModel(spec, seed=3), FeedbackModel(spec, seed=3), FeedbackModel(spec, seed=4)
     ra = [a.rate(GOOD) for _ in range(5000)]
     rb = [b.rate(BAD) for _ in range(5000)]
@@ -91,8 +91,8 @@ def _scenario(tmp_path: Path, feedback: dict[str, Any]) -> Path:
 
 
 def test_a_feedback_block_loads(tmp_path: Path) -> None:
-    scenario = load_scenario(_scenario(tmp_path, ISSUE_SPEC.model_dump()))[0]
-    assert scenario.feedback == ISSUE_SPEC
+    scenario = load_scenario(_scenario(tmp_path, THIN.model_dump()))[0]
+    assert scenario.feedback == THIN
     partial = load_scenario(_scenario(tmp_path, {"rated": 0.1}))[0].feedback
     assert partial == FeedbackSpec(rated=0.1)
 
