@@ -218,6 +218,10 @@ def phase_rows(rated: dict[str, Tally], truth: dict[str, Tally]) -> dict[str, An
 
 
 def _wait_routes(stack: LocalStack, http: httpx.Client, tasks: set[str], timeout: float) -> None:
+    """Until every task has a route (or its adapter's bootstrap was given up). ``timeout``
+    counts from the last moment a job was queued or running: the first jobs build the base
+    model, which takes as long as the machine needs, and a job's own time limit
+    (ADAPTD_TRAIN_TIME_LIMIT_SECONDS) ends one that hangs."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         stack.check_alive()
@@ -225,6 +229,8 @@ def _wait_routes(stack: LocalStack, http: httpx.Client, tasks: set[str], timeout
         if tasks <= set(routes):
             return
         jobs = http.get(f"{stack.url}/v1/jobs", params={"limit": 1000}).json()["jobs"]
+        if any(j["status"] in ("queued", "running") for j in jobs):
+            deadline = time.monotonic() + timeout
         failed = [j for j in jobs if j["status"] == "failed"]
         if failed:
             raise RuntimeError(f"bootstrap training failed: {failed[0]['error']}; "
@@ -236,7 +242,8 @@ def _wait_routes(stack: LocalStack, http: httpx.Client, tasks: set[str], timeout
         if {owners[t]["adapter"] for t in tasks - set(routes)} <= given_up:
             return  # the rest stays on the base model, as an app without a route would serve
         time.sleep(1.0)
-    raise RuntimeError(f"no routes for all tasks within {timeout:.0f}s; logs in {stack.logs}")
+    raise RuntimeError(f"no routes for all tasks and no job running for {timeout:.0f}s; "
+                       f"logs in {stack.logs}")
 
 
 def summary_table(report: dict[str, Any], suite_risk: dict[str, str]) -> Table:
