@@ -99,7 +99,7 @@ class FeedbackStream:
         self._accept = client.register_script(_ACCEPT_LUA)
 
     def append(
-        self, events: Sequence[tuple[str, str]], *, webhook_id: str | None = None
+        self, events: Sequence[tuple[str, str | bytes]], *, webhook_id: str | None = None
     ) -> AppendResult:
         """Append ``(event_id, json_payload)`` pairs atomically.
 

@@ -8,12 +8,12 @@ import contextlib
 import json
 import logging
 import time
-from typing import Any
+from typing import Annotated, Any
 
 import redis
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from daemon.api.deps import ApiError, AppDeps, Deps, problem
 from daemon.api.models import FeedbackAccepted
@@ -52,13 +52,47 @@ def _event_errors(index: int, raw: Any, exc: ValidationError) -> dict[str, Any]:
     }
 
 
+class FeedbackBatch(BaseModel):
+    """``{"events": [...]}``: the batch form of a POST."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    events: list[FeedbackEventV1]
+
+
+# The whole body, parsed and validated in one pass by pydantic-core. A batch is tried first;
+# an event object fails it at once (no `events`, unknown fields).
+_BODY: TypeAdapter[FeedbackBatch | FeedbackEventV1] = TypeAdapter(
+    Annotated[FeedbackBatch | FeedbackEventV1, Field(union_mode="left_to_right")])
+
+
 def _parse_events(body: bytes, deps: Deps) -> list[FeedbackEventV1]:
-    """Body bytes -> validated events, or an ApiError naming every bad event."""
+    """Body bytes -> validated events, or an ApiError naming every bad event.
+
+    A body that passes the one-pass validation with known tasks only is accepted as is; any
+    other body goes through ``_explain`` (JSON, then event by event), which makes every
+    refusal and is the reference for what is valid."""
     try:
         text_body = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ApiError(400, f"body is not valid UTF-8 (byte {exc.start})",
                        reason="schema") from None
+    try:
+        doc = _BODY.validate_json(text_body)
+    except ValidationError:
+        return _explain(text_body, deps)
+    events = doc.events if isinstance(doc, FeedbackBatch) else [doc]
+    known = deps.suite.tasks
+    if (not events or len(events) > deps.settings.max_batch_events
+            or any(e.task not in known or (e.crosstalk_source is not None
+                                           and e.crosstalk_source not in known)
+                   for e in events)):
+        return _explain(text_body, deps)
+    return events
+
+
+def _explain(text_body: str, deps: Deps) -> list[FeedbackEventV1]:
+    """Parse and validate event by event: the events, or an ApiError naming every bad one."""
     try:
         doc = json.loads(text_body)
     except RecursionError:
@@ -125,7 +159,7 @@ def _accept(body: bytes, headers: dict[str, str], deps: Deps) -> FeedbackAccepte
         raise ApiError(401, "webhook-id must be 1..128 characters of [A-Za-z0-9._:-]",
                        reason="signature")
     events = _parse_events(body, deps)
-    payloads = [(e.id, json.dumps(e.to_stream(), ensure_ascii=False)) for e in events]
+    payloads = [(e.id, e.stream_json()) for e in events]
     try:
         result = deps.stream.append(payloads, webhook_id=webhook_id)
     except redis.RedisError as exc:
