@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import redis
+import redis.asyncio
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
@@ -33,16 +34,25 @@ def app_from_env() -> FastAPI:
     return create_app(Settings())
 
 
+_frozen = False
+
+
 @contextlib.asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Freeze what is built before serving (modules, the app, schemas: ~110k objects that live
-    as long as the process), so full collections scan only what requests allocate. Unfrozen,
-    each full collection stalls the server for 60-300 ms on a 2-core machine, and after a burst
-    of batches they come every 1-2 s: single-event p99 229 ms instead of < 10 ms
-    (python -m bench.ingest, after-burst phase)."""
-    gc.collect()
-    gc.freeze()
+    as long as the process), once per process, so full collections scan only what requests
+    allocate. Unfrozen, each full collection stalls the server for 60-300 ms on a 2-core
+    machine, and after a burst of batches they come every 1-2 s (python -m bench.ingest,
+    single events after the burst). The asyncio Redis client is closed on shutdown."""
+    global _frozen
+    if not _frozen:
+        gc.collect()
+        gc.freeze()
+        _frozen = True
     yield
+    deps: Deps = app.state.deps
+    if deps.stream.aclient is not None:
+        await deps.stream.aclient.aclose()
 
 
 def create_app(settings: Settings, *, engine: Engine | None = None,
@@ -57,7 +67,10 @@ def create_app(settings: Settings, *, engine: Engine | None = None,
                 registry=build_registry(collector),
                 stream=FeedbackStream(client, settings.key_prefix,
                                       dedupe_ttl=settings.dedupe_ttl_seconds,
-                                      replay_ttl=2 * settings.webhook_tolerance_seconds + 60))
+                                      replay_ttl=2 * settings.webhook_tolerance_seconds + 60,
+                                      aclient=redis.asyncio.Redis.from_url(
+                                          settings.redis_url, socket_timeout=2,
+                                          socket_connect_timeout=2)))
     app = FastAPI(title="adaptd", version="1", description="Continual training of LoRA adapters",
                   lifespan=_lifespan)
     app.state.deps = deps
