@@ -55,6 +55,16 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         await deps.stream.aclient.aclose()
 
 
+def _async_client(url: str) -> redis.asyncio.Redis:
+    """The feedback route's asyncio Redis client. Its pool holds at most 40 connections (the
+    requests the thread pool let through at once) and a request waits for a free one: under
+    overload requests queue in the server instead of opening a connection each until the
+    pool refuses."""
+    pool = redis.asyncio.BlockingConnectionPool.from_url(
+        url, max_connections=40, timeout=None, socket_timeout=2, socket_connect_timeout=2)
+    return redis.asyncio.Redis.from_pool(pool)
+
+
 def create_app(settings: Settings, *, engine: Engine | None = None,
                client: redis.Redis | None = None, suite: Suite | None = None) -> FastAPI:
     """Build the API for ``settings``; tests may pass their own engine, client and suite."""
@@ -68,9 +78,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None,
                 stream=FeedbackStream(client, settings.key_prefix,
                                       dedupe_ttl=settings.dedupe_ttl_seconds,
                                       replay_ttl=2 * settings.webhook_tolerance_seconds + 60,
-                                      aclient=redis.asyncio.Redis.from_url(
-                                          settings.redis_url, socket_timeout=2,
-                                          socket_connect_timeout=2)))
+                                      aclient=_async_client(settings.redis_url)))
     app = FastAPI(title="adaptd", version="1", description="Continual training of LoRA adapters",
                   lifespan=_lifespan)
     app.state.deps = deps
