@@ -32,7 +32,7 @@ def outcome(parse: Any, body: bytes, deps: Deps) -> tuple[Any, ...]:
     try:
         events: list[FeedbackEventV1] = parse(body, deps)
     except ApiError as exc:
-        return ("refused", exc.status, exc.detail, exc.reason, exc.errors)
+        return ("refused", exc.status, exc.detail, exc.rejections, exc.errors)
     return ("accepted", [(e.model_dump(), e.stream_json()) for e in events])
 
 

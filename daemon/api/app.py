@@ -56,10 +56,10 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def _async_client(url: str) -> redis.asyncio.Redis:
-    """The feedback route's asyncio Redis client. Its pool holds at most 40 connections (the
-    requests the thread pool let through at once) and a request waits for a free one: under
-    overload requests queue in the server instead of opening a connection each until the
-    pool refuses."""
+    """The feedback route's asyncio Redis client. Its pool holds at most 40 connections (as
+    many as the thread pool has threads) and a request waits for a free one: under overload
+    requests queue in the server instead of opening a connection each until the pool
+    refuses."""
     pool = redis.asyncio.BlockingConnectionPool.from_url(
         url, max_connections=40, timeout=None, socket_timeout=2, socket_connect_timeout=2)
     return redis.asyncio.Redis.from_pool(pool)
@@ -87,8 +87,8 @@ def create_app(settings: Settings, *, engine: Engine | None = None,
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        if exc.reason:
-            await run_in_threadpool(deps.reject, exc.reason)
+        for reason, amount in exc.rejections.items():
+            await run_in_threadpool(deps.reject, reason, amount)
         content: dict[str, Any] = {"detail": exc.detail}
         if exc.errors is not None:
             content["errors"] = exc.errors

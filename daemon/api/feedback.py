@@ -142,12 +142,10 @@ def _explain(text_body: str, deps: Deps) -> list[FeedbackEventV1]:
             continue
         events.append(event)
     if errors:
-        if unknown:
-            deps.reject("unknown_task", unknown)
-        if len(errors) > unknown:
-            deps.reject("schema", len(errors) - unknown)
+        counts = {"unknown_task": unknown, "schema": len(errors) - unknown}
         raise ApiError(422, f"{len(errors)} of {len(raw_events)} events are invalid; "
-                       "nothing of this batch was stored", errors=errors)
+                       "nothing of this batch was stored", errors=errors,
+                       rejections={k: n for k, n in counts.items() if n})
     return events
 
 
@@ -185,7 +183,7 @@ async def _accept(body: bytes, headers: dict[str, str], deps: Deps) -> FeedbackA
         raise ApiError(503, "event store unavailable; nothing was stored, retry later",
                        reason="unavailable") from None
     if result.replay:
-        await run_in_threadpool(deps.reject, "replay")
+        await run_in_threadpool(deps.reject, "replay")  # counted like every refusal
         return FeedbackAccepted(accepted=0, duplicates=result.duplicates, replay=1)
     if result.duplicates and deps.stream.aclient is not None:
         # The events are stored; if Redis fails now only the duplicate count is lost.
