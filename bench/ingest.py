@@ -15,10 +15,10 @@ Phases (one run, one private redis-server, one SQLite file; the API only XADDs):
 Goals (docs/benchmarks.md): batch ingest >= 25 % of the ceiling; single-event
 p99 <= 10 ms at 1,000 req/s, alone and in the 10 s right after the burst.
 
-The client builds every request before the clock starts, then freezes its heap (gc.freeze):
-otherwise a full collection over the 300,000 prepared events stalls the client for 100-400 ms
-in the middle of the single phase, which the open loop charges to the server. Its own
-collection pauses during each phase are reported (``client_gc_max_ms``).
+The client builds every request before the clock starts, freezes its heap (gc.freeze) and
+turns its collector off while a phase runs: otherwise a full collection over the 300,000
+prepared events stalls the client for 100-400 ms in the middle of a single phase, which the
+open loop charges to the server.
 
     python -m bench.ingest --quick
     python -m bench.ingest                      # full
@@ -34,6 +34,7 @@ import gc
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import redis
@@ -133,43 +134,30 @@ def lua_direct(client: redis.Redis, prefix: str, payloads: list[list[tuple[str, 
     return {"events": n, "seconds": round(elapsed, 3), "events_per_s": round(n / elapsed, 1)}
 
 
-class GcPauses:
-    """The longest collection pause of this (client) process while the block runs."""
-
-    def __init__(self) -> None:
-        self.max_s = 0.0
-        self._start = 0.0
-
-    def _callback(self, phase: str, info: dict[str, Any]) -> None:
-        if phase == "start":
-            self._start = time.perf_counter()
-        else:
-            self.max_s = max(self.max_s, time.perf_counter() - self._start)
-
-    def __enter__(self) -> GcPauses:
-        gc.callbacks.append(self._callback)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        gc.callbacks.remove(self._callback)
+@contextlib.contextmanager
+def collector_off() -> Iterator[None]:
+    """The client's own garbage collector off while a phase runs (a phase allocates a few MB)."""
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
-def summarize(res: load.LoadResult, events_per_request: int, pauses: GcPauses
-              ) -> dict[str, Any]:
+def summarize(res: load.LoadResult, events_per_request: int) -> dict[str, Any]:
     ok = res.statuses.get(202, 0)
     return {
         "requests": res.sent, "seconds": round(res.elapsed, 3), "statuses": res.statuses,
         "transport_errors": res.errors, "requests_per_s": round(res.sent / res.elapsed, 1),
         "events_per_s": round(ok * events_per_request / res.elapsed, 1),
         "latency_ms": load.latency_ms(res.latencies), "late_starts": res.late_starts,
-        "client_gc_max_ms": round(pauses.max_s * 1000, 1),
     }
 
 
 def run_single(port: int, reqs: list[bytes], rate: float, spy: Any) -> dict[str, Any]:
-    with spy, GcPauses() as pauses:
+    with spy, collector_off():
         res = asyncio.run(load.open_loop("127.0.0.1", port, reqs, rate))
-    report = summarize(res, 1, pauses)
+    report = summarize(res, 1)
     report["offered_rate"] = rate
     return report
 
@@ -232,10 +220,10 @@ def main(argv: list[str] | None = None) -> int:
                     asyncio.run(load.closed_loop("127.0.0.1", port, warm_reqs, args.concurrency))
                     print(f"batch: {len(batch_reqs)} requests x {args.batch} events, "
                           f"{args.concurrency} clients ...", flush=True)
-                    with spy("batch"), GcPauses() as pauses:
+                    with spy("batch"), collector_off():
                         res = asyncio.run(load.closed_loop("127.0.0.1", port, batch_reqs,
                                                            args.concurrency))
-                    report["batch"] = summarize(res, args.batch, pauses)
+                    report["batch"] = summarize(res, args.batch)
                     report["batch"]["stream_len"] = int(client.xlen("adaptd:events"))
                     if "single" not in skip:
                         print("single right after the burst ...", flush=True)
