@@ -35,6 +35,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -144,9 +145,38 @@ def collector_off() -> Iterator[None]:
         gc.enable()
 
 
-def summarize(res: load.LoadResult, events_per_request: int) -> dict[str, Any]:
+def sched_seconds(pid: int) -> tuple[float, float]:
+    """(seconds on a CPU, seconds runnable but waiting for a CPU) of every thread of ``pid``
+    (Linux schedstat): the wait is what other processes on the machine cost it."""
+    run = wait = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            on_cpu, queued, _ = (task / "schedstat").read_text().split()
+        except (OSError, ValueError):
+            continue
+        run, wait = run + int(on_cpu), wait + int(queued)
+    return run / 1e9, wait / 1e9
+
+
+@contextlib.contextmanager
+def scheduled(pids: dict[str, int], into: dict[str, Any]) -> Iterator[None]:
+    """Record CPU and run-queue wait of ``pids`` over the block, in seconds."""
+    before = {name: sched_seconds(pid) for name, pid in pids.items()}
+    yield
+    for name, pid in pids.items():
+        after = sched_seconds(pid)
+        into[name] = (after[0] - before[name][0], after[1] - before[name][1])
+
+
+def summarize(res: load.LoadResult, events_per_request: int,
+              sched: dict[str, tuple[float, float]]) -> dict[str, Any]:
+    """Throughput and latency of a phase, and per request the CPU time the API server and
+    redis-server used and the time they were runnable but waited for a CPU."""
     ok = res.statuses.get(202, 0)
-    return {
+    per_request = {f"{name}_{kind}_ms_per_request": round(1000 * value / res.sent, 3)
+                   for name, (cpu, wait) in sched.items()
+                   for kind, value in (("cpu", cpu), ("cpu_wait", wait))}
+    return per_request | {
         "requests": res.sent, "seconds": round(res.elapsed, 3), "statuses": res.statuses,
         "transport_errors": res.errors, "requests_per_s": round(res.sent / res.elapsed, 1),
         "events_per_s": round(ok * events_per_request / res.elapsed, 1),
@@ -154,10 +184,12 @@ def summarize(res: load.LoadResult, events_per_request: int) -> dict[str, Any]:
     }
 
 
-def run_single(port: int, reqs: list[bytes], rate: float, spy: Any) -> dict[str, Any]:
-    with spy, collector_off():
+def run_single(port: int, reqs: list[bytes], rate: float, spy: Any, pids: dict[str, int]
+               ) -> dict[str, Any]:
+    sched: dict[str, Any] = {}
+    with spy, collector_off(), scheduled(pids, sched):
         res = asyncio.run(load.open_loop("127.0.0.1", port, reqs, rate))
-    report = summarize(res, 1)
+    report = summarize(res, 1, sched)
     report["offered_rate"] = rate
     return report
 
@@ -179,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         "goals": {"ingest_share_of_ceiling": GOAL_SHARE, "single_p99_ms": GOAL_P99_MS},
     }
     try:
-        with processes.private_redis(work / "redis") as (_rproc, redis_url):
+        with processes.private_redis(work / "redis") as (rproc, redis_url):
             processes.prepare_database(db_url)
             extra = {}
             if args.pythonpath:
@@ -201,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
                     return common.profiled(proc.pid, work / f"pyspy-{phase}.txt")
 
                 host = f"127.0.0.1:{port}"
+                pids = {"server": proc.pid, "redis": rproc.pid}
                 warm_single = load.feedback_requests(
                     [[load.bench_event(i, "ws")] for i in range(int(args.rate))], host)
                 singles = {run: load.feedback_requests(
@@ -215,20 +248,22 @@ def main(argv: list[str] | None = None) -> int:
                     asyncio.run(load.open_loop("127.0.0.1", port, warm_single, args.rate))
                     print(f"single: {n_single} requests at {args.rate:.0f}/s (open loop) ...",
                           flush=True)
-                    report["single"] = run_single(port, singles["s"], args.rate, spy("single"))
+                    report["single"] = run_single(port, singles["s"], args.rate, spy("single"),
+                                                  pids)
                 if "batch" not in skip:
                     asyncio.run(load.closed_loop("127.0.0.1", port, warm_reqs, args.concurrency))
                     print(f"batch: {len(batch_reqs)} requests x {args.batch} events, "
                           f"{args.concurrency} clients ...", flush=True)
-                    with spy("batch"), collector_off():
+                    sched: dict[str, Any] = {}
+                    with spy("batch"), collector_off(), scheduled(pids, sched):
                         res = asyncio.run(load.closed_loop("127.0.0.1", port, batch_reqs,
                                                            args.concurrency))
-                    report["batch"] = summarize(res, args.batch)
+                    report["batch"] = summarize(res, args.batch, sched)
                     report["batch"]["stream_len"] = int(client.xlen("adaptd:events"))
                     if "single" not in skip:
                         print("single right after the burst ...", flush=True)
                         report["single_after_burst"] = run_single(
-                            port, singles["a"], args.rate, spy("after_burst"))
+                            port, singles["a"], args.rate, spy("after_burst"), pids)
                 report["rss_mb_end"] = round(processes.rss_bytes(proc.pid) / 2**20, 1)
             if "ceiling" not in skip:
                 payloads = stream_payloads(batches)
@@ -304,6 +339,16 @@ def render(report: dict[str, Any]) -> dict[str, Any]:
         f"adaptd ingest ({cfg['server']}, workers={cfg['workers']}, http={cfg['http']}, "
         f"loop={cfg['loop']}, pythonpath={cfg['pythonpath'] or '-'})",
         ["path", "events/s", "req/s", "p50 ms", "p99 ms", "vs goal", "statuses"], rows)
+    labels = {"server": "API server", "redis": "redis-server"}
+    sched_rows = [[f"{key}: {label}", report[key][f"{name}_cpu_ms_per_request"],
+                   report[key][f"{name}_cpu_wait_ms_per_request"]]
+                  for key in ("single", "batch", "single_after_burst") if key in report
+                  for name, label in labels.items()
+                  if f"{name}_cpu_ms_per_request" in report[key]]
+    if sched_rows:
+        common.print_table("CPU per request, and time runnable but waiting for a CPU (other "
+                           "processes on the machine)", ["phase: process", "CPU ms",
+                                                         "waiting ms"], sched_rows)
     for phase, rows in report.get("profile_self_pct_by_package", {}).items():
         common.print_table(f"server CPU ({phase} phase): share of GIL-holding samples by the "
                            "package of the innermost frame (py-spy)", ["package", "%"], rows)
