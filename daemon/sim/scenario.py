@@ -1,4 +1,5 @@
-"""Simulation scenarios (docs/contracts.md section 9): a seed, a suite and phases of traffic."""
+"""Simulation scenarios (docs/contracts.md section 9): a seed, a suite, phases of traffic and
+how users give feedback."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from daemon.sim.feedback import FeedbackSpec
 from storage.suite import BUILTIN_DIR, Suite, SuiteError, load_suite, validation_problems
 
 
@@ -33,6 +35,8 @@ class Scenario(BaseModel):
     seed: int = 0
     suite: str
     phases: list[Phase] = Field(min_length=1)
+    # How users rate the answers (default: every answer rated at once, without noise).
+    feedback: FeedbackSpec = Field(default_factory=FeedbackSpec)
 
     @property
     def total_events(self) -> int:
