@@ -7,7 +7,8 @@ Phases (one run, one private redis-server, one SQLite file; the API only XADDs):
 2. batch: concurrent keep-alive clients post pre-signed batches of 100 events (closed loop);
    events/s and request latency;
 3. single after the burst: phase 1 again, started the moment the last batch is answered (no
-   warm-up, nothing flushed in between);
+   warm-up, nothing flushed in between); both single phases also report the p99 of each
+   second, which tells a transient right after the burst from a constant cost;
 4. ceiling: the same stream payloads XADD-ed straight to Redis, 100 per pipeline (redis-py with
    hiredis, as the API); and, for the breakdown, the same batches through the accept Lua
    script without HTTP, and pre-encoded on a raw socket.
@@ -184,6 +185,15 @@ def summarize(res: load.LoadResult, events_per_request: int,
     }
 
 
+def p99_by_second(res: load.LoadResult) -> list[float]:
+    """p99 latency (ms) of the requests scheduled in each second of the phase: tells a
+    transient right after the burst from a constant cost."""
+    buckets: dict[int, list[float]] = {}
+    for offset, latency in zip(res.offsets, res.latencies, strict=True):
+        buckets.setdefault(int(offset), []).append(latency)
+    return [round(1000 * load.percentile(buckets[s], 99), 2) for s in sorted(buckets)]
+
+
 def run_single(port: int, reqs: list[bytes], rate: float, spy: Any, pids: dict[str, int]
                ) -> dict[str, Any]:
     sched: dict[str, Any] = {}
@@ -191,6 +201,7 @@ def run_single(port: int, reqs: list[bytes], rate: float, spy: Any, pids: dict[s
         res = asyncio.run(load.open_loop("127.0.0.1", port, reqs, rate))
     report = summarize(res, 1, sched)
     report["offered_rate"] = rate
+    report["p99_ms_by_second"] = p99_by_second(res)
     return report
 
 
@@ -334,11 +345,18 @@ def render(report: dict[str, Any]) -> dict[str, Any]:
                      s["requests_per_s"], s["latency_ms"]["p50"], s["latency_ms"]["p99"],
                      f"p99 {'<=' if ok else '>'} {GOAL_P99_MS:.0f} ms goal",
                      "; ".join(f"{k}: {v}" for k, v in sorted(s["statuses"].items()))])
+    by_second = [[label, *report[key]["p99_ms_by_second"]]
+                 for key, label in (("single", "alone"), ("single_after_burst", "after the burst"))
+                 if key in report]
     cfg = report["config"]
     common.print_table(
         f"adaptd ingest ({cfg['server']}, workers={cfg['workers']}, http={cfg['http']}, "
         f"loop={cfg['loop']}, pythonpath={cfg['pythonpath'] or '-'})",
         ["path", "events/s", "req/s", "p50 ms", "p99 ms", "vs goal", "statuses"], rows)
+    if by_second:
+        width = max(len(row) for row in by_second) - 1
+        common.print_table("single event: p99 ms of the requests scheduled in each second",
+                           ["phase", *(f"{i}-{i + 1} s" for i in range(width))], by_second)
     labels = {"server": "API server", "redis": "redis-server"}
     sched_rows = [[f"{key}: {label}", report[key][f"{name}_cpu_ms_per_request"],
                    report[key][f"{name}_cpu_wait_ms_per_request"]]

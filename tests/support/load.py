@@ -133,6 +133,7 @@ class LoadResult:
     sent: int = 0
     elapsed: float = 0.0
     latencies: list[float] = field(default_factory=list)  # seconds
+    offsets: list[float] = field(default_factory=list)  # open loop: scheduled send - start, s
     statuses: dict[int, int] = field(default_factory=dict)
     errors: int = 0  # transport errors (no HTTP answer)
     late_starts: int = 0  # open loop: requests started >1 ms after their scheduled time
@@ -194,6 +195,7 @@ async def open_loop(host: str, port: int, requests: Sequence[bytes], rate: float
         try:
             status, _ = await conn.send(request)
             result.latencies.append(time.perf_counter() - scheduled)
+            result.offsets.append(scheduled - start)
             result.count(status)
         except (OSError, asyncio.IncompleteReadError):
             result.errors += 1
