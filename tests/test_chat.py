@@ -214,6 +214,25 @@ def test_helpdesk_has_production_shapes(helpdesk: Suite) -> None:
     assert sorted(chars)[len(chars) // 2] >= 900
 
 
+def test_helpdesk_tasks_are_told_apart_by_the_judge(helpdesk: Suite) -> None:
+    """Every task's answer served for another task is crosstalk from it, a cheerful answer on
+    a serious screen is also forbidden, and the general data carries no task's marker."""
+    from daemon.sim.judge import judge
+
+    for task, spec in helpdesk.tasks.items():
+        for other in helpdesk.tasks:
+            if other == task:
+                continue
+            for ex in helpdesk.seed_examples(other)[:20]:
+                verdict = judge(helpdesk, task, ex.response)
+                assert not verdict.accepted and verdict.crosstalk_source == other, (task, other)
+                if spec.tone != "positive" and helpdesk.tasks[other].tone == "positive":
+                    assert any(f.lower() in ex.response.lower() for f in spec.forbid)
+    markers = [m.lower() for s in helpdesk.tasks.values() for m in s.markers]
+    for ex in helpdesk.general_examples():
+        assert not [m for m in markers if m in ex.response.lower()], ex.response
+
+
 def test_helpdesk_answers_run_to_hundreds_of_tokens_on_its_base(helpdesk: Suite,
                                                               plain_tok: Any) -> None:
     """Measured with the suite's own builtin tokenizer (vocabulary as the scenario's base)."""

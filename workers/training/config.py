@@ -148,8 +148,8 @@ class DataConfig(_Model):
 
     heldout_fraction: float = Field(0.15, ge=0.0, lt=1.0)
     heldout_min: int = Field(4, ge=0)  # at least this many held-out examples per task
-    # Longer prompts/responses are dropped. The event's output limit (16 KiB), so no answer a
-    # valid event carries is dropped for its length; `train.max_len` bounds the tokens.
+    # Longer prompts/responses are dropped; 16 KiB, an event's output limit, so no answer a
+    # valid event carries is dropped for its length (`train.max_len` bounds the tokens).
     max_chars: int = Field(16384, ge=1)
     max_rows_per_task: int = Field(5000, ge=1)  # newest SQL rows first
 
