@@ -97,6 +97,7 @@ def train(
             f"job {job_id} queued on `train`")
         return
 
+    from policies.config import PolicyConfig
     from workers.training.config import DataConfig, EvalConfig, GateConfig, TrainConfig
     from workers.training.job import run_training_job
 
@@ -107,7 +108,8 @@ def train(
             worker_id=f"cli-{uuid.uuid4().hex[:8]}", lease_seconds=s.train_lease_seconds,
             train_config=TrainConfig(**s.train), eval_config=EvalConfig(**s.eval),
             data_config=DataConfig(**s.data), gate_config=GateConfig(**s.gate),
-            device=s.train_device, progress=live.show, two_step=bool(s.serving_replicas))
+            device=s.train_device, progress=live.show, two_step=bool(s.serving_replicas),
+            ratio_config=PolicyConfig.from_dict(s.policy).ratios)
     if outcome.status == "promoted" and s.serving_replicas:
         from daemon.celery_app import make_celery
 

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Self
+from typing import Any, Self, TypeVar
+
+from pydantic import TypeAdapter
 
 from policies.detectors import DEFAULT_THRESHOLD
 from policies.ratios import RatioConfig
 from policies.signals import RISK_LEVELS, Risk
 
 __all__ = ["DEFAULT_RISK", "PolicyConfig", "RiskPolicy"]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -75,7 +79,7 @@ class RiskPolicy:
         unknown = set(data) - names
         if unknown:
             raise ValueError(f"unknown risk policy keys: {sorted(unknown)}")
-        return cls(**dict(data))
+        return _typed(cls, data)
 
 
 DEFAULT_RISK: dict[Risk, RiskPolicy] = {
@@ -209,16 +213,24 @@ class PolicyConfig:
         unknown = set(data) - names
         if unknown:
             raise ValueError(f"unknown policy config keys: {sorted(unknown)}")
-        kwargs = {k: v for k, v in data.items() if k not in ("risk", "ratios")}
-        if "risk" in data:
-            risk: dict[Risk, RiskPolicy] = dict(DEFAULT_RISK)
-            for level, values in data["risk"].items():
-                if level not in RISK_LEVELS:
-                    raise ValueError(f"unknown risk level {level!r}")
-                base = DEFAULT_RISK[level].to_dict()
-                base.update(values)
-                risk[level] = RiskPolicy.from_dict(base)
-            kwargs["risk"] = risk
+        full = cls().to_dict()
+        full.update({k: v for k, v in data.items() if k not in ("risk", "ratios")})
+        for level, values in (data.get("risk") or {}).items():
+            if level not in RISK_LEVELS:
+                raise ValueError(f"unknown risk level {level!r}")
+            full["risk"][level] = RiskPolicy.from_dict({**full["risk"][level], **values})
         if "ratios" in data:
-            kwargs["ratios"] = RatioConfig.from_dict({**RatioConfig().to_dict(), **data["ratios"]})
-        return cls(**kwargs)
+            full["ratios"] = RatioConfig.from_dict({**full["ratios"], **data["ratios"]})
+        return _typed(cls, full)
+
+
+_ADAPTERS: dict[type, TypeAdapter[Any]] = {}
+
+
+def _typed(cls: type[T], data: Mapping[str, Any]) -> T:
+    """``cls`` from ``data``, each value converted to its field's type the way settings are
+    (an environment variable gives ``"600"`` for a number of seconds), or a ValueError naming
+    the field."""
+    adapter = _ADAPTERS.get(cls) or _ADAPTERS.setdefault(cls, TypeAdapter(cls))
+    typed: T = adapter.validate_python(dict(data))
+    return typed

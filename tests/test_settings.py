@@ -17,6 +17,8 @@ from tests.helpers import SECRET
 @pytest.mark.parametrize(("overrides", "field"), [
     ({"policy": {"risk": {"low": {"crosstalk_on": 0.01, "crosstalk_off": 0.5}}}}, "policy"),
     ({"policy": {"cooldown": 60}}, "policy"),
+    ({"policy": {"cooldown_s": "soon"}}, "cooldown_s"),
+    ({"policy": {"risk": {"high": {"fork_after_rebalances": "two"}}}}, "fork_after_rebalances"),
     ({"train": {"stepz": 100}}, "train.stepz"),
     ({"eval": {"prompts_per_task": 0}}, "eval.prompts_per_task"),
     ({"data": {"heldout_fraction": 1.5}}, "data.heldout_fraction"),
@@ -42,6 +44,19 @@ def test_every_training_group_is_set_the_same_way_and_reaches_the_workers(
     monkeypatch.setenv("ADAPTD_GATE", '{"z": 2.5}')
     ctx = worker_context(Settings(webhook_secret=SECRET))
     assert (ctx.data, ctx.gate) == ({"heldout_min": 2}, {"z": 2.5})
+
+
+def test_nested_environment_values_reach_the_engine_as_numbers(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from daemon.celery_app import worker_context
+    from policies.config import PolicyConfig
+
+    monkeypatch.setenv("ADAPTD_POLICY__COOLDOWN_S", "600")
+    monkeypatch.setenv("ADAPTD_POLICY__RISK__HIGH__FORK_AFTER_REBALANCES", "3")
+    config = PolicyConfig.from_dict(worker_context(Settings(webhook_secret=SECRET)).policy)
+    assert config.cooldown_s == 600.0 and isinstance(config.cooldown_s, float)
+    assert config.risk["high"].fork_after_rebalances == 3
+    assert config.risk["high"].crosstalk_on == PolicyConfig().risk["high"].crosstalk_on
 
 
 def test_cli_names_the_bad_setting_without_a_traceback() -> None:

@@ -65,6 +65,7 @@ def policy_tick(self: Task) -> dict[str, Any]:
 )
 def train_job(self: Task, job_id: int) -> dict[str, Any]:
     """Run one training job (the job row's lease makes a redelivery harmless)."""
+    from policies import PolicyConfig
     from workers.training.config import DataConfig, EvalConfig, GateConfig, TrainConfig
     from workers.training.job import run_training_job
 
@@ -76,6 +77,7 @@ def train_job(self: Task, job_id: int) -> dict[str, Any]:
         eval_config=EvalConfig(**ctx.eval), data_config=DataConfig(**ctx.data),
         gate_config=GateConfig(**ctx.gate), device=ctx.train_device,
         two_step=bool(ctx.serving_replicas),
+        ratio_config=PolicyConfig.from_dict(ctx.policy).ratios,
     )
     if outcome.status == "promoted":
         request_sync(self.app)

@@ -92,3 +92,17 @@ def test_per_task_stage_blocks_follow_ratios() -> None:
     assert owners == sorted(owners)  # contiguous blocks
     hard = stage_task_ratios("hard", ratios, step_in_stage=0, stage_len=5, hard_tasks=["b"])
     assert hard == {"b": 0.25}
+
+
+def test_a_job_without_ratios_takes_the_engines_ratio_config() -> None:
+    from workers.training.job import _ratios
+
+    sizes, tasks = {"big": 10_000, "tiny": 10}, ["big", "tiny"]
+    flat = RatioConfig(temperature=100.0, floor=0.0, cap=1.0)
+    assert _ratios({}, None, sizes, tasks, None) == default_ratios(sizes)
+    taken = _ratios({}, None, sizes, tasks, flat)
+    assert taken == default_ratios(sizes, flat)
+    assert taken["tiny"] > default_ratios(sizes)["tiny"] + 0.1  # the config made a difference
+    # Ratios the job or the adapter row carries win over any prior.
+    assert _ratios({"ratios": {"big": 1, "tiny": 3}}, None, sizes, tasks, flat) == {
+        "big": 0.25, "tiny": 0.75}

@@ -27,6 +27,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col
 
+from policies.ratios import RatioConfig
 from storage.artifacts import (
     ArtifactError,
     adapter_dir,
@@ -104,6 +105,7 @@ def run_training_job(
     train_config: TrainConfig | None = None, eval_config: EvalConfig | None = None,
     gate_config: GateConfig | None = None, scorer: Scorer | None = None, max_attempts: int = 5,
     device: str = "auto", data_config: DataConfig | None = None, two_step: bool = False,
+    ratio_config: RatioConfig | None = None,
 ) -> JobOutcome:
     """Run job ``job_id`` if it can be claimed. Never raises for job-level failures: they are
     recorded on the row (status ``failed``, ``error``) and returned.
@@ -111,7 +113,9 @@ def run_training_job(
     What the job is doing (base build, training steps, audit rounds, evaluation) goes to
     Redis for other processes to show (``storage.progress``) and to ``progress``, which
     hears the job's whole progress state at every step. ``two_step``: serving replicas are
-    configured, a promotion is routed once they list it (promote.finalize)."""
+    configured, a promotion is routed once they list it (promote.finalize). ``ratio_config``
+    (the engine's, ``PolicyConfig.ratios``) gives an adapter without ratios the prior the
+    engine would give it."""
     t0 = time.monotonic()
     artifacts_dir = Path(artifacts_dir)
     with Session(engine) as session:
@@ -140,7 +144,7 @@ def run_training_job(
                 worker_id=worker_id, should_stop=beat.lost.is_set, progress=tracker,
                 tcfg=train_config or TrainConfig(), ecfg=eval_config or EvalConfig(),
                 gcfg=gate_config or GateConfig(), dcfg=data_config or DataConfig(),
-                scorer=scorer, device=device, two_step=two_step,
+                scorer=scorer, device=device, two_step=two_step, ratio_config=ratio_config,
             )
         except (TrainingAborted, LeaseLost) as exc:
             tracker.update(phase="done", status="lease_lost", error=str(exc))
@@ -169,7 +173,7 @@ def _run(
     job_id: int, *, engine: Engine, artifacts_dir: Path, suite: Suite, worker_id: str,
     should_stop: Callable[[], bool], progress: JobProgress, tcfg: TrainConfig,
     ecfg: EvalConfig, gcfg: GateConfig, dcfg: DataConfig, scorer: Scorer | None, device: str,
-    two_step: bool = False,
+    two_step: bool = False, ratio_config: RatioConfig | None = None,
 ) -> JobOutcome:
     from peft import PeftModel
 
@@ -199,7 +203,7 @@ def _run(
         _, all_routes = routing_table(session)
         routes = {t: r for t, r in all_routes.items() if t in tasks}
         init, parent = init_source(params, row, adapter, all_routes, kind, tasks, build)
-        ratios = _ratios(params, row, data.sizes(), tasks)
+        ratios = _ratios(params, row, data.sizes(), tasks, ratio_config)
         candidate = _adoptable(session, artifacts_dir, adapter, job_id, build)  # may commit
     risks = {t: suite.tasks[t].risk for t in tasks}
     targeted = [t for t in params.get("targeted", [params.get("task")]) if t in tasks]
@@ -307,12 +311,12 @@ def _tasks(params: Mapping[str, Any], row: Adapter | None, suite: Suite, adapter
 
 
 def _ratios(params: Mapping[str, Any], row: Adapter | None, sizes: Mapping[str, int],
-            tasks: list[str]) -> dict[str, float]:
+            tasks: list[str], config: RatioConfig | None) -> dict[str, float]:
     """Job params, else the adapter row's ratios, else temperature sampling over sizes."""
     given = params.get("ratios") or (row.ratios if row is not None else None) or {}
     given = {t: float(given.get(t, 0.0)) for t in tasks}
     if sum(given.values()) <= 0:
-        return default_ratios({t: sizes.get(t, 0) for t in tasks})
+        return default_ratios({t: sizes.get(t, 0) for t in tasks}, config)
     total = sum(given.values())
     return {t: v / total for t, v in given.items()}
 
