@@ -186,7 +186,8 @@ class AppSimulator:
                 "id": f"sim_{self.seed}_{self.sent}", "task": task,
                 **({"messages": prompt.as_messages()} if isinstance(prompt, Conversation)
                    else {"prompt": prompt}),
-                "output": output or "(empty)", "occurred_at": now,
+                # A byte-level model can emit a NUL, which no event may carry (section 3).
+                "output": output.replace("\x00", "") or "(empty)", "occurred_at": now,
                 "adapter": f"{route['adapter']}@{route['version']}" if route else None,
                 "verdict": "accept" if verdict.accepted else "reject",
                 "rating": 1.0 if verdict.accepted else 0.0,
