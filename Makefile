@@ -11,7 +11,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider
 
-.PHONY: venv demo test test-fast system-deps lint bench clean
+.PHONY: venv demo test test-archs test-fast system-deps lint bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -28,7 +28,12 @@ demo: venv
 	$(BIN)/adaptd demo
 
 test: venv vllm system-deps
-	$(PYTEST) --durations=25
+	$(PYTEST) -m "not archs" --durations=25
+
+# vLLM parity on every chat base it serves LoRA for (Gemma, Mistral, Phi-3; Qwen2 is in
+# `make test`): one base build and one vLLM start each, about 10 minutes in all.
+test-archs: venv vllm
+	$(PYTEST) -m archs tests/serving/test_parity.py
 
 test-fast: venv
 	$(PYTEST) -m "not slow" --durations=10

@@ -19,8 +19,13 @@ including the alarm; a run without an alarm within the horizon counts as the hor
 Goals: adaptd median delay <= 1.25x the oracle's at <= 1 false alarm per 100,000 events,
 and shorter than ADWIN's at an equal false-alarm budget.
 
-    python -m bench.detect --quick        # < 60 s on 2 cores
+The ``leak`` part (``bench/detect_leak.py``) measures how many served answers pass before a
+leak in a rare high-risk task is caught at feedback rates of 100, 20, 5 and 2 %, with and
+without the app posting its unrated answers; it reports, it has no goal.
+
+    python -m bench.detect --quick        # < 2 min on 2 cores
     python -m bench.detect                # full (a few minutes)
+    python -m bench.detect --parts leak   # the leak part alone
     python -m bench.detect --calibrate    # false alarms vs threshold and baseline
 """
 
@@ -39,7 +44,7 @@ import numpy as np
 from numpy.typing import NDArray
 from river import drift
 
-from bench import common
+from bench import common, detect_leak
 from policies.detectors import DEFAULT_THRESHOLD, DegradationDetector
 
 SEGMENT = 100_000  # null segment length; rates are reported per this many events
@@ -197,61 +202,11 @@ def ratio_ci(num: NDArray[np.float64], den: NDArray[np.float64], rng: np.random.
     return [round(float(np.percentile(r, 2.5)), 3), round(float(np.percentile(r, 97.5)), 3)]
 
 
-def check_twin(x: Bools, p0: float) -> None:
-    """The vectorised twin used by --calibrate must alarm exactly where the class does."""
-    det = DegradationDetector(baseline=p0)
-    got = twin_alarms(x[None, :], det.components, det.threshold)[0]
-    want = adaptd_alarms(x, p0)
-    if got != want:
-        raise SystemExit(f"vectorised twin diverges from the class: {got[:5]} vs {want[:5]}")
-
-
-def twin_alarms(x: Bools, comps: list[tuple[float, float, float]], threshold: float) -> list[list[int]]:
-    """``DegradationDetector.update`` vectorised over the rows of ``x`` (same arithmetic)."""
-    acc = np.array([c[1] for c in comps])
-    rej = np.array([c[2] for c in comps])
-    limit = len(comps) * math.exp(threshold)
-    r = np.zeros((x.shape[0], len(comps)))
-    out: list[list[int]] = [[] for _ in range(x.shape[0])]
-    for t in range(x.shape[1]):
-        r = (1.0 + r) * np.where(x[:, t, None], acc, rej)
-        hit = r.sum(axis=1) >= limit
-        if hit.any():
-            for i in np.flatnonzero(hit):
-                out[i].append(t)
-            r[hit] = 0.0
-    return out
-
-
-def calibrate(args: argparse.Namespace) -> None:
-    """False alarms per 100k of the default grid for several baselines and thresholds.
-
-    Vectorised twin of the class (checked to alarm at the same indices), rows x 30,000
-    events per cell, alarms in the first 5,000 events of a row not counted (steady state).
-    """
-    rng = np.random.default_rng(args.seed)
-    check_twin(rng.random(20_000) < 0.9, 0.9)
-    rows, length, burn = args.calibrate_rows, 30_000, 5_000
-    print(f"{'p0':>5} " + " ".join(f"h={h:<6.3g}" for h in args.thresholds))
-    for p0 in args.baselines:
-        x = rng.random((rows, length)) < p0
-        cells = []
-        for h in args.thresholds:
-            comps = DegradationDetector(baseline=p0, threshold=h).components
-            n = sum(sum(1 for t in a if t >= burn) for a in twin_alarms(x, comps, h))
-            cells.append(f"{n / (rows * (length - burn)) * SEGMENT:<8.2f}")
-        print(f"{p0:>5} " + " ".join(cells), flush=True)
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     rng = np.random.default_rng(args.seed)
     p0, tau, horizon = args.baseline, args.tau, args.horizon
     t_start = time.perf_counter()
-
-    def log(msg: str) -> None:
-        if not args.json_only:
-            print(msg, file=sys.stderr, flush=True)
-
+    log = _logger(args)
     null = null_segments(rng, args.null_segments, p0)
     n_null = null.size
     log(f"null: {n_null:,} events at p0={p0}")
@@ -330,12 +285,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
 
     return {
-        "bench": "detect",
-        "mode": "quick" if args.quick else "full",
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "seconds": round(time.perf_counter() - t_start, 1),
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
-                    "platform": platform.platform()},
         "params": {"baseline": p0, "tau": tau, "horizon": horizon, "runs": args.runs,
                    "null_events": n_null, "oracle_tuning_events": args.oracle_rows * 15_000,
                    "seed": args.seed, "adaptd_threshold": DEFAULT_THRESHOLD,
@@ -345,6 +295,35 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "drops": rows,
         "met": all(r["met"] for r in rows),
     }  # fmt: skip
+
+
+def _logger(args: argparse.Namespace) -> Any:
+    def log(msg: str) -> None:
+        if not args.json_only:
+            print(msg, file=sys.stderr, flush=True)
+
+    return log
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """The parts asked for (``--parts``), in one result."""
+    t_start = time.perf_counter()
+    res: dict[str, Any] = {
+        "bench": "detect",
+        "mode": "quick" if args.quick else "full",
+        "command": common.command("detect"),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
+                    "platform": platform.platform()},
+    }  # fmt: skip
+    if "degradation" in args.parts:
+        res.update(run(args))
+    if "leak" in args.parts:
+        leak_start = time.perf_counter()
+        res["leak"] = detect_leak.run(args, _logger(args))
+        res["leak"]["seconds"] = round(time.perf_counter() - leak_start, 1)
+    res["seconds"] = round(time.perf_counter() - t_start, 1)
+    return res
 
 
 def print_table(res: dict[str, Any]) -> None:
@@ -407,18 +386,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ap.add_argument("--adwin-refine", type=int, default=3, help="bisection steps for ADWIN's delta")
     ap.add_argument("--calibrate-rows", type=int, default=1000, help="rows x 25,000 counted events per cell")
+    ap.add_argument("--parts", type=lambda s: s.split(","), default=["degradation", "leak"],
+                    help="comma-separated: degradation, leak (default both)")
+    detect_leak.add_args(ap)
     args = ap.parse_args(argv)
+    unknown = set(args.parts) - {"degradation", "leak"}
+    if unknown:
+        ap.error(f"--parts: unknown {sorted(unknown)} (degradation, leak)")
     if args.calibrate:
+        from bench.detect_calibrate import calibrate
+
         calibrate(args)
         return 0
     args.runs = args.runs or (300 if args.quick else 1000)
     args.null_segments = args.null_segments or (20 if args.quick else 100)
     args.oracle_rows = 400 if args.quick else 2000
-    res = run(args)
+    args.leak_runs = args.leak_runs or (40 if args.quick else 200)
+    res = measure(args)
     common.write_json(args.out, res)
     if not args.json_only:
-        print_table(res)
-        print(f"wrote {args.out}")
+        if "drops" in res:
+            print_table(res)
+        if "leak" in res:
+            detect_leak.print_table(res["leak"])
+        print(f"wrote {args.out}  ({res['seconds']} s)")
     return 0
 
 

@@ -10,11 +10,14 @@ One run, one private redis-server:
    ``workers.ingest.store_events(engine, [event])``; M events (default 5,000) are queued, then
    the worker runs; per-event rate from the rows' ``received_at`` (first to last store).
 
-Goals: drain >= 20,000 events/s and >= 20x the baseline.
+Both run on each database named by ``--db`` (SQLite file, local PostgreSQL in a fresh
+database); on PostgreSQL the drain writes with COPY (storage/bulk.py).
+
+Goals, per database: drain >= 20,000 events/s and >= 20x its baseline.
 
     python -m bench.drain --quick
-    python -m bench.drain                     # full, SQLite file
-    python -m bench.drain --db postgres       # local PostgreSQL (fresh database)
+    python -m bench.drain                          # full, SQLite file
+    python -m bench.drain --db sqlite postgres     # full, both (bench/results/drain.json)
 """
 
 from __future__ import annotations
@@ -55,7 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--events", type=int, help="events drained (default 100,000; quick 20,000)")
     ap.add_argument("--baseline-events", type=int, help="Celery per-event tasks (5,000; quick 1,000)")
     ap.add_argument("--batch", type=int, default=1000, help="drain batch")
-    ap.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
+    ap.add_argument("--db", choices=["sqlite", "postgres"], nargs="+", default=["sqlite"],
+                    help="databases, each drained and baselined in this run (default: sqlite)")
     ap.add_argument("--skip-baseline", action="store_true")
     ap.add_argument("--profile", action="store_true",
                     help="run the drain loop under cProfile and print the hottest functions")
@@ -106,7 +110,7 @@ def counts(engine: Any) -> dict[str, int]:
 def run_drain(redis_url: str, db_url: str, n: int, batch: int, profile: bool = False
               ) -> dict[str, Any]:
     client = redis.Redis.from_url(redis_url)
-    prefix = "drain:"
+    prefix = f"drain{uuid.uuid4().hex[:6]}:"  # its own seen-keys: one run per database
     processes.prepare_database(db_url)
     engine = make_engine(db_url)
     fill_s = fill(client, prefix, n, "d")
@@ -168,7 +172,7 @@ def run_baseline(redis_url: str, db_url: str, n: int) -> dict[str, Any]:
     app = make_celery(settings)
     engine = make_engine(db_url)
 
-    @app.task(name="bench.store_one", ignore_result=True)
+    @app.task(name=f"bench.store_one.{prefix}", ignore_result=True)  # one per database run
     def store_one(event: dict[str, Any]) -> None:
         store_events(engine, [event])
 
@@ -198,54 +202,71 @@ def run_baseline(redis_url: str, db_url: str, n: int) -> dict[str, Any]:
             "ok": c["rows"] == c["examples"] == c["counter_sum"] == n}
 
 
+def run_database(kind: str, redis_url: str, work: Path, n: int, m: int,
+                 args: argparse.Namespace) -> dict[str, Any]:
+    """The drain and its baseline on one database, with their verdicts."""
+    out: dict[str, Any] = {}
+    print(f"drain: {n} events, batch {args.batch}, {kind} ...", flush=True)
+    with database(kind, work, "drain") as db_url:
+        out["drain"] = run_drain(redis_url, db_url, n, args.batch, args.profile)
+    if not args.skip_baseline:
+        print(f"baseline: {m} Celery tasks, one event each, {kind} ...", flush=True)
+        with database(kind, work, "baseline") as db_url:
+            out["baseline"] = run_baseline(redis_url, db_url, m)
+    d = out["drain"]
+    verdicts: dict[str, Any] = {"drain_events_per_s": d["events_per_s"],
+                                "rate_goal_met": d["events_per_s"] >= GOAL_RATE}
+    if "baseline" in out:
+        factor = d["events_per_s"] / out["baseline"]["events_per_s"]
+        verdicts |= {"factor_over_baseline": round(factor, 1),
+                     "factor_goal_met": factor >= GOAL_FACTOR}
+    out["verdicts"] = verdicts
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     n = args.events or (20_000 if args.quick else 100_000)
     m = args.baseline_events or (1_000 if args.quick else 5_000)
+    kinds = list(dict.fromkeys(args.db))
     work = common.workdir("bench-drain")
     report: dict[str, Any] = {
         "bench": "drain", "command": common.command(NAME),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": common.machine(),
-        "config": {"events": n, "baseline_events": m, "batch": args.batch, "db": args.db,
+        "config": {"events": n, "baseline_events": m, "batch": args.batch, "db": kinds,
                    "quick": args.quick},
         "goals": {"events_per_s": GOAL_RATE, "factor_over_baseline": GOAL_FACTOR},
+        "databases": {},
     }
     try:
         with processes.private_redis(work / "redis") as (_proc, redis_url):
-            print(f"drain: {n} events, batch {args.batch}, {args.db} ...", flush=True)
-            with database(args.db, work, "drain") as db_url:
-                report["drain"] = run_drain(redis_url, db_url, n, args.batch, args.profile)
-            if not args.skip_baseline:
-                print(f"baseline: {m} Celery tasks, one event each ...", flush=True)
-                with database(args.db, work, "baseline") as db_url:
-                    report["baseline"] = run_baseline(redis_url, db_url, m)
+            for kind in kinds:
+                report["databases"][kind] = run_database(kind, redis_url, work, n, m, args)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    d = report["drain"]
-    rows = [[f"drain_once x{args.batch} ({args.db})", d["events"], d["events_per_s"],
-             f"{'>=' if d['events_per_s'] >= GOAL_RATE else '<'} 20,000/s goal",
-             "ok" if d["ok"] else f"MISMATCH {d['verified']}"]]
-    verdicts: dict[str, Any] = {"drain_events_per_s": d["events_per_s"],
-                                "rate_goal_met": d["events_per_s"] >= GOAL_RATE}
-    if "baseline" in report:
-        b = report["baseline"]
-        factor = d["events_per_s"] / b["events_per_s"]
-        verdicts |= {"factor_over_baseline": round(factor, 1),
-                     "factor_goal_met": factor >= GOAL_FACTOR}
-        rows.append([f"Celery task per event ({args.db})", b["events"], b["events_per_s"],
-                     f"drain is {factor:.1f}x (goal >= 20x)",
-                     "ok" if b["ok"] else f"stored {b['stored']}"])
-    report["verdicts"] = verdicts
+    rows = []
+    for kind, res in report["databases"].items():
+        d = res["drain"]
+        rows.append([f"drain_once x{args.batch} ({kind})", d["events"], d["events_per_s"],
+                     f"{'>=' if d['events_per_s'] >= GOAL_RATE else '<'} 20,000/s goal",
+                     "ok" if d["ok"] else f"MISMATCH {d['verified']}"])
+        if "baseline" in res:
+            b = res["baseline"]
+            rows.append([f"Celery task per event ({kind})", b["events"], b["events_per_s"],
+                         f"drain is {res['verdicts']['factor_over_baseline']}x (goal >= 20x)",
+                         "ok" if b["ok"] else f"stored {b['stored']}"])
     common.print_table("adaptd drain: stream -> SQL events + training examples + counters",
                        ["path", "events", "events/s", "vs goal", "check"], rows)
-    if d.get("profile_top"):
-        common.print_table("drain loop profile (cProfile): hottest functions by self time",
-                           ["function", "self %", "cum %"], d["profile_top"])
+    for kind, res in report["databases"].items():
+        if res["drain"].get("profile_top"):
+            common.print_table(f"drain loop profile (cProfile, {kind}): hottest functions by "
+                               "self time", ["function", "self %", "cum %"],
+                               res["drain"]["profile_top"])
     report["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     path = common.write_json(args.out, report)
     print(f"wrote {path}")
-    return 0 if d["ok"] else 1
+    return 0 if all(res["drain"]["ok"] for res in report["databases"].values()) else 1
 
 
 if __name__ == "__main__":

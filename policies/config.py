@@ -164,6 +164,12 @@ class PolicyConfig:
     # Co-existence: affinity needed to call a pair compatible, risk gap allowed.
     min_affinity_for_merge: float = 0.0
     max_risk_gap: int = 1
+    # Measured affinity within this distance of 0 is the measurement's noise, never negative
+    # transfer: one run's TAG estimate (three lookahead probes on 8 examples per task) scatters
+    # by a couple of hundredths and no run reports its standard error. A fork on negative
+    # transfer needs the estimate below both its risk level's max_negative_affinity and
+    # -affinity_noise (``max_negative``).
+    affinity_noise: float = 0.02
     ratios: RatioConfig = field(default_factory=RatioConfig)
 
     # Simulation only (`adaptd simulate`; production leaves it None).
@@ -188,12 +194,21 @@ class PolicyConfig:
             raise ValueError(f"regression_z must be >= 0, got {self.regression_z}")
         if self.mixture_window < self.window_buckets:
             raise ValueError("mixture_window must be >= window_buckets")
+        if self.affinity_noise < 0.0:
+            raise ValueError(f"affinity_noise must be >= 0, got {self.affinity_noise}")
 
     def for_risk(self, risk: Risk) -> RiskPolicy:
         return self.risk[risk]
 
     def max_negative(self) -> dict[Risk, float]:
-        return {r: self.risk[r].max_negative_affinity for r in RISK_LEVELS}
+        """Per risk level, the affinity below which a measurement is negative transfer: the
+        level's ``max_negative_affinity``, and beyond the measurement's noise.
+
+        >>> PolicyConfig().max_negative()
+        {'low': -0.05, 'medium': -0.03, 'high': -0.02}
+        """
+        return {r: min(self.risk[r].max_negative_affinity, -self.affinity_noise)
+                for r in RISK_LEVELS}
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

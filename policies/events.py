@@ -16,7 +16,8 @@ from policies.signals import eval_regressions
 from policies.state import PolicyState, Probation
 from policies.windows import Origin
 
-__all__ = ["clear_pending", "observe", "on_promotion", "on_rejection", "record_eval"]
+__all__ = ["clear_pending", "observe", "observe_unrated", "on_promotion", "on_rejection",
+           "record_eval"]
 
 
 def observe(
@@ -68,6 +69,50 @@ def observe(
     return state
 
 
+def observe_unrated(
+    state: PolicyState,
+    task: str,
+    *,
+    checked: bool,
+    crosstalk_source: str | None = None,
+) -> PolicyState:
+    """Count one answer of ``task`` that the app served and nobody rated (in place).
+
+    Silence is no verdict: the answer never reaches the degradation detector, the live
+    comparison of a probation or the training data. What it can show is crosstalk, and only
+    through the automatic style detector: ``checked`` says the detector looked at it, and
+    ``crosstalk_source`` is the task whose style it found (origin ``auto``). A checked answer
+    enters the task's window and a high-risk task's mixture tally as one more answer, with or
+    without crosstalk, so a rare task's leak is measured over every answer it served. An
+    unchecked one changes nothing: counted in the window it would only dilute the rate the
+    users' flags give.
+
+    >>> from policies.config import PolicyConfig
+    >>> from policies.signals import TaskProfile
+    >>> from policies.state import init_state
+    >>> cfg = PolicyConfig()
+    >>> st = init_state({"shared": ["a", "b"]}, {"a": TaskProfile(), "b": TaskProfile()}, cfg)
+    >>> _ = observe(st, "a", True)
+    >>> for i in range(3):
+    ...     _ = observe_unrated(st, "a", checked=True, crosstalk_source="b" if i else None)
+    >>> _ = observe_unrated(st, "a", checked=False)
+    >>> w = st.tasks["a"].window
+    >>> w.n, w.rated, w.acceptance, w.source_counts()
+    (4, 1, 1.0, {'b': {'user': 0, 'auto': 2}})
+    """
+    ts = state.tasks.get(task)
+    if ts is None:
+        raise KeyError(f"unknown task {task!r}")
+    if not checked:
+        return state
+    if crosstalk_source == task:
+        crosstalk_source = None
+    ts.window.update(None, crosstalk_source, "auto")
+    if ts.profile.risk == "high":
+        ts.mixture.update(None, crosstalk_source, "auto")
+    return state
+
+
 def on_promotion(
     state: PolicyState,
     adapter: str,
@@ -97,7 +142,8 @@ def on_promotion(
             since=now,
             version=version,
             previous_version=prev,
-            before={t: [new.tasks[t].window.accepted, new.tasks[t].window.n] for t in ad.tasks},
+            before={t: [new.tasks[t].window.accepted, new.tasks[t].window.rated]
+                    for t in ad.tasks},
         )
     else:
         ad.probation = None

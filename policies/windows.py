@@ -3,6 +3,11 @@
 A task's window holds its last ~``size`` events in ``buckets`` equal buckets, so the state
 stays a few small dicts (JSON-friendly) however long the stream, at the price of forgetting
 one bucket at a time instead of one event at a time.
+
+An event is a rated answer (accepted or not) or an answer nobody rated that the automatic
+style detector checked (``accepted=None``). Both count towards the crosstalk rate, whose
+denominator is every answer checked for crosstalk; only rated answers count towards
+acceptance, so a silent answer is never read as a good or a bad one.
 """
 
 from __future__ import annotations
@@ -18,8 +23,8 @@ _KIND = "crosstalk-window"
 
 
 def _new_bucket() -> dict[str, Any]:
-    # "xt" maps source task -> [user-flagged count, auto-detected count]
-    return {"n": 0, "acc": 0, "xt": {}}
+    # "un": unrated answers among "n"; "xt" maps source task -> [user-flagged, auto-detected]
+    return {"n": 0, "acc": 0, "un": 0, "xt": {}}
 
 
 class CrosstalkWindow:
@@ -37,6 +42,9 @@ class CrosstalkWindow:
     (40, 0.8, 0.2, 'greeting', True)
     >>> w.source_counts()
     {'greeting': {'user': 0, 'auto': 8}}
+    >>> _ = w.update(None, "greeting", "auto")  # unrated: crosstalk evidence, no verdict
+    >>> w.n, w.rated, w.acceptance, w.crosstalk
+    (41, 40, 0.8, 9)
     >>> CrosstalkWindow.from_dict(w.to_dict()).to_dict() == w.to_dict()
     True
     """
@@ -76,10 +84,14 @@ class CrosstalkWindow:
         self._leaking = False
         self._drift = False
 
-    def update(self, accepted: bool, crosstalk_source: str | None = None, origin: Origin = "user") -> Self:
-        """Count one event of this task; ``crosstalk_source`` is the task whose style leaked."""
+    def update(self, accepted: bool | None, crosstalk_source: str | None = None,
+               origin: Origin = "user") -> Self:
+        """Count one event of this task; ``crosstalk_source`` is the task whose style leaked.
+        ``accepted=None``: an answer nobody rated (its crosstalk can only be ``auto``)."""
         if origin not in ORIGINS:
             raise ValueError(f"origin must be one of {ORIGINS}, not {origin!r}")
+        if accepted is None and crosstalk_source is not None and origin != "auto":
+            raise ValueError("an unrated answer's crosstalk can only come from the detector")
         self._drift = False
         cur = self._buckets[-1]
         if cur["n"] >= self.bucket_size:
@@ -88,7 +100,10 @@ class CrosstalkWindow:
             if len(self._buckets) > self.buckets:
                 del self._buckets[0]
         cur["n"] += 1
-        cur["acc"] += bool(accepted)
+        if accepted is None:
+            cur["un"] += 1
+        else:
+            cur["acc"] += bool(accepted)
         if crosstalk_source is not None:
             counts = cur["xt"].setdefault(crosstalk_source, [0, 0])
             counts[ORIGINS.index(origin)] += 1
@@ -108,7 +123,13 @@ class CrosstalkWindow:
 
     @property
     def n(self) -> int:
+        """Answers in the window, rated or not: the crosstalk rate's denominator."""
         return sum(int(b["n"]) for b in self._buckets)
+
+    @property
+    def rated(self) -> int:
+        """Rated answers in the window: the acceptance's denominator."""
+        return sum(int(b["n"]) - int(b["un"]) for b in self._buckets)
 
     @property
     def accepted(self) -> int:
@@ -120,9 +141,9 @@ class CrosstalkWindow:
 
     @property
     def acceptance(self) -> float | None:
-        """Accepted share of the window, ``None`` when empty."""
-        n = self.n
-        return self.accepted / n if n else None
+        """Accepted share of the rated answers in the window, ``None`` without any."""
+        rated = self.rated
+        return self.accepted / rated if rated else None
 
     @property
     def crosstalk_rate(self) -> float:
@@ -172,7 +193,8 @@ class CrosstalkWindow:
             "kind": _KIND,
             "params": self.params(),
             "buckets": [
-                {"n": b["n"], "acc": b["acc"], "xt": {s: list(c) for s, c in b["xt"].items()}}
+                {"n": b["n"], "acc": b["acc"], "un": b["un"],
+                 "xt": {s: list(c) for s, c in b["xt"].items()}}
                 for b in self._buckets
             ],
             "leaking": self._leaking,
@@ -188,6 +210,7 @@ class CrosstalkWindow:
             {
                 "n": int(b["n"]),
                 "acc": int(b["acc"]),
+                "un": int(b.get("un", 0)),  # a stored state may lack the key
                 "xt": {str(s): [int(c[0]), int(c[1])] for s, c in b["xt"].items()},
             }
             for b in data["buckets"]

@@ -39,9 +39,14 @@ def _insert(session: Session, table: Any) -> Any:
 
 
 def insert_feedback(session: Session, *, rows: Sequence[Mapping[str, Any]]) -> set[str]:
-    """Insert feedback rows, skipping ids already stored; return the ids really inserted."""
+    """Insert feedback rows, skipping ids already stored; return the ids really inserted.
+    On PostgreSQL with COPY (:mod:`storage.bulk`)."""
     if not rows:
         return set()
+    if session.get_bind().dialect.name == "postgresql":
+        from storage import bulk  # psycopg: loaded by the processes that talk to PostgreSQL
+
+        return bulk.copy_feedback(session, rows=rows)
     table = FeedbackEvent.__table__  # type: ignore[attr-defined]
     stmt = _insert(session, table).on_conflict_do_nothing(index_elements=["id"])
     stmt = stmt.returning(table.c.id)
@@ -50,9 +55,14 @@ def insert_feedback(session: Session, *, rows: Sequence[Mapping[str, Any]]) -> s
 
 
 def insert_examples(session: Session, *, rows: Sequence[Mapping[str, Any]]) -> int:
-    """Insert derived training examples; an (event_id, kind) pair is stored once."""
+    """Insert derived training examples; an (event_id, kind) pair is stored once.
+    On PostgreSQL with COPY (:mod:`storage.bulk`)."""
     if not rows:
         return 0
+    if session.get_bind().dialect.name == "postgresql":
+        from storage import bulk
+
+        return bulk.copy_examples(session, rows=rows)
     table = TrainingExample.__table__  # type: ignore[attr-defined]
     stmt = _insert(session, table).on_conflict_do_nothing(index_elements=["event_id", "kind"])
     session.execute(stmt, list(rows))

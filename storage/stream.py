@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+import redis.asyncio
 
 ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}\Z")
 GROUP = "ingest"
@@ -91,27 +92,35 @@ class AppendResult:
 class FeedbackStream:
     """Append validated events; the drain reads them back with a consumer group."""
 
-    def __init__(self, client: redis.Redis, prefix: str, *, dedupe_ttl: int, replay_ttl: int):
+    def __init__(self, client: redis.Redis, prefix: str, *, dedupe_ttl: int, replay_ttl: int,
+                 aclient: redis.asyncio.Redis | None = None):
         self.client = client
         self.keys = Keys(prefix)
         self.dedupe_ttl = dedupe_ttl
         self.replay_ttl = replay_ttl
         self._accept = client.register_script(_ACCEPT_LUA)
+        self.aclient = aclient
+        self._accept_async = aclient.register_script(_ACCEPT_LUA) if aclient else None
 
     def append(
-        self, events: Sequence[tuple[str, str]], *, webhook_id: str | None = None
+        self, events: Sequence[tuple[str, str | bytes]], *, webhook_id: str | None = None
     ) -> AppendResult:
         """Append ``(event_id, json_payload)`` pairs atomically.
 
         Raises ``redis.RedisError`` when Redis is unavailable (then nothing was stored).
         """
-        keys = [self.keys.stream, self.keys.webhook(webhook_id) if webhook_id else ""]
-        keys += [self.keys.seen(event_id) for event_id, _ in events]
-        args: list[Any] = [self.dedupe_ttl, self.replay_ttl] + [p for _, p in events]
-        appended = int(self._accept(keys=keys, args=args))
-        if appended < 0:
-            return AppendResult(accepted=0, duplicates=len(events), replay=True)
-        return AppendResult(accepted=appended, duplicates=len(events) - appended, replay=False)
+        keys, args = _accept_call(self, events, webhook_id)
+        return _result(int(self._accept(keys=keys, args=args)), len(events))
+
+    async def append_async(
+        self, events: Sequence[tuple[str, str | bytes]], *, webhook_id: str | None = None
+    ) -> AppendResult:
+        """``append`` through the asyncio client (the API's event loop awaits Redis instead of
+        handing each request to a thread)."""
+        if self._accept_async is None:
+            raise RuntimeError("this FeedbackStream has no asyncio client")
+        keys, args = _accept_call(self, events, webhook_id)
+        return _result(int(await self._accept_async(keys=keys, args=args)), len(events))
 
     def ensure_group(self) -> None:
         """Create the consumer group (and the stream) if they do not exist yet."""
@@ -139,9 +148,29 @@ class FeedbackStream:
         return int(self.client.xlen(self.keys.dead_letter))
 
 
+def _accept_call(stream: FeedbackStream, events: Sequence[tuple[str, str | bytes]],
+                 webhook_id: str | None) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of the accept script for ``events``."""
+    keys = [stream.keys.stream, stream.keys.webhook(webhook_id) if webhook_id else ""]
+    keys += [stream.keys.seen(event_id) for event_id, _ in events]
+    args: list[Any] = [stream.dedupe_ttl, stream.replay_ttl] + [p for _, p in events]
+    return keys, args
+
+
+def _result(appended: int, n: int) -> AppendResult:
+    if appended < 0:
+        return AppendResult(accepted=0, duplicates=n, replay=True)
+    return AppendResult(accepted=appended, duplicates=n - appended, replay=False)
+
+
 def incr_metric(client: redis.Redis, prefix: str, field: str, amount: float = 1.0) -> None:
     """Bump a counter kept in Redis (for counts made in the API, where no SQL row exists)."""
     client.hincrbyfloat(Keys(prefix).metrics, field, amount)
+
+
+async def incr_metric_async(client: redis.asyncio.Redis, prefix: str, field: str,
+                            amount: float = 1.0) -> None:
+    await client.hincrbyfloat(Keys(prefix).metrics, field, amount)
 
 
 def read_metrics(client: redis.Redis, prefix: str) -> dict[str, float]:

@@ -28,6 +28,11 @@ from policies.signals import Risk  # the one risk vocabulary (pure, imports noth
 BUILTIN_DIR = Path(__file__).parent / "suites"
 NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}\Z")
 _SLOT_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# The offline bases the builder makes from a suite's texts (name -> architecture; their
+# recipes: workers/training/tiny_arch.py). Any other ``builtin:`` name is a typo.
+BUILTIN_BASES = {"builtin:tiny": "llama", "builtin:tiny-qwen2": "qwen2",
+                 "builtin:tiny-gemma": "gemma", "builtin:tiny-mistral": "mistral",
+                 "builtin:tiny-phi3": "phi3", "builtin:tiny-gpt2": "gpt2"}
 
 
 class SuiteError(ValueError):
@@ -42,6 +47,13 @@ def check_name(value: str, what: str = "name") -> str:
             "(lowercase letters, digits, '_' or '-', starting with a letter)"
         )
     return value
+
+
+def check_builtin_base(ref: str) -> None:
+    """A ``builtin:`` base model must be one the builder makes; the error lists them."""
+    if ref.startswith("builtin:") and ref not in BUILTIN_BASES:
+        raise ValueError(f"unknown builtin base model {ref!r} (have: {', '.join(BUILTIN_BASES)}; "
+                         "or a local directory, or a Hugging Face id in the local cache)")
 
 
 Turn = tuple[str, str]  # (role, content) of a chat turn
@@ -134,6 +146,12 @@ class Suite(BaseModel):
     adapters: dict[str, list[str]] = Field(default_factory=dict)
     examples_per_task: int = Field(200, ge=1, le=100_000)
     base_dir: Path = Field(default=Path("."), exclude=True)
+
+    @field_validator("base_model")
+    @classmethod
+    def _builtin_base(cls, ref: str) -> str:
+        check_builtin_base(ref)
+        return ref
 
     @field_validator("tasks")
     @classmethod

@@ -67,7 +67,7 @@ def finish(engine: Engine, job_id: int, *, promote: bool = True,
             (Path(path) / "adaptd.json").write_text(json.dumps({"base_build": build}))
         session.add(AdapterVersion(adapter=job.adapter, version=version, path=path,
                                    sha256="0" * 64, status="promoted" if promote else "rejected",
-                                   job_id=job_id, promoted_at=1.0, eval=eval_result))
+                                   job_id=job_id, promoted_at=1.0, eval=eval_result or {}))
         job.status, job.result_version = ("succeeded" if promote else "rejected"), version
         job.started_at, job.finished_at = 1.0, 2.0
         session.execute(update(TrainingExample).where(col(TrainingExample.trained_in).is_(None))

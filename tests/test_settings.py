@@ -32,7 +32,7 @@ def test_bad_overrides_are_refused_with_the_field(overrides: dict[str, object], 
 
 def test_good_overrides_pass_through_unchanged() -> None:
     policy = {"cooldown_s": 60, "risk": {"high": {"crosstalk_on": 0.03}}}
-    s = Settings(webhook_secret=SECRET, policy=policy, train={"steps": 20})  # type: ignore[arg-type]
+    s = Settings(webhook_secret=SECRET, policy=policy, train={"steps": 20})
     assert s.policy == policy and s.train == {"steps": 20}
 
 

@@ -3,7 +3,8 @@
 One call of :func:`drain_once` reads a batch with the consumer group, first reclaiming entries
 a dead consumer left pending (XAUTOCLAIM), and then:
 
-1. inserts the events with ON CONFLICT DO NOTHING, so a redelivered event changes nothing;
+1. inserts the events whose ids are not stored yet (``ON CONFLICT DO NOTHING`` on SQLite, COPY
+   on PostgreSQL: ``storage/bulk.py``), so a redelivered event changes nothing;
 2. derives training examples (accepted outputs, corrections, rejected outputs kept as
    negatives with their crosstalk source) and bumps the exactly-once counters — only for rows
    really inserted, in the same transaction;
@@ -27,6 +28,7 @@ from typing import Any
 import redis
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DataError
+from sqlmodel import Session
 
 from storage import crud
 from storage.db import session_scope
@@ -90,34 +92,36 @@ def _row(event: dict[str, Any], received_at: float) -> dict[str, Any]:
 def store_events(engine: Engine, events: list[dict[str, Any]]) -> tuple[set[str], Tally[str]]:
     """Insert events and their effects in one transaction; return inserted ids and per-task
     counts of inserted events."""
+    with session_scope(engine) as session:
+        return store_in(session, events)
+
+
+def store_in(session: Session, events: list[dict[str, Any]]) -> tuple[set[str], Tally[str]]:
+    """:func:`store_events` in the caller's transaction."""
     received = time.time()
     # The last copy of an id within one batch wins nothing: the first is kept, like across
     # batches, so a batch never conflicts with itself.
     unique: dict[str, dict[str, Any]] = {}
     for ev in events:
         unique.setdefault(ev["id"], ev)
-    with session_scope(engine) as session:
-        inserted = crud.insert_feedback(
-            session, rows=[_row(ev, received) for ev in unique.values()]
-        )
-        fresh = [unique[i] for i in unique if i in inserted]
-        examples = [ex for ev in fresh if (ex := _derive_example(ev)) is not None]
-        crud.insert_examples(session, rows=examples)
-        increments: dict[crud.CounterKey, float] = {}
-        per_task: Tally[str] = Tally()
-        for ev in fresh:
-            per_task[ev["task"]] += 1
-            key = crud.counter_key(
-                "adaptd_feedback_events_total", {"task": ev["task"], "verdict": ev["verdict"]}
-            )
-            increments[key] = increments.get(key, 0.0) + 1
-            if ev.get("crosstalk_source"):
-                key = crud.counter_key(
-                    "adaptd_crosstalk_events_total",
-                    {"task": ev["task"], "source_task": ev["crosstalk_source"], "origin": "user"},
-                )
-                increments[key] = increments.get(key, 0.0) + 1
-        crud.add_counters(session, increments=increments)
+    inserted = crud.insert_feedback(session, rows=[_row(ev, received) for ev in unique.values()])
+    fresh = [unique[i] for i in unique if i in inserted]
+    examples = [ex for ev in fresh if (ex := _derive_example(ev)) is not None]
+    crud.insert_examples(session, rows=examples)
+    verdicts = Tally((ev["task"], ev["verdict"]) for ev in fresh)
+    crosstalk = Tally((ev["task"], ev["crosstalk_source"]) for ev in fresh
+                      if ev.get("crosstalk_source"))
+    increments: dict[crud.CounterKey, float] = {}
+    per_task: Tally[str] = Tally()
+    for (task, verdict), n in verdicts.items():
+        per_task[task] += n
+        key = crud.counter_key("adaptd_feedback_events_total", {"task": task, "verdict": verdict})
+        increments[key] = float(n)
+    for (task, source), n in crosstalk.items():
+        key = crud.counter_key("adaptd_crosstalk_events_total",
+                               {"task": task, "source_task": source, "origin": "user"})
+        increments[key] = float(n)
+    crud.add_counters(session, increments=increments)
     return inserted, per_task
 
 
@@ -187,10 +191,13 @@ def drain_once(
     events: list[dict[str, Any]] = []
     good: list[str] = []
     bad: list[Entry] = []
+    field_key = EVENT_FIELD.encode()
     for entry_id, fields in entries:
-        raw: Any = fields.get(EVENT_FIELD.encode(), fields.get(EVENT_FIELD))
+        raw: Any = fields.get(field_key)
+        if raw is None:
+            raw = fields.get(EVENT_FIELD)
         try:
-            event = json.loads(raw)
+            event = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
             if not isinstance(event, dict) or "id" not in event or "task" not in event:
                 raise ValueError("not an event object")
             events.append(event)

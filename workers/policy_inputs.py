@@ -11,6 +11,7 @@ from sqlmodel import Session
 
 import policies
 from policies import PolicyConfig, PolicyState, TaskProfile
+from policies.events import observe_unrated
 from policies.tick import TickState
 from policies.windows import Origin
 from storage import crud
@@ -64,22 +65,33 @@ def data_sizes(suite: Suite, fed: dict[str, int]) -> dict[str, int]:
 def observe_new_events(session: Session, state: PolicyState, limit: int,
                        auto: AutoSource | None = None) -> int:
     """Feed unobserved feedback to the detectors and windows. A user's crosstalk flag is
-    taken as is; an output nobody flagged is checked by ``auto`` (origin ``auto``)."""
+    taken as is; an output nobody flagged is checked by ``auto`` (origin ``auto``). An
+    unrated answer goes to ``observe_unrated``: crosstalk evidence when ``auto`` checks it,
+    never a verdict."""
     rows = store.unobserved_events(session, limit=limit)
     found: dict[crud.CounterKey, float] = {}
+
+    def check(task: str, output: str) -> str | None:
+        assert auto is not None
+        hit = auto(task, output)
+        if hit is not None:
+            key = crud.counter_key("adaptd_crosstalk_events_total",
+                                   {"task": task, "source_task": hit, "origin": "auto"})
+            found[key] = found.get(key, 0.0) + 1
+        return hit
+
     for ev in rows:
-        if ev.task not in state.tasks or ev.verdict == "unrated":
-            # An unrated answer is no evidence of quality for the detectors.
+        if ev.task not in state.tasks:
+            continue
+        if ev.verdict == "unrated":
+            observe_unrated(state, ev.task, checked=auto is not None,
+                            crosstalk_source=check(ev.task, ev.output) if auto else None)
             continue
         adapter, version = parse_adapter(ev.adapter)
         source: str | None = ev.crosstalk_source
         origin: Origin = "user"
         if source is None and auto is not None:
-            source, origin = auto(ev.task, ev.output), "auto"
-            if source is not None:
-                key = crud.counter_key("adaptd_crosstalk_events_total",
-                                       {"task": ev.task, "source_task": source, "origin": "auto"})
-                found[key] = found.get(key, 0.0) + 1
+            source, origin = check(ev.task, ev.output), "auto"
         policies.observe(state, ev.task, ev.verdict == "accept", crosstalk_source=source,
                          origin=origin, adapter=adapter, version=version)
     crud.add_counters(session, increments=found)

@@ -19,12 +19,17 @@ from storage.suite import Suite
 
 
 class ApiError(Exception):
-    """An answer other than 2xx; ``reason`` feeds adaptd_feedback_rejected_total."""
+    """An answer other than 2xx; ``reason`` (one refusal) or ``rejections`` (reason -> count,
+    for a batch) feed adaptd_feedback_rejected_total, counted by the app's handler."""
 
     def __init__(self, status: int, detail: str, *, reason: str | None = None,
-                 errors: list[dict[str, Any]] | None = None):
+                 errors: list[dict[str, Any]] | None = None,
+                 rejections: dict[str, int] | None = None):
         super().__init__(detail)
         self.status, self.detail, self.reason, self.errors = status, detail, reason, errors
+        self.rejections = dict(rejections or {})
+        if reason:
+            self.rejections[reason] = self.rejections.get(reason, 0) + 1
 
 
 @dataclass

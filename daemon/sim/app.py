@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import httpx
 
+from daemon.sim.feedback import FeedbackModel, FeedbackSpec, Pending
 from daemon.sim.judge import judge
 from daemon.webhooks import signed_headers
 from storage.suite import Suite
@@ -125,12 +126,17 @@ class Routing:
 
 
 class AppSimulator:
-    """Draws requests, generates with the routed adapter, judges and posts feedback."""
+    """Draws requests, generates with the routed adapter, judges and posts feedback.
+
+    ``feedback`` says how users rate (``daemon.sim.feedback``): a rated answer's rating is
+    posted when it lands, possibly several requests later and after later ones; with
+    ``post_unrated`` every other answer is posted at once with verdict ``unrated``."""
 
     def __init__(self, *, suite: Suite, url: str, secret: str,
                  generator: Generator | EngineGenerator, seed: int,
                  edit_share: float = 0.3, http: httpx.Client | None = None,
                  on_route_change: Callable[[Routing], None] | None = None,
+                 feedback: FeedbackSpec | None = None,
                  max_new_tokens: int | None = None):
         self.suite, self.url, self.secret, self.generator = suite, url, secret, generator
         # Three independent random streams (common random numbers): the requests (tasks and
@@ -150,9 +156,16 @@ class AppSimulator:
         self.on_route_change = on_route_change
         self.sent = 0
         self.correction_pool = {t: suite.seed_examples(t, seed=seed + 1) for t in suite.tasks}
+        self.feedback = feedback or FeedbackSpec()
+        self.users = FeedbackModel(self.feedback, seed)
+        self.pending = Pending()
 
-    def step(self, traffic: dict[str, float], n: int, tallies: dict[str, Tally]) -> list[dict[str, Any]]:
-        """Serve ``n`` requests of a traffic mix; post their feedback; return the events."""
+    def step(self, traffic: dict[str, float], n: int, tallies: dict[str, Tally],
+             truth: dict[str, Tally] | None = None) -> list[dict[str, Any]]:
+        """Serve ``n`` requests of a traffic mix; post the feedback that lands meanwhile
+        (ratings of earlier answers too); return the posted events. ``tallies`` count the
+        ratings given to these answers (when they land does not matter), ``truth`` the judge
+        over every answer served."""
         if self.routing.refresh(self.http, self.url) and self.on_route_change:
             self.on_route_change(self.routing)
         names = sorted(traffic)
@@ -178,7 +191,7 @@ class AppSimulator:
             for i, text in zip(idx, texts, strict=True):
                 outputs[i] = text
         now = datetime.now(UTC).isoformat()
-        events = []
+        landed: list[tuple[int, dict[str, Any]]] = []  # unrated answers, by request index
         for task, prompt, output in zip(tasks, prompts, outputs, strict=True):
             verdict = judge(self.suite, task, output)
             route = self.routing.routes.get(task)
@@ -189,23 +202,47 @@ class AppSimulator:
                 # A byte-level model can emit a NUL, which no event may carry (section 3).
                 "output": output.replace("\x00", "") or "(empty)", "occurred_at": now,
                 "adapter": f"{route['adapter']}@{route['version']}" if route else None,
-                "verdict": "accept" if verdict.accepted else "reject",
-                "rating": 1.0 if verdict.accepted else 0.0,
                 "meta": {"judge": verdict.reason},
             }
-            if verdict.crosstalk_source:
-                event["crosstalk_source"] = verdict.crosstalk_source
-            if not verdict.accepted and self.user_rng.random() < self.edit_share:
-                # Some users fix the output themselves: the most valuable training signal.
-                event["verdict"] = "edit"
-                event["correction"] = self.user_rng.choice(self.correction_pool[task]).response
             if event["adapter"] is None:
                 del event["adapter"]
-            tallies.setdefault(task, Tally()).add(verdict.accepted, verdict.crosstalk_source)
+            if truth is not None:
+                truth.setdefault(task, Tally()).add(verdict.accepted, verdict.crosstalk_source)
+            rating = self.users.rate(verdict)
+            if rating is not None:
+                self._rated(event, rating.accepted, rating.crosstalk_source)
+                tallies.setdefault(task, Tally()).add(rating.accepted, rating.crosstalk_source)
+                self.pending.push(self.sent + rating.delay, event)
+            elif self.feedback.post_unrated:
+                landed.append((self.sent, {**event, "verdict": "unrated"}))
             self.sent += 1
-            events.append(event)
-        self.post(events)
+        events = self._merge(landed, self.sent - 1)
+        if events:
+            self.post(events)
         return events
+
+    def flush(self) -> list[dict[str, Any]]:
+        """Post every rating still on its way (the run ends); return them."""
+        events = self.pending.flush()
+        if events:
+            self.post(events)
+        return events
+
+    def _rated(self, event: dict[str, Any], accepted: bool, source: str | None) -> None:
+        event["verdict"] = "accept" if accepted else "reject"
+        event["rating"] = 1.0 if accepted else 0.0
+        if source:
+            event["crosstalk_source"] = source
+        if not accepted and self.user_rng.random() < self.edit_share:
+            # Some users fix the output themselves: the most valuable training signal.
+            event["verdict"] = "edit"
+            event["correction"] = self.user_rng.choice(self.correction_pool[event["task"]]).response
+
+    def _merge(self, unrated: list[tuple[int, dict[str, Any]]], served: int) -> list[dict[str, Any]]:
+        """Unrated answers and the ratings landing by request ``served``, in landing order."""
+        both = [(at, 0, k, e) for k, (at, e) in enumerate(unrated)]
+        both += [(at, 1, k, e) for k, (at, e) in enumerate(self.pending.due(served))]
+        return [e for *_, e in sorted(both, key=lambda x: x[:3])]
 
     def post(self, events: list[dict[str, Any]]) -> None:
         body = json.dumps({"events": events}, ensure_ascii=False).encode()

@@ -11,9 +11,11 @@ MARKED = ("rebalance", "fork", "merge", "rollback")
 
 
 def _series(report: dict[str, Any], key: str) -> dict[str, tuple[list[int], list[float]]]:
+    """``key`` per task over the run: over every answer served (the judge's truth), or
+    over the rated answers in a report without it."""
     out: dict[str, tuple[list[int], list[float]]] = {}
     for point in report.get("series", []):
-        for task, r in point["tasks"].items():
+        for task, r in point.get("truth", point["tasks"]).items():
             if r.get(key) is None:
                 continue
             xs, ys = out.setdefault(task, ([], []))
@@ -67,7 +69,8 @@ def _html(report: dict[str, Any], png_b64: str) -> str:
     esc = html.escape
     rows = []
     for phase in report.get("phases", []):
-        for task, r in phase["tasks"].items():
+        for task, row in phase["tasks"].items():
+            r = row.get("truth", row)  # every answer served, not only the rated ones
             pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
             rows.append(f"<tr><td>{esc(phase['name'])}</td><td>{esc(task)}</td>"
                         f"<td>{r['events']}</td><td>{pct(r['acceptance'])}</td>"

@@ -140,6 +140,7 @@ def run_simulation(
         server = engine.generator(http) or AdapterServer(suite, stack.child.artifacts_dir)
         sim = AppSimulator(suite=suite, url=stack.url, secret=settings.webhook_secrets()[0],
                            generator=server, seed=scenario.seed, http=http,
+                           feedback=scenario.feedback,
                            max_new_tokens=scenario.max_new_tokens)
         series: list[dict[str, Any]] = []
         total = scenario.total_events
@@ -147,18 +148,23 @@ def run_simulation(
         bar = view.bar(f"[{policy}] events 0/{total}", total=total)
         for phase in scenario.phases:
             tallies: dict[str, Tally] = {}
+            truth: dict[str, Tally] = {}
             done = 0
             while done < phase.events:
                 n = min(chunk, phase.events - done)
                 events = f"[{policy}] events {sim.sent}/{total}  {phase.name}"
                 view.status(bar, f"{events}: sending {n} requests")
                 window: dict[str, Tally] = {}
-                sim.step(phase.traffic, n, window)
+                answered: dict[str, Tally] = {}
+                sim.step(phase.traffic, n, window, answered)
                 for task, t in window.items():
                     tallies.setdefault(task, Tally()).merge(t)
+                for task, t in answered.items():
+                    truth.setdefault(task, Tally()).merge(t)
                 done += n
                 series.append({"at_event": sim.sent, "phase": phase.name,
-                               "tasks": {k: v.as_report() for k, v in window.items()}})
+                               "tasks": {k: v.as_report() for k, v in window.items()},
+                               "truth": {k: v.as_report() for k, v in answered.items()}})
                 events = f"[{policy}] events {sim.sent}/{total}  {phase.name}"
                 view.status(bar, f"{events}: the daemon catches up" if sync else events,
                             completed=sim.sent)
@@ -166,8 +172,9 @@ def run_simulation(
                     stack.wait_settled(timeout=1800)
                 poll_decisions(sim.sent)
             report["phases"].append({"name": phase.name, "events": phase.events,
-                                     "tasks": {t: v.as_report()
-                                               for t, v in sorted(tallies.items())}})
+                                     "tasks": phase_rows(tallies, truth)})
+        # Ratings still on their way land now, each once (in their answers' phases above).
+        sim.flush()
         view.status(bar, f"[{policy}] events {sim.sent}/{total}: the daemon settles")
         stack.wait_settled(timeout=1800)
         poll_decisions(sim.sent)
@@ -197,7 +204,26 @@ def run_simulation(
     return report
 
 
+def phase_rows(rated: dict[str, Tally], truth: dict[str, Tally]) -> dict[str, Any]:
+    """Per task of a phase: the figures the ratings show, and ``truth``, the judge over
+    every answer served (a task nobody rated has its rated figures empty).
+
+    >>> good, bad = Tally(), Tally()
+    >>> good.add(True, None); bad.add(True, None); bad.add(False, "g")
+    >>> phase_rows({"a": good}, {"a": bad, "b": good})["a"]["truth"]["crosstalk_rate"]
+    0.5
+    >>> phase_rows({"a": good}, {"a": bad, "b": good})["b"]["events"]
+    0
+    """
+    return {t: {**rated.get(t, Tally()).as_report(), "truth": truth[t].as_report()}
+            for t in sorted(truth)}
+
+
 def _wait_routes(stack: LocalStack, http: httpx.Client, tasks: set[str], timeout: float) -> None:
+    """Until every task has a route (or its adapter's bootstrap was given up). ``timeout``
+    counts from the last moment a job was queued or running: the first jobs build the base
+    model, which takes as long as the machine needs, and a job's own time limit
+    (ADAPTD_TRAIN_TIME_LIMIT_SECONDS) ends one that hangs."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         stack.check_alive()
@@ -205,6 +231,8 @@ def _wait_routes(stack: LocalStack, http: httpx.Client, tasks: set[str], timeout
         if tasks <= set(routes):
             return
         jobs = http.get(f"{stack.url}/v1/jobs", params={"limit": 1000}).json()["jobs"]
+        if any(j["status"] in ("queued", "running") for j in jobs):
+            deadline = time.monotonic() + timeout
         failed = [j for j in jobs if j["status"] == "failed"]
         if failed:
             raise RuntimeError(f"bootstrap training failed: {failed[0]['error']}; "
@@ -216,20 +244,25 @@ def _wait_routes(stack: LocalStack, http: httpx.Client, tasks: set[str], timeout
         if {owners[t]["adapter"] for t in tasks - set(routes)} <= given_up:
             return  # the rest stays on the base model, as an app without a route would serve
         time.sleep(1.0)
-    raise RuntimeError(f"no routes for all tasks within {timeout:.0f}s; logs in {stack.logs}")
+    raise RuntimeError(f"no routes for all tasks and no job running for {timeout:.0f}s; "
+                       f"logs in {stack.logs}")
 
 
 def summary_table(report: dict[str, Any], suite_risk: dict[str, str]) -> Table:
-    """Last phase per task: acceptance and crosstalk, with the serving adapter."""
+    """Last phase per task: acceptance and crosstalk over every answer served (the judge's
+    truth), how many answers users rated, and the serving adapter."""
     last = report["phases"][-1]
     table = Table(title=f"{report['policy']}: phase '{last['name']}'")
-    for col in ("task", "risk", "adapter", "events", "acceptance", "crosstalk", "from"):
-        table.add_column(col, justify="right" if col in ("events", "acceptance", "crosstalk") else "left")
-    for task, r in last["tasks"].items():
+    numeric = ("served", "rated", "acceptance", "crosstalk")
+    for col in ("task", "risk", "adapter", *numeric, "from"):
+        table.add_column(col, justify="right" if col in numeric else "left")
+    for task, row in last["tasks"].items():
+        r = row.get("truth", row)
         route = report["routing"].get(task, {})
         fmt = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
         sources = sorted(r.get("crosstalk_sources", {}).items(), key=lambda kv: (-kv[1], kv[0]))
         table.add_row(task, suite_risk.get(task, "?"), f"{route.get('adapter', '-')}@"
-                      f"{route.get('version', '-')}", str(r["events"]), fmt(r["acceptance"]),
-                      fmt(r["crosstalk_rate"]), ", ".join(f"{s} {n}" for s, n in sources) or "-")
+                      f"{route.get('version', '-')}", str(r["events"]), str(row["events"]),
+                      fmt(r["acceptance"]), fmt(r["crosstalk_rate"]),
+                      ", ".join(f"{s} {n}" for s, n in sources) or "-")
     return table

@@ -1,4 +1,5 @@
-"""Simulation scenarios (docs/contracts.md section 9): a seed, a suite and phases of traffic."""
+"""Simulation scenarios (docs/contracts.md section 9): a seed, a suite, phases of traffic and
+how users give feedback."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pydantic import (
     field_validator,
 )
 
+from daemon.sim.feedback import FeedbackSpec
 from storage.suite import BUILTIN_DIR, Suite, SuiteError, load_suite, validation_problems
 
 
@@ -40,6 +42,8 @@ class Scenario(BaseModel):
     seed: int = 0
     suite: str
     phases: list[Phase] = Field(min_length=1)
+    # How users rate the answers (default: every answer rated at once, without noise).
+    feedback: FeedbackSpec = Field(default_factory=FeedbackSpec)
     # For traffic longer than the simulation's defaults: the answer length the app allows,
     # and TrainConfig / EvalConfig overrides over the simulation's own (e.g. ``max_len``).
     max_new_tokens: int | None = Field(None, ge=1, le=4096)

@@ -1,6 +1,7 @@
 """Crash safety of the drain: SIGKILL the drain worker process again and again while events
 flow in through the real HTTP API. Afterwards SQL holds exactly the distinct acknowledged ids,
-nothing is counted twice and every pending entry of a dead consumer was reclaimed.
+nothing is counted twice and every pending entry of a dead consumer was reclaimed. On SQLite
+and on PostgreSQL.
 
 N = 5,000 events by default, 100,000 with ADAPTD_RELIABILITY_SCALE=full.
 """
@@ -148,8 +149,8 @@ class Producer(threading.Thread):
 
 @pytest.mark.slow
 @pytest.mark.timeout(scaled(120, 1800))
-def test_sigkill_drain_worker_repeatedly(make_settings) -> None:  # type: ignore[no-untyped-def]
-    settings = make_settings()
+def test_sigkill_drain_worker_repeatedly(make_settings, db_url: str) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings(database_url=db_url)
     engine = prepared_engine(settings)
     client = redis.Redis.from_url(settings.redis_url)
     keys = Keys(settings.key_prefix)

@@ -4,7 +4,8 @@ Assumed peak: 200 requests/s of 10-event batches (2,000 events/s) from the app. 
 offers 2x that - 400 req/s, 4,000 events/s - open loop for 10 s (CI) or 60 s (full), against
 `adaptd serve`, with the drain running as in production (`adaptd worker --queues ingest` and
 `adaptd beat`, subprocesses). Checked: no error, p99 latency, the API's RSS growth, the stream
-lag returning to zero afterwards and SQL holding every accepted event.
+lag returning to zero afterwards and SQL holding every accepted event. On SQLite and on
+PostgreSQL.
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ LAG_DRAIN_SECONDS = scaled(45, 120)
 
 @pytest.mark.slow
 @pytest.mark.timeout(scaled(150, 600))
-def test_twice_peak_load(make_settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    settings = make_settings(artifacts_dir=tmp_path / "state" / "artifacts")
+def test_twice_peak_load(make_settings, tmp_path: Path, db_url: str) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings(artifacts_dir=tmp_path / "state" / "artifacts", database_url=db_url)
     engine = prepared_engine(settings)
     client = redis.Redis.from_url(settings.redis_url)
     stream = FeedbackStream(client, settings.key_prefix, dedupe_ttl=60, replay_ttl=60)

@@ -3,7 +3,7 @@
 With ``appendonly yes`` + ``appendfsync always`` no event that got a 202 may be lost: after the
 restart and a drain every acknowledged id is in SQL. With ``everysec`` the loss window is
 measured and printed (a loose bound only). The API answers 503 while Redis is down and 202
-again afterwards, and the drain carries on - neither is restarted.
+again afterwards, and the drain carries on - neither is restarted. On SQLite and on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -92,11 +92,11 @@ class Drainer(threading.Thread):
             self.stop.wait(1.0)
 
 
-def _run(make_settings: Any, tmp_path: Path, fsync: str) -> dict[str, Any]:
+def _run(make_settings: Any, tmp_path: Path, fsync: str, db_url: str) -> dict[str, Any]:
     port = procs.free_port()
     rdir = tmp_path / "redis"
     proc = procs.start_redis(port, rdir, appendonly=True, appendfsync=fsync)
-    settings = make_settings(redis_url=f"redis://127.0.0.1:{port}/0")
+    settings = make_settings(redis_url=f"redis://127.0.0.1:{port}/0", database_url=db_url)
     engine = prepared_engine(settings)
     drainer = Drainer(settings, engine)
     try:
@@ -147,8 +147,8 @@ def _run(make_settings: Any, tmp_path: Path, fsync: str) -> dict[str, Any]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(scaled(120, 600))
-def test_appendfsync_always_loses_no_acknowledged_event(make_settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    r = _run(make_settings, tmp_path, "always")
+def test_appendfsync_always_loses_no_acknowledged_event(make_settings, tmp_path, db_url) -> None:  # type: ignore[no-untyped-def]
+    r = _run(make_settings, tmp_path, "always", db_url)
     print("\nredis restart (always):", json.dumps(r))
     assert r["lost"] == 0, f"{r['lost']} acknowledged events lost"
     assert r["stored_not_posted"] == 0
@@ -163,8 +163,8 @@ def test_appendfsync_always_loses_no_acknowledged_event(make_settings, tmp_path)
 
 @pytest.mark.slow
 @pytest.mark.timeout(scaled(120, 600))
-def test_appendfsync_everysec_loss_window(make_settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    r = _run(make_settings, tmp_path, "everysec")
+def test_appendfsync_everysec_loss_window(make_settings, tmp_path, db_url) -> None:  # type: ignore[no-untyped-def]
+    r = _run(make_settings, tmp_path, "everysec", db_url)
     print("\nredis restart (everysec): acknowledged events lost:", r["lost"],
           "- oldest lost was acknowledged", r["lost_window_s"], "s before the kill;",
           json.dumps(r))

@@ -56,24 +56,29 @@ def bundle(base_root: Path, serving_suite: Suite) -> Any:
 def trained(tmp_path_factory: pytest.TempPathFactory, base_root: Path,
             serving_suite: Suite) -> Path:
     """One version of the suite's shared adapter, trained briefly by the real job runner."""
+    return train_version(serving_suite, base_root, tmp_path_factory.mktemp("serving-train"))
+
+
+def train_version(suite: Suite, base_root: Path, work: Path) -> Path:
+    """Train ``shared@1`` of ``suite`` in ``work`` (sharing ``base_root``'s built bases) with
+    the real job runner; return the version's directory."""
     from workers.training.job import run_training_job
 
-    work = tmp_path_factory.mktemp("serving-train")
     artifacts = work / "artifacts"
-    artifacts.mkdir()
+    artifacts.mkdir(parents=True)
     (artifacts / "_base").symlink_to((base_root / "_base").resolve(), target_is_directory=True)
     url = f"sqlite:///{work / 'train.db'}"
     migrate(url)
     engine = make_engine(url)
     with Session(engine) as session:
-        sync_suite(session, suite=serving_suite)
+        sync_suite(session, suite=suite)
         job = create_job(session, adapter="shared", kind="retrain", params={})
         session.commit()
         assert job.id is not None
         job_id = job.id
     out = run_training_job(
         job_id, engine=engine, redis_client=None, key_prefix="t:", artifacts_dir=artifacts,
-        suite=serving_suite, worker_id="w", train_config=TrainConfig(
+        suite=suite, worker_id="w", train_config=TrainConfig(
             steps=6, batch_examples=8, checkpoint_every=6, affinity_measurements=0,
             warmup_steps=1, audit={"rounds": 0}),
         eval_config=fast_eval_config(), gate_config=LENIENT_GATE, device="cpu")

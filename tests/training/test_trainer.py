@@ -102,3 +102,37 @@ def test_per_task_stage_keeps_the_general_share(suite: Suite, base_root: Path,
     total = 12 * cfg.batch_examples
     assert abs(result.drawn["_general"] - suite.general_share * total) <= 3
     assert {s["stage"] for s in seen} == {"per_task"}
+
+
+def test_gradient_checkpointing_trains_the_same(suite: Suite, base_root: Path,
+                                                train_cfg: Any) -> None:
+    """Recomputing activations in backward (inside the packed segments) changes memory,
+    not the result: same losses and LoRA weights as keeping them."""
+    kept = _run(suite, base_root, train_cfg(steps=6, log_every=1, affinity_measurements=0,
+                                            gradient_checkpointing="off"))
+    redone = _run(suite, base_root, train_cfg(steps=6, log_every=1, affinity_measurements=0,
+                                              gradient_checkpointing="on"))
+    assert [h["loss"] for h in redone.history] == pytest.approx(
+        [h["loss"] for h in kept.history], rel=1e-5)
+    w1, w2 = _lora_weights(kept.model), _lora_weights(redone.model)
+    assert all(torch.allclose(w1[k], w2[k], atol=1e-6) for k in w1)
+    # Trained with a changing loss, and the model is handed back without checkpointing.
+    assert kept.history[0]["loss"] != kept.history[-1]["loss"]
+    assert not redone.model.get_base_model().is_gradient_checkpointing
+
+
+def test_packed_rows_hold_the_whole_micro_batch(suite: Suite, base_root: Path,
+                                                train_cfg: Any) -> None:
+    from workers.training.packed_attention import NAME
+    from workers.training.trainer import encode_pools, row_length
+
+    bundle = load_base(suite, base_root, device="cpu")
+    pools = encode_pools(bundle.tokenizer, assemble(suite, sorted(suite.tasks)), 128)
+    cfg = train_cfg()
+    assert row_length(cfg, pools, bundle.device, NAME) is None
+    assert row_length(cfg, pools, bundle.device, "flash_attention_2") is None
+    dense = row_length(cfg, pools, bundle.device, "eager")
+    assert dense is not None and dense % 16 == 0
+    assert row_length(train_cfg(pack_len=48), pools, bundle.device, NAME) == 48
+    result = _run(suite, base_root, train_cfg(steps=2, affinity_measurements=0))
+    assert result.model.get_base_model().config._attn_implementation == "sdpa"

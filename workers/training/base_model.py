@@ -1,11 +1,13 @@
 """Resolve, build (``builtin:tiny``) and load base models, strictly offline.
 
-``base_model`` is ``builtin:tiny`` (built from the suite's data and cached under
-``<artifacts>/_base/tiny-<content hash>/``), a local directory holding a causal LM, or a
-Hugging Face id already in the local cache. Nothing ever touches the network: loads pass
+``base_model`` is a builtin base (``builtin:tiny``, a Llama, or ``builtin:tiny-<arch>``, see
+``storage.suite.BUILTIN_BASES``: built from the suite's data and cached under
+``<artifacts>/_base/<name>-<content hash>/``), a local directory holding a causal LM (what
+``save_pretrained`` writes: config.json, tokenizer files, safetensors), or a Hugging Face id
+already in the local cache. Nothing ever touches the network: loads pass
 ``local_files_only=True``, and a bad id raises :class:`BaseModelError` naming it.
 
-A ``base_model`` string names a model, not one set of weights: ``builtin:tiny`` is rebuilt
+A ``base_model`` string names a model, not one set of weights: a builtin base is rebuilt
 whenever its recipe or the suite's texts change. Each version records the resolved *build* it
 was trained on (:func:`base_build`), and :func:`check_build` refuses to load it onto another.
 """
@@ -27,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from storage.artifacts import ArtifactError, fsync_path, read_meta
-from storage.suite import Suite
+from storage.suite import BUILTIN_BASES, Suite, check_builtin_base
 from workers.training.encode import PROMPT_FORMAT, recorded_format
 
 if TYPE_CHECKING:  # torch loads only where a model does: the policy tick needs none
@@ -75,19 +77,24 @@ def pick_device(choice: str = "auto") -> tuple[torch.device, torch.dtype]:
 
 
 def tiny_cache_key(suite: Suite) -> str:
-    """Content hash of everything the tiny base is built from."""
+    """Content hash of everything the suite's builtin base is built from (for a non-Llama
+    base, its architecture's recipe too)."""
+    from workers.training.tiny_arch import ARCHES
     from workers.training.tiny_recipe import TINY_SPEC, suite_texts
 
     tasks, general = suite_texts(suite)
-    blob = json.dumps(
-        {"spec": TINY_SPEC, "tasks": tasks, "general": general}, ensure_ascii=False
-    ).encode()
+    recipe: dict[str, Any] = {"spec": TINY_SPEC, "tasks": tasks, "general": general}
+    arch = BUILTIN_BASES[suite.base_model]
+    if arch != "llama":  # builtin:tiny keeps the key (and so the cached build) it always had
+        recipe["arch"] = {"name": arch, **ARCHES[arch]}
+    blob = json.dumps(recipe, ensure_ascii=False).encode()
     return hashlib.sha256(blob).hexdigest()[:20]
 
 
 def _tiny_name(suite: Suite) -> str:
-    """The directory (and so the build) name of the suite's ``builtin:tiny`` under ``_base``."""
-    return f"tiny-{tiny_cache_key(suite)}"
+    """The directory (and so the build) name of the suite's builtin base under ``_base``:
+    ``tiny-<hash>``, ``tiny-qwen2-<hash>``, ..."""
+    return f"{suite.base_model.removeprefix('builtin:')}-{tiny_cache_key(suite)}"
 
 
 @contextlib.contextmanager
@@ -105,13 +112,14 @@ def ensure_base(
     suite: Suite, artifacts_dir: Path, *, log: Callable[[str], None] | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> Path:
-    """Return the local directory of the suite's base model, building ``builtin:tiny`` once
+    """Return the local directory of the suite's base model, building a builtin base once
     (``progress`` hears the build's steps: ``tiny.build_tiny``)."""
     ref = suite.base_model
     if ref.startswith("builtin:"):
-        name = ref.removeprefix("builtin:")
-        if name != "tiny":
-            raise BaseModelError(f"base model {ref!r}: unknown builtin (have: builtin:tiny)")
+        try:
+            check_builtin_base(ref)  # a suite copied with another base_model skips validation
+        except ValueError as exc:
+            raise BaseModelError(str(exc)) from None
         root = Path(artifacts_dir) / "_base"
         target = root / _tiny_name(suite)
         if (target / "config.json").is_file():
@@ -124,7 +132,7 @@ def ensure_base(
             tmp = root / f".tmp-{target.name}-{uuid.uuid4().hex[:8]}"
             tmp.mkdir(parents=True)
             try:
-                build_tiny(suite, tmp, log=log, progress=progress)
+                build_tiny(suite, tmp, arch=BUILTIN_BASES[ref], log=log, progress=progress)
                 _fsync_tree(tmp)
                 os.rename(tmp, target)  # atomic: a reader sees all of it or nothing
             finally:
@@ -146,15 +154,16 @@ def _hub_snapshot(ref: str) -> Path:
         return Path(snapshot_download(ref, local_files_only=True))
     except Exception as exc:  # the hub raises many types; all mean "not here"
         raise BaseModelError(
-            f"base model {ref!r} is neither builtin:tiny, a local directory, nor a Hugging Face "
-            f"id in the local cache (adaptd never downloads): {type(exc).__name__}"
+            f"base model {ref!r} is neither a builtin base ({', '.join(BUILTIN_BASES)}), a "
+            f"local directory, nor a Hugging Face id in the local cache (adaptd never "
+            f"downloads): {type(exc).__name__}"
         ) from None
 
 
 def base_build(path: Path) -> str:
     """The identity of a resolved base: the name of the directory it is loaded from.
 
-    ``builtin:tiny``: ``tiny-<content hash>`` (a new recipe or new suite texts give a new
+    A builtin base: ``<name>-<content hash>`` (a new recipe or new suite texts give a new
     name); a hub id: the snapshot's commit hash; a local directory: its name, which does not
     notice weights replaced in place (hashing gigabytes on every load is not worth it) but
     lets ``base_model`` point at an old ``_base/tiny-<hash>`` directory and keep its adapters.
@@ -167,7 +176,7 @@ def expected_build(suite: Suite, artifacts_dir: Path) -> str | None:
     (for the policy tick, which must not build a base); None if the base cannot be resolved
     (the next training job reports why)."""
     try:
-        if suite.base_model == "builtin:tiny":
+        if suite.base_model in BUILTIN_BASES:
             return _tiny_name(suite)
         return base_build(ensure_base(suite, artifacts_dir))  # a directory or hub cache lookup
     except BaseModelError:

@@ -88,10 +88,14 @@ class TrainConfig(_Model):
     weight_decay: float = Field(0.0, ge=0.0)
     warmup_steps: int = Field(5, ge=0)
     max_len: int = Field(128, ge=8, le=32768)  # tokens per example (longer ones are dropped)
-    # Tokens per packed row; None: automatic (see trainer.auto_pack_len). On CPU attention is
-    # dense over a row, so short rows (about 1.5 examples' worth) are fastest there.
+    # Tokens per packed row; None: automatic (trainer.row_length): one row per micro-batch
+    # where attention runs per example (packed_attention), else short rows on a CPU.
     pack_len: int | None = Field(None, ge=8, le=65536)
     packing: bool = True  # False: length-grouped rows padded to the longest in the batch
+    # Recompute each decoder layer's activations in backward instead of keeping them: less
+    # memory, about a third more compute. "auto": on when the estimated step
+    # (workers/training/memory.py) would take more than 85 % of the GPU's memory; off on CPU.
+    gradient_checkpointing: Literal["auto", "on", "off"] = "auto"
     seed: int = 0
     stages: list[Stage] = Field(default_factory=_default_stages)
     lora: LoraSettings = Field(default_factory=LoraSettings)

@@ -13,7 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
+from workers.training.memory import LOGIT_CHUNK
 from workers.training.packing import IGNORE, Batch
 
 
@@ -64,13 +66,42 @@ def target_logits(model: torch.nn.Module, batch: Batch, wanted: torch.Tensor) ->
     if parts is None:
         return forward_logits(model, batch)[:, :-1, :][wanted].float()
     decoder, head = parts
-    hidden = decoder(
+    return head(_hidden(decoder, batch)[:, :-1, :][wanted]).float()
+
+
+def _hidden(decoder: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    return decoder(
         input_ids=batch.input_ids,
         position_ids=batch.position_ids,
         attention_mask=batch.attention_mask,
         use_cache=False,
     ).last_hidden_state
-    return head(hidden[:, :-1, :][wanted]).float()
+
+
+def _logp(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    logits = head(hidden).float()
+    return torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+
+def target_logp(model: torch.nn.Module, batch: Batch, wanted: torch.Tensor,
+                targets: torch.Tensor, *, chunk: int = LOGIT_CHUNK) -> torch.Tensor:
+    """log p(target) at the positions selected by ``wanted``. The vocabulary-sized logits are
+    made ``chunk`` elements at a time, each chunk recomputed in backward instead of
+    kept, so a step never holds all targets' logits (at a 150,000-token vocabulary, 16
+    examples of 512 targets would take 15 GiB for them). Below one chunk: in one go."""
+    parts = split_head(model)
+    if parts is None:
+        logits = forward_logits(model, batch)[:, :-1, :][wanted].float()
+        return torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    decoder, head = parts
+    hidden = _hidden(decoder, batch)[:, :-1, :][wanted]
+    rows = max(1, chunk // max(int(getattr(head, "out_features", 1)), 1))
+    if hidden.shape[0] <= rows:
+        return _logp(head, hidden, targets)
+    return torch.cat([
+        checkpoint(_logp, head, h, t, use_reentrant=False)
+        for h, t in zip(hidden.split(rows), targets.split(rows), strict=True)
+    ])
 
 
 def batch_loss(
@@ -82,16 +113,13 @@ def batch_loss(
     neg = batch.negative[:, 1:]
     pos = (targets != IGNORE) & ~neg
     wanted = targets != IGNORE
-    sel_logits = target_logits(model, batch, wanted)
-    sel_targets = targets[wanted]
-    tok_logp = torch.log_softmax(sel_logits, dim=-1).gather(-1, sel_targets.unsqueeze(-1))
-    tok_logp = tok_logp.squeeze(-1)
+    tok_logp = target_logp(model, batch, wanted, targets[wanted])
     sel_pos = pos[wanted]
     sel_neg = neg[wanted]
     n_pos = int(sel_pos.sum())
     ce = -tok_logp[sel_pos].sum() / max(n_pos, 1)
     total = ce
-    ul = torch.zeros((), device=sel_logits.device)
+    ul = torch.zeros((), device=tok_logp.device)
     if ul_weight > 0 and bool(sel_neg.any()):
         # Unlikelihood (Welleck et al. 2019): -log(1 - p(token)) pushes a rejected token down.
         p = tok_logp[sel_neg].exp().clamp(max=1 - 1e-6)

@@ -25,6 +25,8 @@ class Batch:
     task_ids: torch.Tensor  # [rows, length], task of each target token (-1 general, -2 none)
     negative: torch.Tensor  # [rows, length] bool, unlikelihood targets
     n_tokens: int  # real (non-pad) tokens
+    # Packed: the token count of each example in each row, in order (packed_attention).
+    segments: list[list[int]] | None = None
 
     def to(self, device: torch.device) -> Batch:
         return Batch(
@@ -35,11 +37,15 @@ class Batch:
             task_ids=self.task_ids.to(device),
             negative=self.negative.to(device),
             n_tokens=self.n_tokens,
+            segments=self.segments,
         )
 
 
-def _rows_packed(seqs: list[Seq], pack_len: int) -> list[list[Seq]]:
-    """First-fit decreasing bin packing (a sequence longer than a row gets its own row)."""
+def _rows_packed(seqs: list[Seq], pack_len: int | None) -> list[list[Seq]]:
+    """First-fit decreasing bin packing (a sequence longer than a row gets its own row);
+    ``pack_len=None``: one row holding every sequence."""
+    if pack_len is None:
+        return [sorted(seqs, key=lambda s: len(s.ids), reverse=True)]
     rows: list[list[Seq]] = []
     room: list[int] = []
     for seq in sorted(seqs, key=lambda s: len(s.ids), reverse=True):
@@ -54,7 +60,9 @@ def _rows_packed(seqs: list[Seq], pack_len: int) -> list[list[Seq]]:
     return rows
 
 
-def make_batch(seqs: list[Seq], *, pad_id: int, pack_len: int, packing: bool = True) -> Batch:
+def make_batch(
+    seqs: list[Seq], *, pad_id: int, pack_len: int | None, packing: bool = True
+) -> Batch:
     """Build tensors for ``seqs``; rows are trimmed to the longest row, not to ``pack_len``."""
     if packing:
         rows = _rows_packed(seqs, pack_len)
@@ -105,4 +113,5 @@ def make_batch(seqs: list[Seq], *, pad_id: int, pack_len: int, packing: bool = T
         task_ids=torch.tensor(task_l, dtype=torch.long),
         negative=torch.tensor(neg_l, dtype=torch.bool),
         n_tokens=int(attention.sum()),
+        segments=[[len(s.ids) for s in row] for row in rows] if packing else None,
     )

@@ -1,11 +1,16 @@
-"""``builtin:tiny``: a small Llama-style model built offline from a suite's own data.
+"""The builtin bases: a small model built offline from a suite's own data, a Llama
+(``builtin:tiny``) or another architecture with its chat template (``builtin:tiny-<arch>``,
+``tiny_arch.py``), saved as a hub model is (config.json, tokenizer files, safetensors).
 
-A byte-level BPE tokenizer is trained on the suite's seed and general texts (task tags are
-special tokens), then the model is pre-trained (full fine-tune) on the same texts so the
-adapters start from a model that can already write the suite's language and answer a request.
+A byte-level BPE tokenizer is trained on the suite's seed and general texts (``builtin:tiny``:
+task tags are special tokens; the chat bases: the architecture's own special tokens and chat
+template), then the model is pre-trained (full fine-tune) on the same texts with one recipe
+(``TINY_SPEC``) so the adapters start from a model that can already write the suite's
+language and answer a request.
 
-The task data is pre-trained *without* its task tags (``prompt<sep>response``): like a
-production base model, the tiny base has never seen the app's task labels, so it answers a
+The task data is pre-trained *without* its task tags (``prompt<sep>response``; a chat base:
+a conversation of the request and its answer, with no system turn): like a production base
+model, the tiny base has never seen the app's task labels, so it answers a
 request by its wording alone, and only an adapter can teach it what ``<task:apology>`` means.
 (Builder 2 pre-trained with the tags; its base already was a balanced multi-task model, so no
 adapter mixture could unbalance it and the holiday scenario could not show crosstalk.)
@@ -22,7 +27,14 @@ from typing import Any
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+)
 
 from storage.suite import Suite
 from workers.training.encode import (
@@ -38,14 +50,33 @@ from workers.training.encode import (
 )
 from workers.training.packing import make_batch
 from workers.training.sampler import GENERAL
+from workers.training.tiny_arch import ARCHES, config_kwargs
 from workers.training.tiny_recipe import TINY_SPEC, suite_texts
 
 
-def train_tokenizer(suite: Suite, vocab_size: int) -> PreTrainedTokenizerFast:
+def train_tokenizer(suite: Suite, vocab_size: int, arch: str = "llama") -> PreTrainedTokenizerFast:
     tasks, general = suite_texts(suite)
     texts = [x for _, p, r in tasks for x in (p, r)] + [x for p, r in general for x in (p, r)]
+    if arch != "llama":
+        recipe = ARCHES[arch]
+        tok = _bpe(texts, vocab_size, list(recipe["tokens"]))
+        roles = recipe["roles"]
+        return PreTrainedTokenizerFast(
+            tokenizer_object=tok, chat_template=recipe["chat_template"],
+            **{f"{role}_token": roles[role] for role in ("pad", "eos", "bos") if role in roles},
+        )
     tags = [task_tag(t) for t in sorted(suite.tasks)] + [task_tag(GENERAL)]
     specials = [PAD_TOKEN, EOS_TOKEN, BOS_TOKEN, SEP_TOKEN, *tags]
+    return PreTrainedTokenizerFast(
+        tokenizer_object=_bpe(texts, vocab_size, specials),
+        pad_token=PAD_TOKEN,
+        eos_token=EOS_TOKEN,
+        bos_token=BOS_TOKEN,
+        additional_special_tokens=[SEP_TOKEN, *tags],
+    )
+
+
+def _bpe(texts: list[str], vocab_size: int, specials: list[str]) -> Tokenizer:
     tok = Tokenizer(models.BPE())
     # Byte level: any text (any language, any later feedback) is representable, no <unk>.
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -57,44 +88,48 @@ def train_tokenizer(suite: Suite, vocab_size: int) -> PreTrainedTokenizerFast:
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token=PAD_TOKEN,
-        eos_token=EOS_TOKEN,
-        bos_token=BOS_TOKEN,
-        additional_special_tokens=[SEP_TOKEN, *tags],
-    )
+    return tok
 
 
 def build_tiny(
-    suite: Suite, out_dir: Path, *, spec: dict[str, float] | None = None,
+    suite: Suite, out_dir: Path, *, arch: str = "llama", spec: dict[str, float] | None = None,
     log: Callable[[str], None] | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> None:
-    """Train tokenizer + model for ``suite`` and ``save_pretrained`` both into ``out_dir``.
-    ``progress`` hears ``{"step", "steps", "loss"}`` after every pre-training step."""
+    """Train tokenizer + model of architecture ``arch`` (``llama`` or a ``tiny_arch.ARCHES``
+    key) for ``suite`` and ``save_pretrained`` both into ``out_dir``. ``progress`` hears
+    ``{"step", "steps", "loss"}`` after every pre-training step."""
     s = {**TINY_SPEC, **(spec or {})}
     seed = int(s["seed"])
     torch.manual_seed(seed)
-    tokenizer = train_tokenizer(suite, int(s["vocab_size"]))
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=int(s["hidden_size"]),
-        intermediate_size=int(s["intermediate_size"]),
-        num_hidden_layers=int(s["num_hidden_layers"]),
-        num_attention_heads=int(s["num_attention_heads"]),
-        num_key_value_heads=int(s["num_attention_heads"]),
-        max_position_embeddings=int(s["max_position_embeddings"]),
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        tie_word_embeddings=True,
-    )
-    model = LlamaForCausalLM(config)
+    tokenizer = train_tokenizer(suite, int(s["vocab_size"]), arch)
+    model: PreTrainedModel
+    if arch == "llama":
+        model = LlamaForCausalLM(LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=int(s["hidden_size"]),
+            intermediate_size=int(s["intermediate_size"]),
+            num_hidden_layers=int(s["num_hidden_layers"]),
+            num_attention_heads=int(s["num_attention_heads"]),
+            num_key_value_heads=int(s["num_attention_heads"]),
+            max_position_embeddings=int(s["max_position_embeddings"]),
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            tie_word_embeddings=True,
+        ))
+    else:
+        ids = {"pad": tokenizer.pad_token_id, "eos": tokenizer.eos_token_id,
+               "bos": tokenizer.bos_token_id}
+        config = AutoConfig.for_model(ARCHES[arch]["model_type"], vocab_size=len(tokenizer),
+                                      **config_kwargs(arch, s, ids))
+        model = AutoModelForCausalLM.from_config(config)
+    # A tokenizer without a pad token (Mistral's) pads with EOS, as load_base does.
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None \
+        else tokenizer.eos_token_id
     seqs = _pretrain_seqs(suite, tokenizer)
-    _pretrain(model, seqs, pad_id=int(tokenizer.pad_token_id), spec=s, log=log,
-              progress=progress)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    _pretrain(model, seqs, pad_id=int(pad_id), spec=s, log=log, progress=progress)
+    model.generation_config.pad_token_id = pad_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.save_pretrained(out_dir)  # safetensors is the default serialization
     tokenizer.save_pretrained(out_dir)
@@ -103,7 +138,8 @@ def build_tiny(
 def _pretrain_seqs(suite: Suite, tokenizer: PreTrainedTokenizerFast) -> list[Seq]:
     tasks, general = suite_texts(suite)
     # Task data without its tag: the base learns to answer requests, not the app's tasks.
-    seqs: list[Seq] = [encode_untagged(tokenizer, prompt, response) for _, prompt, response in tasks]
+    untagged = _encode_chat if tokenizer.chat_template else encode_untagged
+    seqs: list[Seq] = [untagged(tokenizer, prompt, response) for _, prompt, response in tasks]
     for prompt, response in general:
         seq = encode_example(tokenizer, GENERAL, prompt, response, task_index=-1)
         seq.start = 1
@@ -112,8 +148,18 @@ def _pretrain_seqs(suite: Suite, tokenizer: PreTrainedTokenizerFast) -> list[Seq
     return seqs
 
 
+def _encode_chat(tokenizer: PreTrainedTokenizerFast, prompt: str, response: str) -> Seq:
+    """The request as a user turn in the base's chat template, the answer, EOS (which closes
+    the assistant turn), all of it targets: an instruct model's conversation with no task."""
+    head = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                         add_generation_prompt=True)
+    ids = list(tokenizer.encode(str(head), add_special_tokens=False))
+    ids += [*tokenizer.encode(response, add_special_tokens=False), int(tokenizer.eos_token_id)]
+    return Seq(ids=ids, start=1, task=-1)
+
+
 def _pretrain(
-    model: LlamaForCausalLM, seqs: list[Seq], *, pad_id: int, spec: dict[str, float],
+    model: PreTrainedModel, seqs: list[Seq], *, pad_id: int, spec: dict[str, float],
     log: Callable[[str], None] | None,
     progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> None:

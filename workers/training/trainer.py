@@ -10,12 +10,13 @@ with the same weights as an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,11 @@ from workers.training.config import TrainConfig
 from workers.training.data import DataBundle, Sample
 from workers.training.encode import Seq, encode_example
 from workers.training.loss import batch_loss
+from workers.training.memory import model_shape
+from workers.training.packed_attention import NAME as PACKED
+from workers.training.packed_attention import segments, use_packed
 from workers.training.packing import Batch, make_batch
+from workers.training.precision import autocast, checkpointing_wanted
 from workers.training.sampler import (
     GENERAL,
     NEG_SUFFIX,
@@ -147,16 +152,26 @@ def train_adapter(
     probe_batches = _probe_batches(pools, task_ratios, bundle) if probe_steps else {}
     bar = _Bar(config.steps, show_bar, done=step)
     pad_id = int(bundle.tokenizer.pad_token_id)
-    pack_len = config.pack_len or auto_pack_len(pools, bundle.device)
+    # 5. Attention per example of a packed row, bf16 autocast on CUDA, and gradient
+    #    checkpointing when the step would not fit in the device's memory without it.
+    stack = contextlib.ExitStack()
+    packed = stack.enter_context(use_packed(model))
+    pack_len = row_length(config, pools, bundle.device, _attn_implementation(model))
+    checkpointing = checkpointing_wanted(config.gradient_checkpointing, model_shape(model),
+                                         lora_params=sum(p.numel() for p in params),
+                                         tokens=_step_tokens(pools, config),
+                                         device=bundle.device)
+    if checkpointing:
+        stack.enter_context(_gradient_checkpointing(model))
     try:
         while step < config.steps:
-            # 5. Stop early if the caller says so (lease lost); the checkpoint stays usable.
+            # 6. Stop early if the caller says so (lease lost); the checkpoint stays usable.
             if should_stop is not None and should_stop():
                 raise TrainingAborted(f"stopped at step {step}")
             stage_idx, stage, in_stage, stage_len = _locate(plan, step)
             if stage.kind == "hard" and not hard:
                 hard = _hard_tasks(ema, task_ratios)
-            # 6. This step's mixture: stage ratios -> sources (general share, negatives).
+            # 7. This step's mixture: stage ratios -> sources (general share, negatives).
             st_ratios = stage_task_ratios(stage.kind, task_ratios, step_in_stage=in_stage,
                                           stage_len=stage_len, hard_tasks=hard)
             src_ratios = source_ratios(st_ratios, general_share=g_share,
@@ -165,7 +180,8 @@ def train_adapter(
             lr = _lr(config, step, stage.lr_scale)
             for group in opt.param_groups:
                 group["lr"] = lr
-            # 7. Gradient accumulation over micro-batches drawn by the ratios, packed rows.
+            # 8. Gradient accumulation over micro-batches drawn by the ratios, packed rows;
+            #    the backward pass inside the segments too (checkpointing recomputes there).
             opt.zero_grad(set_to_none=True)
             sums: dict[int, float] = {}
             counts: dict[int, int] = {}
@@ -179,26 +195,28 @@ def train_adapter(
                 seqs = [pools[s][sampler.draw(s)] for s in sources]
                 batch = make_batch(seqs, pad_id=pad_id, pack_len=pack_len,
                                    packing=config.packing).to(bundle.device)
-                parts = batch_loss(model, batch, ul_weight=config.unlikelihood_weight)
-                (parts.total / config.grad_accum).backward()
+                with segments(batch.segments if packed else None), autocast(bundle.device):
+                    parts = batch_loss(model, batch, ul_weight=config.unlikelihood_weight)
+                    (parts.total / config.grad_accum).backward()
                 total_loss += float(parts.total.detach()) / config.grad_accum
                 tokens += batch.n_tokens
                 for k, v in parts.task_sum.items():
                     sums[k] = sums.get(k, 0.0) + v
                     counts[k] = counts.get(k, 0) + parts.task_count[k]
-            # 8. Clip and update.
+            # 9. Clip and update.
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             step += 1
-            # 9. Per-task running loss (EMA) for the logs and the "hard" stage.
+            # 10. Per-task running loss (EMA) for the logs and the "hard" stage.
             for k, s in sums.items():
                 name = tasks[k] if k >= 0 else GENERAL
                 cur = s / max(counts[k], 1)
                 ema[name] = cur if name not in ema else 0.8 * ema[name] + 0.2 * cur
-            # 10. TAG affinity probes at a few steps of the mixed stage.
+            # 11. TAG affinity probes at a few steps of the mixed stage.
             if step in probe_steps and len(probes_done) < len(probe_steps):
-                probes_done.append(affinity.measure(model, probe_batches, lr=lr))
-            # 11. Log, report progress, checkpoint.
+                with autocast(bundle.device):
+                    probes_done.append(affinity.measure(model, probe_batches, lr=lr))
+            # 12. Log, report progress, checkpoint.
             info = {"step": step, "steps": config.steps, "stage": stage.kind, "lr": lr,
                     "loss": round(total_loss, 5), "tokens": tokens,
                     "task_loss": {k: round(v, 5) for k, v in sorted(ema.items())},
@@ -222,7 +240,8 @@ def train_adapter(
                 )
     finally:
         bar.close()
-    # 12. Done: eval mode, summary.
+        stack.close()
+    # 13. Done: eval mode, summary.
     model.eval()
     drawn: dict[str, int] = {}
     for per_stage in sampler.counts.values():
@@ -238,17 +257,48 @@ def train_adapter(
 # -- helpers -----------------------------------------------------------------------------------
 
 
-def auto_pack_len(pools: Mapping[str, list[Seq]], device: torch.device) -> int:
-    """Row length for packing: a multiple of 16 near 1.5x (CPU) or 8x (GPU) the 95th
-    percentile example length. SDPA computes a row's full attention square whatever the
-    block mask, which costs more than the padding saved once rows get long on a CPU; GPUs
-    are the other way round."""
+def row_length(config: TrainConfig, pools: Mapping[str, list[Seq]], device: torch.device,
+               attn: str) -> int | None:
+    """Tokens per packed row: ``config.pack_len``, else automatic. None (one row per
+    micro-batch, so no padding at all) where attention costs what the examples cost however
+    long the row is: ``packed_sdpa`` and the flash-attention kernels. Other implementations
+    compute a row's full attention square whatever the block mask, which costs more than the
+    padding saved once rows get long on a CPU (GPUs are the other way round): a multiple of
+    16 near 1.5x (CPU) or 8x (GPU) the 95th percentile example length."""
+    if config.pack_len is not None or not config.packing:
+        return config.pack_len or config.max_len
+    if attn == PACKED or attn.startswith("flash_attention"):
+        return None
     lengths = sorted(len(s.ids) for pool in pools.values() for s in pool)
     if not lengths:
         return 64
     p95 = lengths[min(len(lengths) - 1, int(0.95 * len(lengths)))]
     factor = 8.0 if device.type == "cuda" else 1.5
     return max(32, -(-int(factor * p95) // 16) * 16)
+
+
+def _attn_implementation(model: Any) -> str:
+    get_base = getattr(model, "get_base_model", None)
+    hf = get_base() if callable(get_base) else model
+    return str(getattr(getattr(hf, "config", None), "_attn_implementation", None) or "eager")
+
+
+def _step_tokens(pools: Mapping[str, list[Seq]], config: TrainConfig) -> int:
+    """Tokens of the largest micro-batch the pools can make (the memory estimate's input)."""
+    longest = sorted((len(s.ids) for pool in pools.values() for s in pool), reverse=True)
+    return sum(longest[: config.batch_examples]) or config.max_len
+
+
+@contextlib.contextmanager
+def _gradient_checkpointing(model: Any) -> Iterator[None]:
+    """Recompute each decoder layer in backward instead of keeping its activations."""
+    get_base = getattr(model, "get_base_model", None)
+    hf = get_base() if callable(get_base) else model
+    hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    try:
+        yield
+    finally:
+        hf.gradient_checkpointing_disable()
 
 
 def _stage_plan(config: TrainConfig) -> list[tuple[Any, int, int]]:
