@@ -3,8 +3,10 @@
 A suite is a YAML file (docs/contracts.md sections 5 and 9) or a builtin (``builtin:<name>``, shipped in
 ``storage/suites``). Tasks get their seed data either from JSONL files
 (``{"prompt": ..., "response": ...}``) or from generators: prompt templates and response parts
-with ``{slot}`` placeholders. A bad suite raises :class:`SuiteError` naming the file, the field
-and what is wrong.
+with ``{slot}`` placeholders. A generator task may also give the app's conversation around the
+request: ``system`` prompts (the app screen's instructions) and ``context`` (earlier user and
+assistant turns); each example draws one of each, so the request arrives as a chat. A bad
+suite raises :class:`SuiteError` naming the file, the field and what is wrong.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -54,12 +56,25 @@ def check_builtin_base(ref: str) -> None:
                          "or a local directory, or a Hugging Face id in the local cache)")
 
 
+Turn = tuple[str, str]  # (role, content) of a chat turn
+
+
 @dataclass(frozen=True)
 class Example:
-    """One prompt/response pair of seed data."""
+    """One prompt/response pair of seed data; ``context``: the turns before the prompt (a
+    system turn first if any, then user and assistant turns), empty for a plain request."""
 
     prompt: str
     response: str
+    context: tuple[Turn, ...] = ()
+
+
+class ContextTurn(BaseModel):
+    """One earlier turn of the app's conversation."""
+
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["user", "assistant"]
+    content: str = Field(min_length=1)
 
 
 class Generator(BaseModel):
@@ -90,6 +105,10 @@ class TaskSpec(BaseModel):
     markers: list[str] = Field(default_factory=list)
     forbid: list[str] = Field(default_factory=list)
     description: str = ""
+    # The app's conversation around a generated request: one system prompt and one context
+    # (earlier turns, user first, alternating, ending with the assistant) drawn per example.
+    system: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+    context: list[list[ContextTurn]] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _has_data(self) -> TaskSpec:
@@ -97,7 +116,20 @@ class TaskSpec(BaseModel):
             raise ValueError("needs either `data` (a JSONL file) or `prompts` and `responses`")
         if self.responses and any(not part for part in self.responses):
             raise ValueError("every list in `responses` needs at least one choice")
+        if self.data is not None and (self.system or self.context):
+            raise ValueError("`system` and `context` go with generated `prompts`, not `data`")
+        for i, turns in enumerate(self.context):
+            roles = [t.role for t in turns]
+            want = ["user", "assistant"] * (len(turns) // 2)
+            if not turns or roles != want:
+                raise ValueError(f"context {i}: turns alternate user, assistant, starting with "
+                                 f"the user and ending with the assistant (got {roles})")
         return self
+
+    @property
+    def chat(self) -> bool:
+        """Whether the task's requests come as a conversation."""
+        return bool(self.system or self.context)
 
 
 class Suite(BaseModel):
@@ -156,6 +188,12 @@ class Suite(BaseModel):
         ]
         if self.general:
             gens.append(("general", self.general.prompts, self.general.responses))
+        for n, t in self.tasks.items():
+            for text in t.system:
+                yield f"tasks.{n}.system", text
+            for turns in t.context:
+                for turn in turns:
+                    yield f"tasks.{n}.context", turn.content
         for where, prompts, responses in gens:
             for p in prompts:
                 yield where + ".prompts", p
@@ -188,12 +226,23 @@ class Suite(BaseModel):
             return self.fill(rng.choice(spec.prompts), rng)
         return rng.choice(self.seed_examples(task)).prompt
 
+    def request_for(self, task: str, rng: random.Random) -> tuple[tuple[Turn, ...], str]:
+        """A fresh request of ``task``: the conversation before it (empty for a task without
+        ``system`` or ``context``, which draws from ``rng`` exactly as :meth:`prompt_for`)
+        and the prompt, their slots filled with the same values."""
+        spec = self.tasks[task]
+        if not spec.chat:
+            return (), self.prompt_for(task, rng)
+        values = {k: rng.choice(v) for k, v in self.slots.items()}
+        prompt = _substitute(rng.choice(spec.prompts), values)
+        return _conversation(spec, values, rng), prompt
+
     def seed_examples(self, task: str, *, seed: int = 0) -> list[Example]:
         """The task's seed data: its JSONL file, or ``examples_per_task`` generated pairs."""
         spec = self.tasks[task]
         if spec.data is not None:
             return read_jsonl_examples(self.base_dir / spec.data)
-        return self._generate(spec.prompts, spec.responses, seed=seed, salt=task)
+        return self._generate(spec.prompts, spec.responses, seed=seed, salt=task, spec=spec)
 
     def general_examples(self, *, seed: int = 0) -> list[Example]:
         """Retained general data (may be empty)."""
@@ -206,7 +255,8 @@ class Suite(BaseModel):
         return []
 
     def _generate(
-        self, prompts: list[str], responses: list[list[str]], *, seed: int, salt: str
+        self, prompts: list[str], responses: list[list[str]], *, seed: int, salt: str,
+        spec: TaskSpec | None = None,
     ) -> list[Example]:
         digest = hashlib.sha256(f"{seed}:{salt}".encode()).digest()
         rng = random.Random(int.from_bytes(digest[:8], "big"))
@@ -216,9 +266,20 @@ class Suite(BaseModel):
             values = {k: rng.choice(v) for k, v in self.slots.items()}
             prompt = _substitute(rng.choice(prompts), values)
             response = "".join(_substitute(rng.choice(part), values) for part in responses)
-            out.append(Example(prompt, response))
+            # Drawn last, and only for chat tasks, so other tasks' data stays as it was.
+            context = _conversation(spec, values, rng) if spec is not None and spec.chat else ()
+            out.append(Example(prompt, response, context))
         return out
 
+
+def _conversation(spec: TaskSpec, values: dict[str, str], rng: random.Random) -> tuple[Turn, ...]:
+    """A system turn (if the task has system prompts) and one of its contexts (if any)."""
+    turns: list[Turn] = []
+    if spec.system:
+        turns.append(("system", _substitute(rng.choice(spec.system), values)))
+    if spec.context:
+        turns += [(t.role, _substitute(t.content, values)) for t in rng.choice(spec.context)]
+    return tuple(turns)
 
 
 def _substitute(template: str, values: dict[str, str]) -> str:

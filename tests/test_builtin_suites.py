@@ -260,7 +260,7 @@ def _load_scenario(name: str) -> tuple[dict, Suite]:
 @pytest.mark.parametrize("name", SCENARIOS)
 def test_scenario_is_valid(name: str) -> None:
     raw, suite = _load_scenario(name)
-    assert set(raw) <= {"seed", "suite", "phases"}
+    assert set(raw) <= {"seed", "suite", "phases", "feedback", "max_new_tokens", "train", "eval"}
     assert isinstance(raw["seed"], int)
     phases = raw["phases"]
     assert isinstance(phases, list) and len(phases) >= 2

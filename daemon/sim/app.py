@@ -3,7 +3,8 @@
 For each request it draws a task from the phase's traffic mix, builds a prompt, asks
 ``/v1/routing`` (with ETag) which adapter version serves that task, generates with that
 version (sampling, as production does), judges the output and posts the verdict as signed
-feedback. New routes are picked up as soon as they are promoted. It generates in-process, or
+feedback (with ``messages``, the conversation, for a task whose requests come as a chat).
+New routes are picked up as soon as they are promoted. It generates in-process, or
 through a serving engine (:class:`EngineGenerator`: the routed name and prompt contract).
 """
 
@@ -25,12 +26,14 @@ from daemon.sim.feedback import FeedbackModel, FeedbackSpec, Pending
 from daemon.sim.judge import judge
 from daemon.webhooks import signed_headers
 from storage.suite import Suite
+from workers.training.data import fresh_request
+from workers.training.encode import Conversation, Prompt, flat_text
 
 
 class Generator(Protocol):
     """What the simulator needs of a model server (workers.training.generate.AdapterServer)."""
 
-    def generate(self, task: str, prompts: Sequence[str], *, adapter: str | None = None,
+    def generate(self, task: str, prompts: Sequence[Prompt], *, adapter: str | None = None,
                  version: int | None = None, path: Path | None = None,
                  sha256: str | None = None, **kwargs: Any) -> list[str]: ...
 
@@ -46,11 +49,15 @@ class EngineGenerator:
         self.http = http or httpx.Client(timeout=120)
         self.sampling = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p}
 
-    def generate_routed(self, task: str, prompts: Sequence[str], route: dict[str, Any] | None,
+    def generate_routed(self, task: str, prompts: Sequence[Prompt], route: dict[str, Any] | None,
                         *, seed: int) -> list[str]:
         contract = (route or {}).get("prompt") or {"prefix": "", "suffix": "",
                                                    "add_special_tokens": True}
-        texts = [f"{contract['prefix']}{p}{contract['suffix']}" for p in prompts]
+        if contract.get("style") == "chat" and any(isinstance(p, Conversation) for p in prompts):
+            raise ValueError("the simulator sends conversations through the completions API "
+                             "with tag-style prompt contracts only")
+        # A conversation under a tag contract: its turns as docs/contracts.md section 3 says.
+        texts = [f"{contract['prefix']}{flat_text(p)}{contract['suffix']}" for p in prompts]
         body = {"model": route["served_as"] if route else self.base_name, "prompt": texts,
                 "seed": seed, "add_special_tokens": contract["add_special_tokens"],
                 **self.sampling}
@@ -129,7 +136,8 @@ class AppSimulator:
                  generator: Generator | EngineGenerator, seed: int,
                  edit_share: float = 0.3, http: httpx.Client | None = None,
                  on_route_change: Callable[[Routing], None] | None = None,
-                 feedback: FeedbackSpec | None = None):
+                 feedback: FeedbackSpec | None = None,
+                 max_new_tokens: int | None = None):
         self.suite, self.url, self.secret, self.generator = suite, url, secret, generator
         # Three independent random streams (common random numbers): the requests (tasks and
         # prompts) and the sampling seeds never depend on how earlier answers were judged, so
@@ -140,6 +148,9 @@ class AppSimulator:
         self.user_rng = random.Random(f"{seed}/user")
         self.seed = seed
         self.edit_share = edit_share
+        # The answer length the app allows (None: the generator's default).
+        self.sampling: dict[str, Any] = ({} if max_new_tokens is None
+                                         else {"max_new_tokens": max_new_tokens})
         self.http = http or httpx.Client(timeout=60)
         self.routing = Routing()
         self.on_route_change = on_route_change
@@ -162,7 +173,7 @@ class AppSimulator:
         by_task: dict[str, list[int]] = {}
         for i, task in enumerate(tasks):
             by_task.setdefault(task, []).append(i)
-        prompts = [self.suite.prompt_for(t, self.traffic_rng) for t in tasks]
+        prompts = [fresh_request(self.suite, t, self.traffic_rng) for t in tasks]
         outputs: list[str] = [""] * n
         for task, idx in sorted(by_task.items()):
             route = self.routing.routes.get(task)
@@ -176,7 +187,7 @@ class AppSimulator:
                     kwargs = {"adapter": route["adapter"], "version": route["version"],
                               "path": Path(route["path"]), "sha256": route["sha256"]}
                 texts = self.generator.generate(task, [prompts[i] for i in idx], seed=seed,
-                                                **kwargs)
+                                                **self.sampling, **kwargs)
             for i, text in zip(idx, texts, strict=True):
                 outputs[i] = text
         now = datetime.now(UTC).isoformat()
@@ -185,8 +196,11 @@ class AppSimulator:
             verdict = judge(self.suite, task, output)
             route = self.routing.routes.get(task)
             event: dict[str, Any] = {
-                "id": f"sim_{self.seed}_{self.sent}", "task": task, "prompt": prompt,
-                "output": output or "(empty)", "occurred_at": now,
+                "id": f"sim_{self.seed}_{self.sent}", "task": task,
+                **({"messages": prompt.as_messages()} if isinstance(prompt, Conversation)
+                   else {"prompt": prompt}),
+                # A byte-level model can emit a NUL, which no event may carry (section 3).
+                "output": output.replace("\x00", "") or "(empty)", "occurred_at": now,
                 "adapter": f"{route['adapter']}@{route['version']}" if route else None,
                 "meta": {"judge": verdict.reason},
             }

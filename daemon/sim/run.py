@@ -99,7 +99,8 @@ def run_simulation(
     now = view.bar(f"[{policy}] starting adaptd: API, workers, beat")
     with view, LocalStack(settings, workdir, suite=suite_ref, policy_mode=mode,
                           policy={**SIM_POLICY, **clock, **(policy_overrides or {})},
-                          train={**SIM_TRAIN, **(train_overrides or {})}, evaluation=SIM_EVAL,
+                          train={**SIM_TRAIN, **scenario.train, **(train_overrides or {})},
+                          evaluation={**SIM_EVAL, **scenario.eval},
                           say=view.print, base_cache=base_cache,
                           serving_replicas=engine.replicas) as stack, \
             stack.watch(view), engine.running(settings, stack, say=view.print):
@@ -139,7 +140,8 @@ def run_simulation(
         server = engine.generator(http) or AdapterServer(suite, stack.child.artifacts_dir)
         sim = AppSimulator(suite=suite, url=stack.url, secret=settings.webhook_secrets()[0],
                            generator=server, seed=scenario.seed, http=http,
-                           feedback=scenario.feedback)
+                           feedback=scenario.feedback,
+                           max_new_tokens=scenario.max_new_tokens)
         series: list[dict[str, Any]] = []
         total = scenario.total_events
         view.remove(now)

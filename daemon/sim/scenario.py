@@ -7,7 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from daemon.sim.feedback import FeedbackSpec
 from storage.suite import BUILTIN_DIR, Suite, SuiteError, load_suite, validation_problems
@@ -37,6 +44,19 @@ class Scenario(BaseModel):
     phases: list[Phase] = Field(min_length=1)
     # How users rate the answers (default: every answer rated at once, without noise).
     feedback: FeedbackSpec = Field(default_factory=FeedbackSpec)
+    # For traffic longer than the simulation's defaults: the answer length the app allows,
+    # and TrainConfig / EvalConfig overrides over the simulation's own (e.g. ``max_len``).
+    max_new_tokens: int | None = Field(None, ge=1, le=4096)
+    train: dict[str, Any] = Field(default_factory=dict)
+    eval: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("train", "eval")
+    @classmethod
+    def _overrides(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        from workers.training.config import CONFIG_GROUPS
+
+        CONFIG_GROUPS[str(info.field_name)].model_validate(value)
+        return value
 
     @property
     def total_events(self) -> int:

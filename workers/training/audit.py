@@ -43,7 +43,8 @@ import torch
 from storage.suite import Suite
 from workers.training.base_model import BaseBundle
 from workers.training.config import EvalConfig, TrainConfig
-from workers.training.data import DataBundle, Sample
+from workers.training.data import DataBundle, Sample, fresh_request
+from workers.training.encode import Prompt
 from workers.training.generate import generate_batch
 from workers.training.sampler import NEG_SUFFIX
 from workers.training.style import StyleDetector, crosstalk_source, suite_markers
@@ -51,7 +52,7 @@ from workers.training.trainer import Progress, train_adapter
 
 
 def audit_requests(suite: Suite, task: str, *, samples: int, seed: int,
-                   known: Sequence[str] = (), stream: str = "audit") -> list[str]:
+                   known: Sequence[Prompt] = (), stream: str = "audit") -> list[Prompt]:
     """``samples`` requests for ``task``: fresh ones from the suite's prompt generators, or,
     for a task without any, drawn from ``known`` (the requests it is known to get; by
     default its seed prompts). Deterministic in ``seed`` and ``stream``: another stream
@@ -64,16 +65,18 @@ def audit_requests(suite: Suite, task: str, *, samples: int, seed: int,
     """
     rng = random.Random(f"{stream}:{seed}:{task}")
     if suite.tasks[task].prompts:
-        return [suite.prompt_for(task, rng) for _ in range(samples)]
-    pool = sorted(set(known) or {e.prompt for e in suite.seed_examples(task)})
+        return [fresh_request(suite, task, rng) for _ in range(samples)]
+    # Ordered by text (conversations after plain prompts): a set's order is not repeatable.
+    pool = sorted(set(known) or {e.prompt for e in suite.seed_examples(task)},
+                  key=lambda p: (False, p) if isinstance(p, str) else (True, repr(p)))
     return rng.choices(pool, k=samples) if pool else []
 
 
 @torch.no_grad()
 def find_leaks(
     model: Any, tokenizer: Any, suite: Suite, task: str, *, samples: int, seed: int,
-    detector: StyleDetector | None, ecfg: EvalConfig, skip: Collection[str] = (),
-    known: Sequence[str] = (),
+    detector: StyleDetector | None, ecfg: EvalConfig, skip: Collection[Prompt] = (),
+    known: Sequence[Prompt] = (),
 ) -> list[Sample]:
     """``task``'s answers to ``audit_requests`` that carry another task's style."""
     asks = [p for p in audit_requests(suite, task, samples=samples, seed=seed, known=known)

@@ -152,7 +152,9 @@ class DataConfig(_Model):
 
     heldout_fraction: float = Field(0.15, ge=0.0, lt=1.0)
     heldout_min: int = Field(4, ge=0)  # at least this many held-out examples per task
-    max_chars: int = Field(2000, ge=1)  # longer prompts/responses are dropped
+    # Longer prompts/responses are dropped; 16 KiB, an event's output limit, so no answer a
+    # valid event carries is dropped for its length (`train.max_len` bounds the tokens).
+    max_chars: int = Field(16384, ge=1)
     max_rows_per_task: int = Field(5000, ge=1)  # newest SQL rows first
 
 

@@ -1,15 +1,18 @@
 """Prompt format and tokenization: the one place a (task, prompt, response) becomes token ids.
 
 Training and generation must build the prompt identically, so both call :func:`prompt_ids`.
-The prompt carries an explicit task tag: a chat template's system turn when the tokenizer has
-one, else a tag like ``<task:apology>`` (a special token in builtin tokenizers, plain text in
-others) followed by a separator (``<sep>`` when the vocabulary has it, else a newline).
+A prompt is the app's request: a plain string, or a :class:`Conversation` (the turns the app
+sent, system first if any, ending with the user turn the response answers). The prompt carries
+an explicit task tag: a chat template's system turn when the tokenizer has one, else a tag like
+``<task:apology>`` (a special token in builtin tokenizers, plain text in others) followed by a
+separator (``<sep>`` when the vocabulary has it, else a newline). docs/contracts.md section 3
+says how a conversation is rendered, so an app can build the same tokens.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -34,6 +37,79 @@ def task_tag(task: str) -> str:
     return f"<task:{task}>"
 
 
+def task_system(task: str) -> str:
+    """The system text that marks the task under a chat template."""
+    return f"Task: {task}"
+
+
+Turn = tuple[str, str]  # (role, content); roles: system | user | assistant
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """The app's conversation up to the request (OpenAI chat roles, text only): an optional
+    system turn first, then user and assistant turns, ending with a user turn.
+
+    >>> c = Conversation.of([{"role": "system", "content": "Be brief."},
+    ...                      {"role": "user", "content": "hi"}])
+    >>> c.system, c.request, c.as_messages()[1]
+    ('Be brief.', 'hi', {'role': 'user', 'content': 'hi'})
+    """
+
+    turns: tuple[Turn, ...]
+
+    def __post_init__(self) -> None:
+        if not self.turns or self.turns[-1][0] != "user":
+            raise ValueError("a conversation ends with a user turn")
+        for i, (role, _) in enumerate(self.turns):
+            if role not in ("system", "user", "assistant") or (role == "system" and i):
+                raise ValueError(f"turn {i}: role {role!r} (a system turn only comes first)")
+
+    @classmethod
+    def of(cls, messages: Iterable[Mapping[str, str]]) -> Conversation:
+        return cls(tuple((str(m["role"]), str(m["content"])) for m in messages))
+
+    @property
+    def system(self) -> str | None:
+        return self.turns[0][1] if self.turns[0][0] == "system" else None
+
+    @property
+    def request(self) -> str:
+        """The last user turn: what the response answers."""
+        return self.turns[-1][1]
+
+    @property
+    def dialogue(self) -> tuple[Turn, ...]:
+        """The user and assistant turns (everything but the system turn)."""
+        return self.turns[1:] if self.system is not None else self.turns
+
+    def as_messages(self) -> list[dict[str, str]]:
+        return [{"role": r, "content": c} for r, c in self.turns]
+
+
+Prompt = str | Conversation
+
+
+def as_conversation(prompt: Prompt) -> Conversation:
+    """A plain prompt is a conversation of one user turn."""
+    return prompt if isinstance(prompt, Conversation) else Conversation((("user", prompt),))
+
+
+def request_text(prompt: Prompt) -> str:
+    """The text the response answers: the prompt, or a conversation's last user turn."""
+    return prompt.request if isinstance(prompt, Conversation) else prompt
+
+
+def flat_text(prompt: Prompt) -> str:
+    """One string for a prompt (keys, lengths, hashes): a plain prompt, or a conversation of
+    one user turn, is its text; a longer conversation is its turns as ``role: content``
+    lines (the rendering of a tokenizer without a chat template)."""
+    conv = as_conversation(prompt)
+    if len(conv.turns) == 1:
+        return conv.request
+    return "\n".join(f"{role}: {content}" for role, content in conv.turns)
+
+
 class Tok(Protocol):
     """The slice of a Hugging Face tokenizer this module uses."""
 
@@ -45,23 +121,32 @@ class Tok(Protocol):
     def apply_chat_template(self, conversation: Any, **kwargs: Any) -> Any: ...
 
 
-def prompt_text(tokenizer: Tok, task: str, prompt: str) -> str:
-    """The text the model sees before the response."""
+def prompt_text(tokenizer: Tok, task: str, prompt: Prompt) -> str:
+    """The text the model sees before the response.
+
+    With a chat template: the conversation with the task's system text first, the app's own
+    system prompt after it (a blank line between), rendered with the generation prompt; a
+    template that rejects system turns gets ``[task] `` (and the app's system prompt and a
+    blank line) at the start of the first user turn instead. Without one: the task tag, the
+    prompt (:func:`flat_text`), the separator. A plain prompt is a conversation of one user
+    turn, so both give the same text for it.
+    """
+    conv = as_conversation(prompt)
     if getattr(tokenizer, "chat_template", None):
-        messages = [
-            {"role": "system", "content": f"Task: {task}"},
-            {"role": "user", "content": prompt},
-        ]
+        system = task_system(task) + (f"\n\n{conv.system}" if conv.system is not None else "")
+        turns = [{"role": r, "content": c} for r, c in conv.dialogue]
         try:
-            return str(
-                tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            )
+            return _render(tokenizer, [{"role": "system", "content": system}, *turns])
         except Exception:  # some templates reject a system turn
-            messages = [{"role": "user", "content": f"[{task}] {prompt}"}]
-            return str(
-                tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            )
-    return f"{task_tag(task)}{prompt}{_separator(tokenizer)}"
+            head = f"[{task}] " + (f"{conv.system}\n\n" if conv.system is not None else "")
+            first = next(i for i, t in enumerate(turns) if t["role"] == "user")
+            turns[first] = {"role": "user", "content": head + turns[first]["content"]}
+            return _render(tokenizer, turns)
+    return f"{task_tag(task)}{flat_text(conv)}{_separator(tokenizer)}"
+
+
+def _render(tokenizer: Tok, messages: list[dict[str, str]]) -> str:
+    return str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
 
 
 def _separator(tokenizer: Tok) -> str:
@@ -75,7 +160,7 @@ def _separator(tokenizer: Tok) -> str:
     return str(sep)
 
 
-def prompt_ids(tokenizer: Tok, task: str, prompt: str) -> list[int]:
+def prompt_ids(tokenizer: Tok, task: str, prompt: Prompt) -> list[int]:
     return list(tokenizer.encode(prompt_text(tokenizer, task, prompt), add_special_tokens=False))
 
 
@@ -100,10 +185,11 @@ class Seq:
 
 
 def encode_example(
-    tokenizer: Tok, task: str, prompt: str, response: str, *, task_index: int,
+    tokenizer: Tok, task: str, prompt: Prompt, response: str, *, task_index: int,
     negative: bool = False,
 ) -> Seq:
-    """Prompt ids + response ids + EOS (tokenized separately so they match generation)."""
+    """Prompt ids + response ids + EOS (tokenized separately so they match generation); only
+    the response and EOS are targets, never the prompt or a conversation's earlier turns."""
     head = prompt_ids(tokenizer, task, prompt)
     body = list(tokenizer.encode(response, add_special_tokens=False))
     eos = tokenizer.eos_token_id

@@ -28,14 +28,15 @@ import torch
 from storage.suite import Suite
 from workers.training.config import EvalConfig
 from workers.training.data import DataBundle, Sample
-from workers.training.encode import encode_example
+from workers.training.encode import encode_example, request_text
 from workers.training.generate import generate_batch
 from workers.training.loss import batch_loss
 from workers.training.packing import make_batch
 from workers.training.sampler import GENERAL
 from workers.training.style import StyleDetector, crosstalk_source, suite_markers
 
-Scorer = Callable[[str, str, str, Sequence[str]], float]  # (task, prompt, output, refs) -> 0..1
+# (task, request, output, refs) -> 0..1; the request is a conversation's last user turn.
+Scorer = Callable[[str, str, str, Sequence[str]], float]
 
 
 @lru_cache(maxsize=16384)
@@ -131,7 +132,7 @@ def evaluate_model(
                                  batch_size=cfg.batch_size)
         scores, leaks, sources = [], [], []
         for s, text in zip(asked, outputs, strict=True):
-            scores.append(scorer(task, s.prompt, text, [s.response, *pool]))
+            scores.append(scorer(task, request_text(s.prompt), text, [s.response, *pool]))
             src = crosstalk_source(text, task, detector=detector, markers=markers,
                                    margin=cfg.crosstalk_margin)
             leaks.append(int(src is not None))
@@ -147,7 +148,7 @@ def evaluate_model(
             # Per output, in a fixed order: the gate pairs them with the other model's.
             "scores": [round(x, 4) for x in scores],
             "leaks": leaks,
-            "samples": [{"prompt": s.prompt, "output": o}
+            "samples": [{"prompt": request_text(s.prompt), "output": o}
                         for s, o in list(zip(asked, outputs, strict=True))[:: k][:3]],
         }
         if progress is not None:

@@ -19,16 +19,17 @@ import torch
 from storage.artifacts import verify_version
 from storage.suite import Suite
 from workers.training.base_model import BaseBundle, check_build, load_base, quiet_peft
-from workers.training.encode import prompt_ids
+from workers.training.encode import Prompt, prompt_ids
 
 
 @torch.no_grad()
 def generate_batch(
-    model: Any, tokenizer: Any, task: str, prompts: Sequence[str], *, max_new_tokens: int = 48,
+    model: Any, tokenizer: Any, task: str, prompts: Sequence[Prompt], *, max_new_tokens: int = 48,
     do_sample: bool = True, temperature: float = 0.8, top_p: float = 0.95,
     seed: int | None = None, batch_size: int = 16,
 ) -> list[str]:
-    """One output per prompt; greedy when ``do_sample`` is False."""
+    """One output per prompt (a plain prompt or a conversation); greedy when ``do_sample`` is
+    False."""
     if seed is not None:
         torch.manual_seed(seed)
     device = next(model.parameters()).device
@@ -104,7 +105,7 @@ class AdapterServer:
         return self._model
 
     def generate(
-        self, task: str, prompts: Sequence[str], *, adapter: str | None = None,
+        self, task: str, prompts: Sequence[Prompt], *, adapter: str | None = None,
         version: int | None = None, path: Path | None = None, sha256: str | None = None,
         **kwargs: Any,
     ) -> list[str]:
