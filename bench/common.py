@@ -151,7 +151,8 @@ def cpu_model() -> str:
 
 
 
-def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]],
+                width: int | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -160,7 +161,7 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]
         table.add_column(col, justify="left" if i == 0 else "right")
     for row in rows:
         table.add_row(*[fmt(v) for v in row])
-    Console().print(table)
+    Console(width=width).print(table)
 
 
 def fmt(value: Any) -> str:

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from bench import common
 from daemon.sim.feedback import FeedbackModel, FeedbackSpec, Pending
 from daemon.sim.judge import Verdict
 from policies import PolicyConfig, TaskProfile, init_state, observe
@@ -215,13 +216,4 @@ def table_lines(res: dict[str, Any]) -> tuple[str, list[str], list[list[str]]]:
 
 
 def print_table(res: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    title, head, lines = table_lines(res)
-    table = Table(title=title)
-    for h in head:
-        table.add_column(h, justify="right")
-    for line in lines:
-        table.add_row(*line)
-    Console(width=150).print(table)
+    common.print_table(*table_lines(res), width=150)
