@@ -28,8 +28,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import machine, percentile, print_table
+from bench.common import machine, print_table
 from daemon.settings import Settings
+from tests.support.load import percentile
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,7 +86,7 @@ def two_step(engine: Any, work: Path, source: Path, url: str, n: int, tok: Any,
             raise SystemExit(f"bench: shared@{version} was not routed: {result.to_dict()}")
         with Session(engine) as session:
             rollout = session.execute(select(ServingRollout).where(
-                ServingRollout.version == version)).scalars().one()  # type: ignore[arg-type]
+                ServingRollout.version == version)).scalars().one()
             seconds.append(float(rollout.finished_at or 0) - rollout.requested_at)
     return seconds
 
@@ -185,17 +186,14 @@ def main(argv: list[str] | None = None) -> int:
             routes = routing_table(session)[1]
         rates = app_rate(suite, work / "artifacts", server.url, routes, args.chunks, 50)
     theirs = naive(venv, base, source, args.naive, work / "vllm-naive.log")
-    result = {
-        "bench": "serving", "machine": machine(), "started_at": started,
-        "promotion_to_served_s": {
-            "two_step": {"n": len(ours), "p50": percentile(ours, 50),
-                         "p99": percentile(ours, 99), "values": ours},
-            "restart": {"n": len(theirs), "p50": percentile(theirs, 50),
-                        "p99": percentile(theirs, 99), "values": theirs}},
-        "app_requests_per_s": rates,
-    }
-    rows = [[way, r["n"], r["p50"], r["p99"]]
-            for way, r in result["promotion_to_served_s"].items()]
+    served: dict[str, dict[str, Any]] = {
+        "two_step": {"n": len(ours), "p50": percentile(ours, 50),
+                     "p99": percentile(ours, 99), "values": ours},
+        "restart": {"n": len(theirs), "p50": percentile(theirs, 50),
+                    "p99": percentile(theirs, 99), "values": theirs}}
+    result = {"bench": "serving", "machine": machine(), "started_at": started,
+              "promotion_to_served_s": served, "app_requests_per_s": rates}
+    rows = [[way, r["n"], r["p50"], r["p99"]] for way, r in served.items()]
     print_table("promotion to served (s)", ["way", "promotions", "p50", "p99"], rows)
     print_table("simulated app, generation step", ["generator", "requests/s"],
                 [[k, v] for k, v in rates.items()])
