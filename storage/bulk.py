@@ -20,13 +20,13 @@ as the statements the ORM runs.
 
 from __future__ import annotations
 
-import json
 import operator
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import psycopg
+import pydantic_core
 from psycopg import sql
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlmodel import Session
@@ -81,7 +81,7 @@ def _tuples(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> Iterat
         values = list(pick(row))
         for i in json_at:
             if values[i] is not None:
-                values[i] = json.dumps(values[i])
+                values[i] = pydantic_core.to_json(values[i]).decode()
         yield values
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import func, update
 from sqlmodel import Session, col, select
+from sqlmodel.sql.expression import SelectOfScalar
 
 from storage.models import (
     FINISHED_JOB_STATUSES,
@@ -98,11 +99,15 @@ def feedback_example_counts(session: Session) -> dict[str, int]:
     return {t: int(n) for t, n in session.execute(stmt)}
 
 
+def unobserved_events_query(*, limit: int) -> SelectOfScalar[FeedbackEvent]:
+    """Its predicate is the one of the partial index ``ix_feedback_event_unobserved``."""
+    return (select(FeedbackEvent).where(col(FeedbackEvent.observed).is_(False))
+            .order_by(col(FeedbackEvent.received_at), col(FeedbackEvent.id)).limit(limit))
+
+
 def unobserved_events(session: Session, *, limit: int) -> list[FeedbackEvent]:
     """Stored feedback not yet fed to the engine, in arrival order."""
-    stmt = (select(FeedbackEvent).where(col(FeedbackEvent.observed).is_(False))
-            .order_by(col(FeedbackEvent.received_at), col(FeedbackEvent.id)).limit(limit))
-    return list(session.execute(stmt).scalars())
+    return list(session.execute(unobserved_events_query(limit=limit)).scalars())
 
 
 def mark_observed(session: Session, *, ids: Sequence[str]) -> None:
