@@ -194,6 +194,39 @@ def test_redis_down_gives_503_and_stores_nothing(make_settings, engine: Engine, 
             procs.stop(proc)
 
 
+def test_redis_timeout_gives_503_and_the_retry_is_stored_once(make_settings, engine: Engine,  # type: ignore[no-untyped-def]
+                                                             tmp_path) -> None:
+    """Redis stalls past the API's socket timeout with the append already sent: the answer
+    cannot say whether it was stored, and a retry with the same webhook-id stores it once."""
+    import os
+    import signal
+
+    from daemon import procs
+
+    port = procs.free_port()
+    proc = procs.start_redis(port, tmp_path / "r")
+    settings = make_settings(redis_url=f"redis://127.0.0.1:{port}/0")
+    try:
+        with LiveServer(create_app(settings, engine=engine)) as server:
+            assert post(server.url, event(1)).status_code == 202
+            os.kill(proc.pid, signal.SIGSTOP)
+            try:
+                r = post(server.url, event(2), msg_id="msg_stalled")
+            finally:
+                os.kill(proc.pid, signal.SIGCONT)
+            assert r.status_code == 503
+            assert "may or may not be stored" in r.json()["detail"]
+            r = post(server.url, event(2), msg_id="msg_stalled")
+            assert r.status_code == 202
+            assert r.json()["accepted"] + r.json().get("replay", 0) == 1
+            client = redis.Redis.from_url(settings.redis_url)
+            stored = [json.loads(f[b"e"])["id"] for _, f in
+                      client.xrange(Keys(settings.key_prefix).stream)]
+            assert sorted(stored) == ["evt_1", "evt_2"], stored
+    finally:
+        procs.stop(proc)
+
+
 def test_routing_etag_and_304(live_api: LiveServer, engine: Engine) -> None:
     r = httpx.get(f"{live_api.url}/v1/routing")
     assert r.json() == {"revision": 0, "routes": {}}

@@ -1,6 +1,7 @@
 """POST /v1/feedback: verify the Standard Webhooks signature, validate every event, append
 to the stream. Every refusal is a 4xx with a clear message; a store that is down is a 503 with
-nothing stored."""
+nothing stored, and one that does not confirm in time a 503 after which a retry with the same
+webhook-id is stored once."""
 
 from __future__ import annotations
 
@@ -178,6 +179,13 @@ async def _accept(body: bytes, headers: dict[str, str], deps: Deps) -> FeedbackA
         webhook_id, payloads = _validate(body, headers, deps)
     try:
         result = await deps.stream.append_async(payloads, webhook_id=webhook_id)
+    except redis.TimeoutError as exc:
+        # The script may have run: the append is one atomic Lua call, so either every event
+        # and the webhook id are stored or none is, and a retry is answered correctly either way.
+        log.warning("feedback unconfirmed, Redis timed out: %s", exc)
+        raise ApiError(503, "event store did not answer in time; the events may or may not "
+                       "be stored, retry with the same webhook-id (a repeat is not stored "
+                       "twice)", reason="unavailable") from None
     except redis.RedisError as exc:
         log.warning("feedback refused, Redis unavailable: %s", exc)
         raise ApiError(503, "event store unavailable; nothing was stored, retry later",
@@ -220,7 +228,8 @@ async def _read_capped(request: Request, limit: int) -> bytes:
         401: problem("bad or missing signature, or timestamp outside the tolerance"),
         413: problem("body or batch too large"),
         422: problem("schema errors, one entry per bad event; nothing of the batch stored"),
-        503: problem("event store unavailable; nothing stored, retry later"),
+        503: problem("event store unavailable (nothing stored) or too slow to confirm (all "
+                     "or none stored); a retry with the same webhook-id is stored once"),
     }, openapi_extra=REQUEST_BODY)
 async def post_feedback(request: Request, deps: AppDeps) -> FeedbackAccepted:
     body = await _read_capped(request, deps.settings.max_body_bytes)
