@@ -11,7 +11,8 @@
 Goals (issue "Close the loop"): for adaptive, final-phase crosstalk <= 2% on every high-risk
 task, acceptance on every task within 2 points of isolated, fewer adapters than tasks,
 compatible tasks still sharing; static must show the problem (high-risk crosstalk >= 3x
-adaptive's). Prints mean and spread over seeds; writes one JSON (``--out``).
+adaptive's). Prints mean and spread over seeds; writes one JSON (``--out``). Rates are the
+judge's over every answer served (the report's ``truth``), whatever share of them users rated.
 
 Each goal on rates is judged twice: on every seed alone, and on the seeds' final phases
 pooled per task (``bench/loop_stats.py``: crosstalk with a Wilson interval, adaptive vs
@@ -50,7 +51,17 @@ from daemon.sim.scenario import load_scenario
 
 
 def final_phase(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return dict(report["phases"][-1]["tasks"])
+    """Per task, the final phase judged on every answer served (``truth``); with a feedback
+    model the rated answers are a thin, noisy sample of those, and a report without one rated
+    every answer.
+
+    >>> rated = {"events": 2, "crosstalk_rate": 0.0, "truth": {"events": 40, "crosstalk_rate": 0.05}}
+    >>> final_phase({"phases": [{"tasks": {"a": rated, "b": {"events": 9}}}]})
+    {'a': {'events': 40, 'crosstalk_rate': 0.05}, 'b': {'events': 9}}
+    >>> rated_share({"phases": [{"tasks": {"a": rated, "b": {"events": 10}}}]})
+    0.24
+    """
+    return {t: row.get("truth", row) for t, row in report["phases"][-1]["tasks"].items()}
 
 
 def summarize(report: dict[str, Any], risk: Mapping[str, str]) -> dict[str, Any]:
@@ -69,7 +80,15 @@ def summarize(report: dict[str, Any], risk: Mapping[str, str]) -> dict[str, Any]
         "training_runs": len(report["training_runs"]),
         "seconds": report["seconds"],
         "final_chunks": final_chunks(report),
+        "rated_share": rated_share(report),
     }
+
+
+def rated_share(report: dict[str, Any]) -> float:
+    """Rated answers over answers served in the final phase (1.0 without a feedback model)."""
+    rows = report["phases"][-1]["tasks"].values()
+    served = sum(r.get("truth", r)["events"] for r in rows)
+    return round(sum(r["events"] for r in rows) / served, 4) if served else 0.0
 
 
 def final_chunks(report: dict[str, Any]) -> dict[str, list[list[int]]]:
@@ -81,7 +100,7 @@ def final_chunks(report: dict[str, Any]) -> dict[str, list[list[int]]]:
     for chunk in report.get("series", []):
         if chunk["phase"] != name:
             continue
-        for task, row in chunk["tasks"].items():
+        for task, row in chunk.get("truth", chunk["tasks"]).items():
             out.setdefault(task, []).append([row["events"], round(row["acceptance"] * row["events"])])
     return out
 
