@@ -8,7 +8,7 @@ import random
 import pytest
 
 from policies.detectors import DEFAULT_THRESHOLD, DegradationDetector
-from policies.windows import CrosstalkWindow
+from policies.windows import DEFAULT_FALSE_FLAGS, DEFAULT_LATCH_Z, CrosstalkWindow
 
 
 def stream(seed: int, n0: int, p0: float, n1: int, p1: float) -> list[bool]:
@@ -182,6 +182,12 @@ def test_window_latch_needs_evidence_beyond_false_flags() -> None:
     for i in range(400):
         clean.update(True, "g" if i % 50 == 0 else None, "auto")
     assert clean.leak_lower == 0.0 and not clean.leaking and not clean.evidence_short
+    # A state stored without the test's parameters loads with the defaults.
+    data = json.loads(json.dumps(w.to_dict()))
+    del data["params"]["z"], data["params"]["false_flags"]
+    old = CrosstalkWindow.from_dict(data)
+    assert (old.z, old.false_flags) == (DEFAULT_LATCH_Z, DEFAULT_FALSE_FLAGS)
+    assert old.crosstalk == w.crosstalk and old.evidence_short
 
 
 def test_window_roundtrip_and_validation() -> None:
