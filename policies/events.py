@@ -129,8 +129,9 @@ def on_promotion(
     scale of live ratings (the users' false rejects and accepts included: an eval's noise-free
     score would read a steady 5 % false-reject rate as a drop); missing or ``None`` keeps the
     task's current baseline, because the quality bar must not sink just because a version was
-    promoted while degraded, and a task without one warms up on live ratings.  A probation compares the new version's live
-    acceptance with the old one's until ``config.probation_s`` has passed (rollback).
+    promoted while degraded, and a task without one warms up on live ratings.  A probation
+    compares the new version's live acceptance with the old one's until
+    ``config.probation_s`` has passed (rollback).
     """
     new = state.copy()
     ad = new.adapters.get(adapter)
