@@ -27,6 +27,7 @@ without the app posting its unrated answers; it reports, it has no goal.
     python -m bench.detect                # full (a few minutes)
     python -m bench.detect --parts leak   # the leak part alone
     python -m bench.detect --calibrate    # false alarms vs threshold and baseline
+    python -m bench.detect --calibrate-latch  # false latches of the crosstalk window vs z
 """
 
 from __future__ import annotations
@@ -376,6 +377,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--null-segments", type=int, default=None, help="x100k null events (quick 20, full 100)")
     ap.add_argument("--json-only", action="store_true", help="no progress or table output")
     ap.add_argument("--calibrate", action="store_true", help="false-alarm table of the default grid")
+    ap.add_argument("--calibrate-latch", action="store_true",
+                    help="false latches and delay of the crosstalk window against its z")
     ap.add_argument(
         "--thresholds",
         type=lambda s: [float(v) for v in s.split(",")],
@@ -397,6 +400,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bench.detect_calibrate import calibrate
 
         calibrate(args)
+        return 0
+    if args.calibrate_latch:
+        from bench.detect_calibrate import calibrate_latch
+
+        calibrate_latch(args)
         return 0
     args.runs = args.runs or (300 if args.quick else 1000)
     args.null_segments = args.null_segments or (20 if args.quick else 100)

@@ -16,6 +16,7 @@ from pydantic import TypeAdapter
 from policies.detectors import DEFAULT_THRESHOLD
 from policies.ratios import RatioConfig
 from policies.signals import RISK_LEVELS, Risk
+from policies.windows import DEFAULT_FALSE_FLAGS, DEFAULT_LATCH_Z
 
 __all__ = ["DEFAULT_RISK", "PolicyConfig", "RiskPolicy"]
 
@@ -31,7 +32,8 @@ class RiskPolicy:
     # rate scales as exp(-threshold): -0.75 for high risk ≈ 2 per 100k, +0.75 for low ≈ 0.4).
     min_drop: float = 0.03
     detector_threshold: float = DEFAULT_THRESHOLD
-    # Crosstalk rate that turns "leaking" on, and the lower rate that turns it off again.
+    # Leak rate that turns "leaking" on once proven above it, and the lower rate that turns
+    # it off once proven below it (PolicyConfig.crosstalk_z, crosstalk_false_flags).
     crosstalk_on: float = 0.05
     crosstalk_off: float = 0.025
     # Drop in eval score / live acceptance tolerated before it counts as a regression.
@@ -126,7 +128,9 @@ class PolicyConfig:
     # A task healthy this long forgets its failed rebalances and regressions.
     healthy_reset_s: float = 3 * 86400.0
     # An isolated task must be compatible with its old adapter this long before a merge,
-    # and isolated at least min_isolation_s.
+    # and isolated at least min_isolation_s. Compatible: same tone, similar risk, affinity
+    # measured both ways beyond affinity_noise; the merge itself also waits until the task's
+    # own answers prove it clean (leak rate's upper bound at fork_leak_z below crosstalk_on).
     merge_after_s: float = 7 * 86400.0
     min_isolation_s: float = 86400.0
     # Retrain an adapter once its tasks have buffered this many new examples.
@@ -146,7 +150,24 @@ class PolicyConfig:
     window_size: int = 500
     window_buckets: int = 10
     crosstalk_min_events: int = 50
-    # A leak forks a low/medium-risk task only when the window proves it: the rate's Wilson
+    # The window's "leaking" latch is a one-sided test on the leak rate behind its crosstalk
+    # flags: on when the Wilson lower bound at this z exceeds the risk level's crosstalk_on
+    # (with crosstalk_min_events in the window), off when the upper bound falls below
+    # crosstalk_off. 2.33 (one-sided 99 %), for a high-risk task (crosstalk_on 2 %) on clean
+    # answers flagged at the assumed crosstalk_false_flags (0.5 %): a fresh window (after a
+    # promotion) latches falsely in its first window_size answers with probability 1.7e-4 for
+    # the default window (500, 50 events), 7.5e-4 for the simulation's (200, 20); at twice
+    # that flag rate 2.6e-3 and 6.2e-3 (exact binomial). A raw-rate latch (on at one flag in
+    # 50) latches 25 % of fresh windows at 0.5 %. A 10 % leak still latches after a median
+    # 50 (28) checked answers, a 5 % one after 84 (96); 2.58 would make that 114 (134) for a
+    # third of the false latches. ``python -m bench.detect --calibrate-latch`` prints the table.
+    crosstalk_z: float = DEFAULT_LATCH_Z
+    # Share of clean answers the sources of crosstalk flags flag anyway (the automatic style
+    # detector's false positives, users naming a style that is not there): discounted from the
+    # flag rate before any crosstalk threshold is compared (policies.signals.leak_bounds).
+    # Measure it on answers known to be clean; with user flags only it is about 0.
+    crosstalk_false_flags: float = DEFAULT_FALSE_FLAGS
+    # A leak forks a low/medium-risk task only when the window proves it: the leak rate's
     # lower bound at this z must exceed the switch-off rate (high-risk: the latch suffices).
     fork_leak_z: float = 1.64
     # Events a rebalanced high-risk task's crosstalk tally keeps (policies/mixture.py).
@@ -161,7 +182,8 @@ class PolicyConfig:
     regression_z: float = 1.64
     # Warm-up events to estimate a baseline when none is given at promotion.
     warmup: int = 500
-    # Co-existence: affinity needed to call a pair compatible, risk gap allowed.
+    # Co-existence: affinity needed to call a pair compatible, risk gap allowed (a merge
+    # needs affinity beyond affinity_noise as well).
     min_affinity_for_merge: float = 0.0
     max_risk_gap: int = 1
     # Measured affinity within this distance of 0 is the measurement's noise, never negative
@@ -196,6 +218,9 @@ class PolicyConfig:
             raise ValueError("mixture_window must be >= window_buckets")
         if self.affinity_noise < 0.0:
             raise ValueError(f"affinity_noise must be >= 0, got {self.affinity_noise}")
+        if self.crosstalk_z < 0.0 or not 0.0 <= self.crosstalk_false_flags < 1.0:
+            raise ValueError("need crosstalk_z >= 0 and 0 <= crosstalk_false_flags < 1, got "
+                             f"{self.crosstalk_z} and {self.crosstalk_false_flags}")
 
     def for_risk(self, risk: Risk) -> RiskPolicy:
         return self.risk[risk]

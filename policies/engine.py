@@ -11,7 +11,7 @@
      it replaced;
    - fork (task in a shared adapter): still degraded or leaking after
      ``fork_after_rebalances`` rebalances (by default high risk: 1, medium: 2, low: never;
-     a low/medium-risk leak must be significant, its Wilson lower bound above the
+     a low/medium-risk leak must still be significant, its lower bound above the
      switch-off rate; not for a leak whose source is no longer in the adapter, which a fork
      cannot remove, nor for a non-high-risk leak from a compatible co-task, which stays
      shared; a high-risk task's leak also counts when proven over every version served
@@ -19,7 +19,8 @@
      window is too short), or ``fork_after_regressions`` consecutive retrains regressed it, or measured
      negative transfer from a co-task (``affinity``: the running TAG estimate);
    - rebalance (shared adapter): a task is degraded (detector alarm) or leaking crosstalk;
-   - merge: an isolated task compatible with its old adapter for ``merge_after_s``;
+   - merge: an isolated task compatible with its old adapter for ``merge_after_s``
+     (affinity beyond ``affinity_noise`` both ways), its own answers proven clean;
    - retrain: the adapter's tasks buffered ``min_new_examples`` (half that when one of
      them is degraded), or one task buffered its risk level's own ``min_new_examples``
      (by default high risk: 100, so a rare high-risk task's fork keeps learning from its
@@ -30,6 +31,11 @@
    run; a blocked candidate becomes a ``hold`` (logged once per
    reason, not every run); with ``propose_only_high_risk`` a fork/merge/rollback touching a
    high-risk task becomes a ``proposed`` decision stored in ``state.pending``.
+
+Where the evidence cannot decide yet, the rule waits and says so: a candidate with a
+``wait`` becomes a ``hold`` blocked by ``evidence`` (crosstalk flags as frequent as a leak
+but too few to prove one, a live drop the rollback test cannot call yet, a merge whose task
+is not yet proven clean).
 
 Nothing happens, and nothing is logged, for tasks that are fine.
 """
@@ -42,10 +48,11 @@ from typing import Any
 from policies import gates
 from policies.actions import task_numbers
 from policies.config import PolicyConfig
-from policies.decision import Decision, TaskSignals
+from policies.decision import Action, Decision, TaskSignals
 from policies.gates import STRUCTURAL, TRAINING, Candidate
+from policies.merge import compatible, compatible_with_origin, merge_candidate
 from policies.mixture import rebalanced_leak
-from policies.signals import RISK_LEVELS, live_regression, pair_verdict, wilson_lower
+from policies.signals import RISK_LEVELS, leak_bounds, live_regression, pair_verdict
 from policies.state import PolicyState, TaskState
 
 __all__ = ["decide"]
@@ -134,33 +141,10 @@ def _housekeeping(
             if now - ts.healthy_since >= config.healthy_reset_s:
                 ts.rebalances = 0
                 ts.rebalanced_ratio = None
-        if _compatible_with_origin(st, t, config, aff):
+        if compatible_with_origin(st, t, config, aff):
             ts.compatible_since = now if ts.compatible_since is None else ts.compatible_since
         else:
             ts.compatible_since = None
-
-
-def _compatible_with_origin(
-    st: PolicyState, task: str, config: PolicyConfig, aff: Mapping[tuple[str, str], float]
-) -> bool:
-    ts = st.tasks[task]
-    target = st.adapters.get(ts.forked_from or "")
-    if target is None or not target.tasks or len(st.adapters[ts.adapter].tasks) != 1:
-        return False
-    return all(_compatible(st, task, o, config, aff) for o in target.tasks)
-
-
-def _compatible(
-    st: PolicyState, a: str, b: str, config: PolicyConfig, aff: Mapping[tuple[str, str], float]
-) -> bool:
-    """Same tone, similar risk and positive measured affinity."""
-    profiles = {t: st.tasks[t].profile for t in (a, b)}
-    return pair_verdict(
-        a, b, profiles, aff,
-        max_negative=config.max_negative(),
-        min_positive=config.min_affinity_for_merge,
-        max_risk_gap=config.max_risk_gap,
-    ).verdict == "compatible"  # fmt: skip
 
 
 # -- candidates ---------------------------------------------------------------------------
@@ -182,6 +166,9 @@ def _rollbacks(st: PolicyState, now: float, config: PolicyConfig) -> list[Candid
         if prob is None:
             continue
         worst: tuple[float, str, dict[str, Any]] | None = None
+        # A drop beyond tolerance by at least one standard error that the test cannot call
+        # yet (too few events on a side, or short of rollback_z): said, not acted on.
+        short: tuple[float, str, dict[str, Any], int] | None = None
         for t in sorted(prob.before):
             if t not in ad.tasks:
                 continue
@@ -196,6 +183,24 @@ def _rollbacks(st: PolicyState, now: float, config: PolicyConfig) -> list[Candid
             )  # fmt: skip
             if cmp.regressed and (worst is None or cmp.z > worst[0]):
                 worst = (cmp.z, t, cmp.to_dict())
+            elif (not cmp.regressed and cmp.drop > rp.regression_tolerance and cmp.z >= 1.0
+                  and (short is None or cmp.z > short[0])):
+                short = (cmp.z, t, cmp.to_dict(), min(n0, n1))
+        if worst is None and short is not None:
+            z, t, nums, least = short
+            reason = (
+                f"{name} v{prob.version} accepts {nums['after_rate']:.1%} of {t} live vs "
+                f"{nums['before_rate']:.1%} for v{prob.previous_version}"
+            )
+            lacks = [f"z={z:.2f} < {config.rollback_z:.2f}"] if z < config.rollback_z else []
+            if least < config.probation_min_events:
+                lacks.append(f"{least} of {config.probation_min_events} rated answers on the "
+                             "smaller side")
+            wait = f"not enough evidence of a regression ({', '.join(lacks)})"
+            sig = {"live": nums, "version": prob.version, "to_version": prob.previous_version}
+            out.append(Candidate("rollback", t, name, reason, sig, list(ad.tasks),
+                                 _is_high(st, ad.tasks), to_version=prob.previous_version,
+                                 wait=wait))  # fmt: skip
         if worst is not None:
             z, t, nums = worst
             reason = (
@@ -237,16 +242,18 @@ def _leak_from_elsewhere(st: PolicyState, task: str) -> bool:
 def _fork_worthy(ts: TaskState, config: PolicyConfig) -> bool:
     """Is the task's trouble proven enough to split an adapter for it?
 
-    Degradation is a sequential test already. A leak is a latch that may have turned on at
-    one flag in ``crosstalk_min_events``: for a high-risk task that suffices (tight
-    thresholds by design); any other task needs the window's crosstalk rate to be above its
-    switch-off rate with confidence, so a fork is not decided on one or two events."""
+    Degradation is a sequential test already, and so is a leak's latch when it turns on (its
+    lower bound above the switch-on rate). The latch then holds until the leak is proven
+    gone, so while it is on the leak may have faded: for a high-risk task the latch suffices
+    (tight thresholds by design); any other task needs its leak rate's lower bound (false
+    flags discounted) above its switch-off rate now."""
     win = ts.window
     if ts.detector.degraded:
         return True
     if not win.leaking:
         return False
-    return ts.profile.risk == "high" or wilson_lower(win.crosstalk, win.n, config.fork_leak_z) > win.low
+    lower = leak_bounds(win.crosstalk, win.n, config.fork_leak_z, config.crosstalk_false_flags)[0]
+    return ts.profile.risk == "high" or lower > win.low
 
 
 def _leak_from_partner(
@@ -261,7 +268,7 @@ def _leak_from_partner(
     source = ts.window.dominant_source
     if ts.profile.risk == "high" or not ts.window.leaking or not source:
         return False
-    return source in st.adapters[ts.adapter].tasks and _compatible(st, task, source, config, aff)
+    return source in st.adapters[ts.adapter].tasks and compatible(st, task, source, config, aff)
 
 
 def _trouble(ts: TaskState) -> str:
@@ -320,13 +327,17 @@ def _task_candidates(
                 out.append(Candidate("fork", t, ts.adapter, reason, nums, [t], high))
             elif troubled:
                 rebalance.setdefault(ts.adapter, []).append(t)
+            elif ts.window.evidence_short:
+                out.append(_leak_wait(st, t, "rebalance", nums))
         elif troubled and ad.version is not None and ad.pending_since is None:
             # Alone in its adapter: there is no mixture to rebalance and no one to fork away
             # from. More training on its own data (rejected outputs as negatives) is the cure.
             # (Not while its first version, e.g. a fork's, is still on the way.)
             out.append(Candidate("retrain", t, ts.adapter, f"{t} {_trouble(ts)} in its own "
                                   f"adapter {ts.adapter}", nums, [t], high))  # fmt: skip
-        merge = _merge_candidate(st, t, now, config, nums)
+        elif ts.window.evidence_short and ad.version is not None and ad.pending_since is None:
+            out.append(_leak_wait(st, t, "retrain", nums))
+        merge = merge_candidate(st, t, now, config, nums)
         if merge is not None:
             out.append(merge)
     for name, tasks in rebalance.items():
@@ -334,6 +345,20 @@ def _task_candidates(
         reason = "; ".join(f"{x} {_trouble(st.tasks[x])}" for x in tasks)
         out.append(Candidate("rebalance", tasks[0], name, reason, {}, tasks, _is_high(st, tasks)))
     return out
+
+
+def _leak_wait(st: PolicyState, task: str, action: Action, nums: dict[str, Any]) -> Candidate:
+    """The ``action`` a leak would ask for, held: the window's flags are as frequent as a
+    leak but too few to prove one (``CrosstalkWindow.evidence_short``)."""
+    ts = st.tasks[task]
+    win = ts.window
+    reason = (f"crosstalk {win.crosstalk}/{win.n} in {task}'s window "
+              f"({win.crosstalk_rate:.1%}, most from {win.dominant_source})")
+    wait = (f"not enough evidence of a leak (lower bound {win.leak_lower:.1%} <= "
+            f"{win.high:.1%})")
+    sig = {**nums, "leak_bounds": [round(win.leak_lower, 6), round(win.leak_upper, 6)]}
+    return Candidate(action, task, ts.adapter, reason, sig, [task], ts.profile.risk == "high",
+                     wait=wait)
 
 
 def _negative_transfer(
@@ -352,27 +377,6 @@ def _negative_transfer(
             nums["affinity"] = {o: aff.get((o, task)), "limit": config.max_negative()[ts.profile.risk]}
             return f"negative transfer: {v.reasons[0]}"
     return None
-
-
-def _merge_candidate(
-    st: PolicyState, task: str, now: float, config: PolicyConfig, nums: dict[str, Any]
-) -> Candidate | None:
-    ts = st.tasks[task]
-    if ts.compatible_since is None or ts.forked_from is None:
-        return None
-    compatible_for = now - ts.compatible_since
-    isolated_for = now - (ts.isolated_since if ts.isolated_since is not None else now)
-    if compatible_for < config.merge_after_s or isolated_for < config.min_isolation_s:
-        return None
-    if ts.detector.degraded or ts.window.leaking or ts.regressions:
-        return None
-    reason = (
-        f"compatible with {', '.join(st.adapters[ts.forked_from].tasks)} for "
-        f"{compatible_for / 86400:.1f} days (same tone, similar risk, positive affinity)"
-    )
-    sig = {**nums, "compatible_for_s": compatible_for, "isolated_for_s": isolated_for}
-    return Candidate("merge", task, ts.adapter, reason, sig, [task],
-                      ts.profile.risk == "high", target=ts.forked_from)  # fmt: skip
 
 
 def _retrains(st: PolicyState, signals: Mapping[str, TaskSignals], config: PolicyConfig) -> list[Candidate]:

@@ -125,11 +125,13 @@ def on_promotion(
     """A copy of ``state`` after ``adapter`` version ``version`` passed the eval gate.
 
     Each task of the adapter gets a fresh detector against its baseline and a fresh window
-    (the new version is measured on its own).  ``baselines[task]`` sets the baseline (e.g.
-    the live acceptance the eval predicts); missing or ``None`` keeps the task's current
-    baseline, because the quality bar must not sink just because a version was promoted while
-    degraded, and a task without one warms up.  A probation compares the new version's live
-    acceptance with the old one's until ``config.probation_s`` has passed (rollback).
+    (the new version is measured on its own).  ``baselines[task]`` sets the baseline, on the
+    scale of live ratings (the users' false rejects and accepts included: an eval's noise-free
+    score would read a steady 5 % false-reject rate as a drop); missing or ``None`` keeps the
+    task's current baseline, because the quality bar must not sink just because a version was
+    promoted while degraded, and a task without one warms up on live ratings.  A probation
+    compares the new version's live acceptance with the old one's until
+    ``config.probation_s`` has passed (rollback).
     """
     new = state.copy()
     ad = new.adapters.get(adapter)

@@ -42,6 +42,7 @@ class Candidate:
     high_risk: bool = False
     target: str = ""  # merge target
     to_version: int = 0  # rollback target
+    wait: str = ""  # why the evidence cannot decide yet: the candidate is held ("evidence")
 
     def sort_key(self, st: PolicyState) -> tuple[int, int, str, str]:
         risk = max(RISK_LEVELS.index(st.tasks[t].profile.risk) for t in self.tasks)
@@ -52,6 +53,8 @@ def blocked(
     st: PolicyState, c: Candidate, now: float, config: PolicyConfig, slots: int
 ) -> tuple[str, str] | None:
     """Why ``c`` cannot happen now, as (kind, explanation), or ``None``."""
+    if c.wait:
+        return ("evidence", c.wait)
     for p in st.pending:
         if p["action"] == c.action and p["task"] == c.task:
             return ("proposal", f"awaiting operator approval of proposal #{p['seq']}")

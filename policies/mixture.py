@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from policies.config import PolicyConfig
-from policies.signals import wilson_lower
+from policies.signals import leak_bounds
 from policies.state import PolicyState, TaskState
 
 __all__ = ["MixtureLeak", "mixture_key", "rebalanced_leak", "tally_key"]
@@ -66,8 +66,9 @@ def rebalanced_leak(st: PolicyState, task: str, config: PolicyConfig) -> Mixture
     """The co-task leak of a rebalanced high-risk shared ``task`` since its rebalance, or None.
 
     Needs the tally to count since the task's rebalance (a version trained on it has
-    served), ``crosstalk_min_events`` events in it, and the co-task rate's Wilson lower bound
-    (z = ``fork_leak_z``) above the risk level's switch-off rate: the tally spans several
+    served), ``crosstalk_min_events`` events in it, and the co-task leak rate's lower bound
+    (z = ``fork_leak_z``, false flags discounted: ``leak_bounds``) above the risk level's
+    switch-off rate: the tally spans several
     versions, so the leak must be proven, not just latched.  Sources no longer in the
     adapter do not count (a fork cannot remove them).
 
@@ -98,7 +99,8 @@ def rebalanced_leak(st: PolicyState, task: str, config: PolicyConfig) -> Mixture
     counts = _co_task_counts(st, task)
     k = sum(counts.values())
     off = config.for_risk("high").crosstalk_off
-    if n < config.crosstalk_min_events or not counts or wilson_lower(k, n, config.fork_leak_z) <= off:
+    lower = leak_bounds(k, n, config.fork_leak_z, config.crosstalk_false_flags)[0]
+    if n < config.crosstalk_min_events or not counts or lower <= off:
         return None
     source = max(sorted(counts), key=lambda s: counts[s])
     return MixtureLeak(source, round(k / n, 6), n)

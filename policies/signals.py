@@ -21,11 +21,13 @@ __all__ = [
     "compatibility_matrix",
     "eval_regressions",
     "fold_affinity",
+    "leak_bounds",
     "live_regression",
     "pair_affinity",
     "pair_verdict",
     "risk_gap",
     "wilson_lower",
+    "wilson_upper",
 ]
 
 Risk = Literal["low", "medium", "high"]
@@ -183,6 +185,41 @@ def wilson_lower(k: int, n: int, z: float) -> float:
     centre = p + z * z / (2 * n)
     spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
     return max(0.0, (centre - spread) / denom)
+
+
+def wilson_upper(k: int, n: int, z: float) -> float:
+    """Wilson score upper bound of a rate seen ``k`` times in ``n`` (1 when ``n`` is 0).
+
+    No flag in 20 still allows an 11 % rate; none in 500 proves it below 0.6 %.
+
+    >>> round(wilson_upper(0, 20, 1.64), 4), round(wilson_upper(0, 500, 1.64), 4)
+    (0.1185, 0.0054)
+    """
+    if n <= 0:
+        return 1.0
+    return 1.0 - wilson_lower(n - k, n, z)
+
+
+def leak_bounds(k: int, n: int, z: float, false_flags: float = 0.0) -> tuple[float, float]:
+    """One-sided bounds (Wilson, ``z``) of the leak rate behind ``k`` crosstalk flags in
+    ``n`` checked answers, when the sources of the flags also flag a share ``false_flags``
+    of clean answers: a flag rate ``q`` is ``false_flags + (1 - false_flags) * leak``, so
+    each bound of ``q`` maps back through that line (clipped to [0, 1]).
+
+    >>> [round(b, 4) for b in leak_bounds(1, 40, 1.64)]  # one flag in 40: proves nothing
+    [0.0056, 0.1042]
+    >>> [round(b, 4) for b in leak_bounds(1, 40, 1.64, false_flags=0.005)]
+    [0.0006, 0.0997]
+    >>> [round(b, 4) for b in leak_bounds(20, 200, 1.64, false_flags=0.005)]
+    [0.0657, 0.136]
+    """
+    if not 0.0 <= false_flags < 1.0:
+        raise ValueError(f"false_flags must be in [0, 1), got {false_flags}")
+
+    def leak(q: float) -> float:
+        return min(1.0, max(0.0, (q - false_flags) / (1.0 - false_flags)))
+
+    return leak(wilson_lower(k, n, z)), leak(wilson_upper(k, n, z))
 
 
 def fold_affinity(

@@ -54,6 +54,8 @@ def make_window(profile: TaskProfile, config: PolicyConfig) -> CrosstalkWindow:
         high=rp.crosstalk_on,
         low=rp.crosstalk_off,
         min_events=config.crosstalk_min_events,
+        z=config.crosstalk_z,
+        false_flags=config.crosstalk_false_flags,
     )
 
 

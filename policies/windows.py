@@ -15,11 +15,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal, Self
 
-__all__ = ["ORIGINS", "CrosstalkWindow", "Origin"]
+from policies.signals import leak_bounds
+
+__all__ = ["DEFAULT_FALSE_FLAGS", "DEFAULT_LATCH_Z", "ORIGINS", "CrosstalkWindow", "Origin"]
 
 Origin = Literal["user", "auto"]
 ORIGINS: tuple[Origin, ...] = ("user", "auto")
 _KIND = "crosstalk-window"
+
+DEFAULT_LATCH_Z = 2.33
+"""One-sided z of the ``leaking`` latch's bounds (99 %): see ``PolicyConfig.crosstalk_z``."""
+DEFAULT_FALSE_FLAGS = 0.005
+"""Share of clean answers flagged as crosstalk anyway: see ``PolicyConfig.crosstalk_false_flags``."""
 
 
 def _new_bucket() -> dict[str, Any]:
@@ -30,21 +37,32 @@ def _new_bucket() -> dict[str, Any]:
 class CrosstalkWindow:
     """Rolling acceptance and crosstalk rate of one task, with a latched ``leaking`` flag.
 
-    ``leaking`` turns on when at least ``min_events`` events are in the window and the
-    crosstalk rate reaches ``high``; it turns off only when the rate falls to ``low``
-    (hysteresis, so a rate hovering at the threshold does not flap).  ``drift_detected`` is
-    true on the update that turned ``leaking`` on (river's detector shape).
+    ``leaking`` is a statistical decision on the leak rate behind the window's flags
+    (``policies.signals.leak_bounds``: one-sided Wilson bounds at ``z``, corrected for the
+    share ``false_flags`` of clean answers the sources of the flags flag anyway). It turns on
+    when at least ``min_events`` events are in the window and the lower bound exceeds
+    ``high``, and off only when the upper bound falls below ``low`` (hysteresis, so a rate
+    hovering at the threshold does not flap). One flag in a few dozen answers proves no leak
+    at a 2 % threshold; ``evidence_short`` tells such a window apart from a clean one.
+    ``drift_detected`` is true on the update that turned ``leaking`` on (river's detector
+    shape).
 
-    >>> w = CrosstalkWindow(size=100, buckets=4, high=0.10, min_events=20)
+    >>> w = CrosstalkWindow(size=200, buckets=4, high=0.10, min_events=20)
     >>> for i in range(40):
     ...     _ = w.update(i % 5 != 0, "greeting" if i % 5 == 0 else None, "auto")
     >>> w.n, w.acceptance, w.crosstalk_rate, w.dominant_source, w.leaking
-    (40, 0.8, 0.2, 'greeting', True)
+    (40, 0.8, 0.2, 'greeting', False)
+    >>> round(w.leak_lower, 4), w.evidence_short  # 20 % seen, not yet proven above 10 %
+    (0.0884, True)
+    >>> on = [i for i in range(40, 100)
+    ...       if w.update(i % 5 != 0, "greeting" if i % 5 == 0 else None, "auto").drift_detected]
+    >>> on, w.leaking, round(w.leak_lower, 4)  # proven at the 9th flag, in 41 answers
+    ([40], True, 0.119)
     >>> w.source_counts()
-    {'greeting': {'user': 0, 'auto': 8}}
+    {'greeting': {'user': 0, 'auto': 20}}
     >>> _ = w.update(None, "greeting", "auto")  # unrated: crosstalk evidence, no verdict
     >>> w.n, w.rated, w.acceptance, w.crosstalk
-    (41, 40, 0.8, 9)
+    (101, 100, 0.8, 21)
     >>> CrosstalkWindow.from_dict(w.to_dict()).to_dict() == w.to_dict()
     True
     """
@@ -57,6 +75,8 @@ class CrosstalkWindow:
         high: float = 0.05,
         low: float | None = None,
         min_events: int = 50,
+        z: float = DEFAULT_LATCH_Z,
+        false_flags: float = DEFAULT_FALSE_FLAGS,
     ) -> None:
         if buckets < 1 or size < buckets:
             raise ValueError("need 1 <= buckets <= size")
@@ -70,6 +90,10 @@ class CrosstalkWindow:
         if self.low > self.high:
             raise ValueError("low must be <= high")
         self.min_events = int(min_events)
+        if z < 0.0 or not 0.0 <= false_flags < 1.0:
+            raise ValueError("need z >= 0 and 0 <= false_flags < 1")
+        self.z = float(z)
+        self.false_flags = float(false_flags)
         self._buckets: list[dict[str, Any]] = [_new_bucket()]
         self._leaking = False
         self._drift = False
@@ -111,12 +135,11 @@ class CrosstalkWindow:
         return self
 
     def _update_latch(self) -> None:
-        n = self.n
-        rate = self.crosstalk_rate
-        if not self._leaking and n >= self.min_events and rate >= self.high:
-            self._leaking = True
-            self._drift = True
-        elif self._leaking and rate <= self.low:
+        if not self._leaking:
+            if self.n >= self.min_events and self.leak_lower > self.high:
+                self._leaking = True
+                self._drift = True
+        elif self.leak_upper < self.low:
             self._leaking = False
 
     # -- read-only view ------------------------------------------------------------------
@@ -149,6 +172,27 @@ class CrosstalkWindow:
     def crosstalk_rate(self) -> float:
         n = self.n
         return self.crosstalk / n if n else 0.0
+
+    @property
+    def leak_lower(self) -> float:
+        """One-sided lower bound of the leak rate (false flags discounted)."""
+        return leak_bounds(self.crosstalk, self.n, self.z, self.false_flags)[0]
+
+    @property
+    def leak_upper(self) -> float:
+        """One-sided upper bound of the leak rate (false flags discounted)."""
+        return leak_bounds(self.crosstalk, self.n, self.z, self.false_flags)[1]
+
+    @property
+    def evidence_short(self) -> bool:
+        """Not leaking, ``min_events`` in the window and the flags, false ones discounted,
+        as frequent as a leak (at least ``high``), but too few to prove one: the latch
+        waits for more evidence."""
+        n = self.n
+        if self._leaking or n < self.min_events or not self.crosstalk:
+            return False
+        f = self.false_flags
+        return (self.crosstalk / n - f) / (1.0 - f) >= self.high
 
     def source_counts(self) -> dict[str, dict[str, int]]:
         """Crosstalk events in the window per source task and origin (sorted by source)."""
@@ -186,6 +230,8 @@ class CrosstalkWindow:
             "high": self.high,
             "low": self.low,
             "min_events": self.min_events,
+            "z": self.z,
+            "false_flags": self.false_flags,
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -222,5 +268,6 @@ class CrosstalkWindow:
     def __repr__(self) -> str:
         return (
             f"CrosstalkWindow(n={self.n}, acceptance={self.acceptance}, "
-            f"crosstalk_rate={self.crosstalk_rate:.3f}, leaking={self._leaking})"
+            f"crosstalk_rate={self.crosstalk_rate:.3f}, leak_lower={self.leak_lower:.3f}, "
+            f"leaking={self._leaking})"
         )

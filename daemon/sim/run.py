@@ -37,12 +37,15 @@ POLICIES = ("adaptive", "static", "uniform", "isolated")
 # SIM_SECONDS_PER_EVENT per request, about the pace of the demo on a 2-core machine with its
 # training included, so rebalance patience is 800 requests and probation 2,000, on any machine
 # (the same decisions on CPUs of one kind; other CPUs round floating point differently).
+# A merge waits 1,200 requests of compatibility, the length of the builtin scenarios' surge
+# (production's seven days against a holiday week): a task forked as a surge begins cannot
+# merge back before the surge is over, one forked during it merges back after it.
 SIM_SECONDS_PER_EVENT = 0.15
 # ``min_new_examples`` 300: what ``bench/loop.py`` measures the policies with, so the demo runs
 # the configuration the loop bench measures.
 SIM_POLICY: dict[str, Any] = {
     "cooldown_s": 0, "structural_cooldown_s": 0, "training_timeout_s": 900,
-    "rebalance_patience_s": 120, "merge_after_s": 10**9, "min_isolation_s": 0,
+    "rebalance_patience_s": 120, "merge_after_s": 180, "min_isolation_s": 0,
     "probation_s": 300, "probation_min_events": 100, "min_new_examples": 300,
     "max_concurrent_jobs": 1, "window_size": 200, "crosstalk_min_events": 20, "warmup": 100,
 }

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from policies.detectors import DEFAULT_THRESHOLD, DegradationDetector
-from policies.windows import CrosstalkWindow
+from policies.windows import DEFAULT_FALSE_FLAGS, DEFAULT_LATCH_Z, CrosstalkWindow
 
 
 def stream(seed: int, n0: int, p0: float, n1: int, p1: float) -> list[bool]:
@@ -151,13 +151,43 @@ def test_window_counts_sources_per_origin_and_hysteresis() -> None:
     assert w.source_counts() == {"b": {"user": 13, "auto": 13}, "c": {"user": 7, "auto": 7}}
     assert w.dominant_source == "b"
     assert w.crosstalk_rate == pytest.approx(0.2)
-    assert w.leaking and flips == [39]  # latched once, when min_events was reached
+    # Latched once: not when min_events was reached (8 flags in 40, 20 %, could still be a
+    # rate of 10 % or less), but at the next flag, when the lower bound passed 10 %.
+    assert w.leaking and flips == [40]
     for _ in range(100):
         w.update(True)
-    assert w.leaking  # 0.1 > low: still on (hysteresis)
+    assert w.crosstalk_rate == pytest.approx(0.1) and w.leaking  # upper bound > low: still on
+    assert w.leak_upper > 0.04
     for _ in range(60):
         w.update(True)
-    assert w.crosstalk_rate <= 0.04 and not w.leaking
+    assert w.crosstalk == 0 and w.leak_upper < 0.04 and not w.leaking
+
+
+def test_window_latch_needs_evidence_beyond_false_flags() -> None:
+    # A high-risk window (2 %): one flag at min_events is 5 %, but proves nothing.
+    w = CrosstalkWindow(size=200, buckets=10, high=0.02, low=0.01, min_events=20,
+                        false_flags=0.005)
+    for i in range(20):
+        w.update(True, "g" if i == 0 else None, "auto")
+    assert w.crosstalk_rate == pytest.approx(0.05) and not w.leaking and w.evidence_short
+    # The same flags at a higher assumed false-flag rate read as less of a leak.
+    lo = CrosstalkWindow(size=200, buckets=10, high=0.02, min_events=20, false_flags=0.0)
+    hi = CrosstalkWindow(size=200, buckets=10, high=0.02, min_events=20, false_flags=0.01)
+    for i in range(100):
+        for x in (lo, hi):
+            x.update(True, "g" if i % 10 == 0 else None, "auto")
+    assert lo.leak_lower > hi.leak_lower > 0.02 and lo.leaking and hi.leaking
+    # A clean stream flagged at the assumed false-flag rate never shows a leak.
+    clean = CrosstalkWindow(size=200, buckets=10, high=0.02, min_events=20, false_flags=0.02)
+    for i in range(400):
+        clean.update(True, "g" if i % 50 == 0 else None, "auto")
+    assert clean.leak_lower == 0.0 and not clean.leaking and not clean.evidence_short
+    # A state stored without the test's parameters loads with the defaults.
+    data = json.loads(json.dumps(w.to_dict()))
+    del data["params"]["z"], data["params"]["false_flags"]
+    old = CrosstalkWindow.from_dict(data)
+    assert (old.z, old.false_flags) == (DEFAULT_LATCH_Z, DEFAULT_FALSE_FLAGS)
+    assert old.crosstalk == w.crosstalk and old.evidence_short
 
 
 def test_window_roundtrip_and_validation() -> None:

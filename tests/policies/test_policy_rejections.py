@@ -137,15 +137,32 @@ def test_leak_from_a_compatible_co_task_is_rebalanced_not_forked(
 
 @pytest.mark.parametrize(("events", "forked"), [(60, False), (600, True)])
 def test_a_medium_risk_leak_forks_only_when_the_window_proves_it(events: int, forked: bool) -> None:
-    # The same 5 % leak: 3 flags in 60 could be chance, 30 in 600 are not.
+    # The same 10 % leak: 6 flags in 60 could be chance at medium risk's 5 %, 60 in 600 are not.
     cfg = replace(CFG, cooldown_s=0, rebalance_patience_s=10**9)
     st = make({"shared": ["m", "g"]}, {"m": POS_MED, "g": POS_LOW})
     feed(st, "g", 300, 0.9)
-    feed(st, "m", events, 0.95, source="g")
-    assert st.tasks["m"].window.leaking
+    feed(st, "m", events, 0.90, source="g")
+    win = st.tasks["m"].window
+    assert win.leaking == forked and win.evidence_short != forked
     seen = _rejected_rounds(st, cfg, 3)
     fork = ("fork", "m", "applied")
     assert (fork in seen) == forked, seen
+    if not forked:  # the engine waits, and says so once
+        assert seen == [("hold", "m", "applied")]
+
+
+def test_a_faded_leak_still_latched_rebalances_but_does_not_fork() -> None:
+    # Latched on a 20 % leak, then 3 %: the latch holds (not proven below 2.5 %), but a
+    # medium-risk fork needs the leak proven above the switch-off rate now.
+    cfg = replace(CFG, cooldown_s=0, rebalance_patience_s=10**9)
+    st = make({"shared": ["m", "g"]}, {"m": POS_MED, "g": POS_LOW})
+    feed(st, "g", 300, 0.9)
+    feed(st, "m", 100, 0.80, source="g")
+    feed(st, "m", 500, 0.97, source="g")
+    win = st.tasks["m"].window
+    assert win.leaking and win.crosstalk_rate == pytest.approx(0.03)
+    seen = _rejected_rounds(st, cfg, 4)
+    assert seen == [("rebalance", "m", "applied")] * 4
 
 
 def test_a_small_adapter_retries_after_a_tenth_more_data_not_min_new_examples() -> None:

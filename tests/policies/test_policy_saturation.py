@@ -24,12 +24,13 @@ CFG = PolicyConfig(cooldown_s=0.0)  # a round an hour: no cool-down in the way
 
 
 def leaky_shared(profile: TaskProfile) -> PolicyState:
-    """``l`` (``profile``) leaks 15 % of its answers in ``g``'s style; ``m`` and ``g`` are fine."""
+    """``l`` (``profile``) leaks 20 % of its answers in ``g``'s style (100 answers prove more
+    than low risk's 10 %); ``m`` and ``g`` are fine."""
     st = init_state({"shared": ["g", "l", "m"]}, {"g": LOW, "l": profile, "m": MED}, CFG,
                     data_sizes=dict.fromkeys("glm", 1000), baselines=dict.fromkeys("glm", 0.9))
     for t in "gm":
         feed(st, t, 300, 0.95)
-    feed(st, "l", 300, 0.85, source="g")
+    feed(st, "l", 300, 0.80, source="g")
     return st
 
 
@@ -47,7 +48,7 @@ def rounds(st: PolicyState, config: PolicyConfig, n: int) -> tuple[PolicyState, 
             st = on_promotion(st, "shared", version=version, now=now + 60, config=config)
             for t in "gm":
                 feed(st, t, 100, 0.95)
-            feed(st, "l", 100, 0.85, source="g")
+            feed(st, "l", 100, 0.80, source="g")
     return st, seen
 
 

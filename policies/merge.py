@@ -1,0 +1,102 @@
+"""Merging an isolated task back: whether it is compatible with the adapter it left, and
+whether its answers prove it clean enough to go back now.
+
+A merge undone by the next leak costs two training runs and a period of leaking answers, so
+both need evidence: affinity measured in both directions beyond the measurement's noise, and
+the task's own answers bounding its leak rate below the rate that counts as a leak.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from policies.config import PolicyConfig
+from policies.gates import Candidate
+from policies.mixture import tally_key
+from policies.signals import leak_bounds, pair_verdict
+from policies.state import PolicyState
+
+__all__ = ["compatible", "compatible_with_origin", "merge_candidate"]
+
+
+def compatible_with_origin(
+    st: PolicyState, task: str, config: PolicyConfig, aff: Mapping[tuple[str, str], float]
+) -> bool:
+    """May an isolated ``task`` go back to the adapter it was forked from? Same tone and
+    similar risk as every task there, and affinity measured in both directions beyond the
+    measurement's noise (``affinity_noise``): an estimate within it is no evidence that
+    sharing helps, and a merge undone by the next leak costs two training runs."""
+    ts = st.tasks[task]
+    target = st.adapters.get(ts.forked_from or "")
+    if target is None or not target.tasks or len(st.adapters[ts.adapter].tasks) != 1:
+        return False
+    floor = max(config.min_affinity_for_merge, config.affinity_noise)
+    for o in target.tasks:
+        measured = [aff.get((task, o)), aff.get((o, task))]
+        if any(v is None or v <= config.affinity_noise for v in measured):
+            return False
+        if not compatible(st, task, o, config, aff, min_positive=floor):
+            return False
+    return True
+
+
+def compatible(
+    st: PolicyState, a: str, b: str, config: PolicyConfig, aff: Mapping[tuple[str, str], float],
+    *, min_positive: float | None = None,
+) -> bool:
+    """Same tone, similar risk and measured affinity of at least ``min_positive`` (default
+    ``min_affinity_for_merge``)."""
+    profiles = {t: st.tasks[t].profile for t in (a, b)}
+    return pair_verdict(
+        a, b, profiles, aff,
+        max_negative=config.max_negative(),
+        min_positive=config.min_affinity_for_merge if min_positive is None else min_positive,
+        max_risk_gap=config.max_risk_gap,
+    ).verdict == "compatible"  # fmt: skip
+
+
+def merge_candidate(
+    st: PolicyState, task: str, now: float, config: PolicyConfig, nums: dict[str, Any]
+) -> Candidate | None:
+    """A merge of isolated ``task`` back into the adapter it was forked from, once it has
+    been compatible for ``merge_after_s``; held (``wait``) while its answers do not yet prove
+    it clean. None: no merge wanted."""
+    ts = st.tasks[task]
+    if ts.compatible_since is None or ts.forked_from is None:
+        return None
+    compatible_for = now - ts.compatible_since
+    isolated_for = now - (ts.isolated_since if ts.isolated_since is not None else now)
+    if compatible_for < config.merge_after_s or isolated_for < config.min_isolation_s:
+        return None
+    if ts.detector.degraded or ts.window.leaking or ts.regressions:
+        return None
+    reason = (
+        f"compatible with {', '.join(st.adapters[ts.forked_from].tasks)} for "
+        f"{duration(compatible_for)} (same tone, similar risk, affinity beyond noise)"
+    )
+    # No crosstalk, proven: the leak rate's upper bound (z = fork_leak_z, false flags
+    # discounted) below the rate that counts as a leak, over the task's window or, for a
+    # high-risk task, its tally across its own adapter's versions when that holds more.
+    win = ts.window
+    own = ts.mixture_of == tally_key(ts.adapter, st.adapters[ts.adapter].ratios.version, ts)
+    tally = ts.mixture if own and ts.mixture.n > win.n else win
+    k, n = tally.crosstalk, tally.n
+    upper = leak_bounds(k, n, config.fork_leak_z, config.crosstalk_false_flags)[1]
+    sig = {**nums, "compatible_for_s": compatible_for, "isolated_for_s": isolated_for,
+           "crosstalk": [k, n], "leak_upper": round(upper, 6)}
+    wait = ""
+    if n < config.crosstalk_min_events or upper >= win.high:
+        wait = (f"not enough evidence of no crosstalk: {k}/{n} of {task}'s answers flagged, "
+                f"upper bound {upper:.1%} >= {win.high:.1%}")
+    return Candidate("merge", task, ts.adapter, reason, sig, [task],
+                      ts.profile.risk == "high", target=ts.forked_from, wait=wait)  # fmt: skip
+
+
+def duration(seconds: float) -> str:
+    """``seconds`` in the largest unit that keeps it at least 1 (days, hours, seconds)."""
+    if seconds >= 86400:
+        return f"{seconds / 86400:.1f} days"
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds:.0f} s"

@@ -1,0 +1,94 @@
+"""Merge in the loop: a task forked during a surge goes back to its adapter after it.
+
+The engine runs on the simulation's own configuration and event clock (``SIM_POLICY``,
+``SIM_SECONDS_PER_EVENT``), a decision every 50 requests as ``adaptd simulate`` takes them,
+and a job's version is promoted before the next 50 (the synchronous simulation). A
+high-risk task shares an adapter with a medium-risk task of the same tone; while the
+medium-risk task's traffic surges, a fifth of the high-risk task's answers carry its style
+in the shared adapter, and none do once the surge is over or in the task's own adapter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from daemon.sim.run import SIM_POLICY, SIM_SECONDS_PER_EVENT
+from policies import (
+    Decision,
+    PolicyConfig,
+    PolicyState,
+    TaskProfile,
+    decide,
+    init_state,
+    observe,
+    on_promotion,
+)
+from tests.policies.test_policy_engine import roundtrip
+
+CFG = PolicyConfig.from_dict({**SIM_POLICY, "seconds_per_event": SIM_SECONDS_PER_EVENT})
+PROFILES = {"sorry": TaskProfile("high", "formal"), "notice": TaskProfile("medium", "formal")}
+# (phase, requests, share of "sorry"): the surge is as long as the builtin scenarios'.
+PHASES = (("steady", 600, 0.3), ("surge", 1200, 0.1), ("after", 1800, 0.3))
+CHUNK = 50
+
+
+def run_surge(affinity: Mapping[tuple[str, str], float]) -> tuple[PolicyState, list[tuple[int, Decision]]]:
+    st = init_state({"shared": ["notice", "sorry"]}, PROFILES, CFG,
+                    data_sizes=dict.fromkeys(PROFILES, 1000),
+                    baselines=dict.fromkeys(PROFILES, 0.9))
+    st = on_promotion(st, "shared", version=1, now=0.0, config=CFG)
+    versions = {"shared": 1}
+    training: list[str] = []
+    log: list[tuple[int, Decision]] = []
+    served = {"sorry": 0, "notice": 0}
+    event = 0
+    for phase, length, share in PHASES:
+        for _ in range(length // CHUNK):
+            for a in training:  # the job finished before the next requests: promoted by
+                versions[a] = versions.get(a, 0) + 1  # the tick after the one that decided it
+                st = on_promotion(st, a, version=versions[a],
+                                  now=(event + 1) * SIM_SECONDS_PER_EVENT, config=CFG)
+            for j in range(CHUNK):
+                task = "sorry" if j < round(CHUNK * share) else "notice"
+                i = served[task]
+                served[task] += 1
+                shared = "notice" in st.adapters[st.tasks[task].adapter].tasks
+                leak = task == "sorry" and phase == "surge" and shared and i % 5 == 0
+                observe(st, task, not leak and i % 10 != 9,
+                        crosstalk_source="notice" if leak else None, origin="auto")
+                event += 1
+            st, ds = decide(st, {}, now=event * SIM_SECONDS_PER_EVENT, config=CFG,
+                            affinity=affinity)
+            st = roundtrip(st)
+            log += [(event, d) for d in ds]
+            training = [a for d in ds for a in d.train if a in st.adapters]
+    return st, log
+
+
+def structural(log: list[tuple[int, Decision]]) -> list[tuple[int, str, str]]:
+    return [(at, d.action, d.task) for at, d in log if d.action in ("fork", "merge", "rollback")]
+
+
+def test_sim_merge_window_is_a_surge_long() -> None:
+    assert CFG.merge_after_s / SIM_SECONDS_PER_EVENT == PHASES[1][1]
+
+
+def test_a_task_forked_in_a_surge_merges_back_after_it() -> None:
+    st, log = run_surge({("sorry", "notice"): 0.04, ("notice", "sorry"): 0.03})
+    moves = structural(log)
+    surge_end = PHASES[0][1] + PHASES[1][1]
+    assert [(a, t) for _, a, t in moves] == [("fork", "sorry"), ("merge", "sorry")], moves
+    (forked, _, _), (merged, _, _) = moves
+    assert PHASES[0][1] < forked < surge_end < merged  # forked in the surge, merged after it
+    assert (merged - forked) * SIM_SECONDS_PER_EVENT >= CFG.merge_after_s
+    assert list(st.adapters) == ["shared"] and st.adapters["shared"].tasks == ["notice", "sorry"]
+    merge = next(d for _, d in log if d.action == "merge")
+    assert merge.adapter == "shared" and merge.signals["from_adapter"] == "sorry"
+    assert merge.signals["crosstalk"][0] == 0 and merge.signals["leak_upper"] < 0.02
+    assert not st.tasks["sorry"].window.leaking  # and it stays clean in the shared adapter
+
+
+def test_affinity_within_noise_never_merges() -> None:
+    st, log = run_surge({("sorry", "notice"): 0.015, ("notice", "sorry"): 0.03})
+    assert [(a, t) for _, a, t in structural(log)] == [("fork", "sorry")]
+    assert st.tasks["sorry"].adapter == "sorry" and st.tasks["sorry"].compatible_since is None
