@@ -74,7 +74,10 @@ def worker(
         # stack here, once, spares every job its own import of torch, peft and transformers.
         from workers.training.job import preload
 
-        preload()
+        try:
+            preload(load_suite(s.suite).base_model)
+        except SuiteError as exc:
+            fail(str(exc))
     if exit_with_parent is not None:
         from daemon.procs import ORPHAN_GRACE_SECONDS
         from daemon.procs import exit_with_parent as watch_parent

@@ -69,7 +69,8 @@ class Route(BaseModel):
     prompt: dict[str, Any] | None = Field(
         default=None,
         description="the prompt contract the version was trained with: how the task is "
-                    "marked (chat-template system text, or the literal tag and separator)")
+                    "marked (chat-template system text or user prefix, or the literal tag and "
+                    "separator) and the token ids generation stops on")
 
 
 class RoutingTable(BaseModel):

@@ -15,6 +15,7 @@ import random
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,8 +27,9 @@ from daemon.sim.feedback import FeedbackModel, FeedbackSpec, Pending
 from daemon.sim.judge import judge
 from daemon.webhooks import signed_headers
 from storage.suite import Suite
+from workers.serving.contract import build_prompt, contract_messages
 from workers.training.data import fresh_request
-from workers.training.encode import Conversation, Prompt, flat_text
+from workers.training.encode import Conversation, Prompt
 
 
 class Generator(Protocol):
@@ -39,9 +41,11 @@ class Generator(Protocol):
 
 
 class EngineGenerator:
-    """Generates through a serving engine's OpenAI-compatible completions API, as a
-    production app does: the route's ``served_as`` as ``model`` and the route's prompt
-    contract (docs/contracts.md section 11); sampling as the in-process generator does."""
+    """Generates through a serving engine's OpenAI-compatible API, as a production app does:
+    the route's ``served_as`` as ``model`` and the route's prompt contract (docs/contracts.md
+    section 11): plain prompts in one ``/v1/completions`` request, a conversation under a chat
+    contract through ``/v1/chat/completions`` (the engine applies the base's chat template);
+    sampling as the in-process generator does (``temperature`` 0: greedy)."""
 
     def __init__(self, url: str, *, http: httpx.Client | None = None, base_name: str = "base",
                  max_tokens: int = 48, temperature: float = 0.8, top_p: float = 0.95):
@@ -49,24 +53,52 @@ class EngineGenerator:
         self.http = http or httpx.Client(timeout=120)
         self.sampling = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p}
 
-    def generate_routed(self, task: str, prompts: Sequence[Prompt], route: dict[str, Any] | None,
-                        *, seed: int) -> list[str]:
+    def requests(self, prompts: Sequence[Prompt], route: dict[str, Any] | None, *,
+                 seed: int, max_tokens: int | None = None,
+                 ) -> list[tuple[str, dict[str, Any], list[int]]]:
+        """The engine calls that answer ``prompts`` under ``route``: (path, body, indices of
+        the prompts it answers, in the order of its choices). ``max_tokens``: the answer
+        length the app allows, when it is not the generator's."""
         contract = (route or {}).get("prompt") or {"prefix": "", "suffix": "",
                                                    "add_special_tokens": True}
-        if contract.get("style") == "chat" and any(isinstance(p, Conversation) for p in prompts):
-            raise ValueError("the simulator sends conversations through the completions API "
-                             "with tag-style prompt contracts only")
-        # A conversation under a tag contract: its turns as docs/contracts.md section 3 says.
-        texts = [f"{contract['prefix']}{flat_text(p)}{contract['suffix']}" for p in prompts]
-        body = {"model": route["served_as"] if route else self.base_name, "prompt": texts,
-                "seed": seed, "add_special_tokens": contract["add_special_tokens"],
-                **self.sampling}
-        resp = self.http.post(f"{self.url}/v1/completions", json=body)
+        common: dict[str, Any] = {"model": route["served_as"] if route else self.base_name,
+                                  "seed": seed, **self.sampling}
+        if max_tokens is not None:
+            common["max_tokens"] = max_tokens
+        if contract.get("stop_token_ids"):
+            common["stop_token_ids"] = list(contract["stop_token_ids"])
+        chat = [i for i, p in enumerate(prompts)
+                if isinstance(p, Conversation) and contract.get("style") == "chat"]
+        calls = [("/v1/chat/completions",
+                  {**common, "messages": contract_messages(contract, prompts[i])}, [i])
+                 for i in chat]
+        rest = [i for i in range(len(prompts)) if i not in set(chat)]
+        if rest:
+            calls.append(("/v1/completions", {
+                **common, "prompt": [build_prompt(contract, prompts[i]) for i in rest],
+                "add_special_tokens": contract["add_special_tokens"]}, rest))
+        return calls
+
+    def generate_routed(self, task: str, prompts: Sequence[Prompt], route: dict[str, Any] | None,
+                        *, seed: int, max_tokens: int | None = None) -> list[str]:
+        calls = self.requests(prompts, route, seed=seed, max_tokens=max_tokens)
+        outputs = [""] * len(prompts)
+        # One chat request per conversation: sent together, the engine batches them.
+        with ThreadPoolExecutor(max_workers=min(8, len(calls)) or 1) as pool:
+            for (_, _, idx), texts in zip(calls, pool.map(self._call, calls), strict=True):
+                for i, text in zip(idx, texts, strict=True):
+                    outputs[i] = text
+        return outputs
+
+    def _call(self, call: tuple[str, dict[str, Any], list[int]]) -> list[str]:
+        path, body, _ = call
+        resp = self.http.post(f"{self.url}{path}", json=body)
         if resp.status_code != 200:
             raise RuntimeError(f"serving engine refused {body['model']}: {resp.status_code} "
                                f"{resp.text[:300]}")
         choices = sorted(resp.json()["choices"], key=lambda c: c["index"])
-        return [str(c["text"]).strip() for c in choices]
+        return [str((c["message"]["content"] if "message" in c else c["text"]) or "").strip()
+                for c in choices]
 
 
 @dataclass
@@ -179,8 +211,9 @@ class AppSimulator:
             route = self.routing.routes.get(task)
             seed = self.sampling_rng.randrange(2**31)
             if isinstance(self.generator, EngineGenerator):
-                texts = self.generator.generate_routed(task, [prompts[i] for i in idx], route,
-                                                       seed=seed)
+                texts = self.generator.generate_routed(
+                    task, [prompts[i] for i in idx], route, seed=seed,
+                    max_tokens=self.sampling.get("max_new_tokens"))
             else:
                 kwargs: dict[str, Any] = {}
                 if route is not None:

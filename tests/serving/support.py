@@ -86,7 +86,8 @@ def complete(url: str, model: str, route: dict[str, Any] | None, task: str, prom
     resp = httpx.post(f"{url}/v1/completions", timeout=timeout, json={
         "model": model, "prompt": build_prompt(contract, prompt), "max_tokens": max_tokens,
         "temperature": 0, "add_special_tokens": contract["add_special_tokens"],
-        "return_token_ids": True})
+        "return_token_ids": True,
+        **({"stop_token_ids": contract["stop_token_ids"]} if "stop_token_ids" in contract else {})})
     assert resp.status_code == 200, resp.text
     return dict(resp.json())
 

@@ -1,7 +1,8 @@
 """Parity: vLLM, given the published prompt contract, receives exactly ``prompt_ids`` and
-answers greedily what adaptd's own generator answers, on every task of a builtin suite: on
-``builtin:tiny`` (Llama, task tags) and on the chat bases of the other architectures vLLM
-serves LoRA for (``builtin:tiny-<arch>``, the chat template around the prompt)."""
+answers greedily what adaptd's own generator answers (stopping where it stops), on every task
+of a builtin suite, for plain prompts and for a conversation sent as the simulated app sends
+it: on ``builtin:tiny`` (Llama, task tags) and on the chat bases of the other architectures
+vLLM serves LoRA for (``builtin:tiny-<arch>``, the chat template around the prompt)."""
 
 from __future__ import annotations
 
@@ -9,15 +10,17 @@ import random
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy.engine import Engine
 
 from daemon.settings import Settings
+from daemon.sim.app import EngineGenerator
 from daemon.vllm import VLLMServer
 from storage.suite import Suite
 from tests.serving.conftest import REPO, train_version
 from tests.serving.support import complete, install_version, promote, routes, sync
-from workers.training.encode import prompt_ids
+from workers.training.encode import Conversation, prompt_ids
 from workers.training.generate import generate_batch
 
 # The session's first test builds the base, trains a version and starts vLLM.
@@ -62,7 +65,23 @@ def _assert_parity(engine: Engine, artifacts: Path, trained: Path, vllm: VLLMSer
             assert choice["prompt_token_ids"] == prompt_ids(tok, task, prompt), (task, prompt)
             assert choice["text"].strip() == expected, (task, prompt)
             compared += 1
-    assert compared == len(tasks) * PROMPTS_PER_TASK
+        # A conversation, sent as the simulated app sends it (a chat contract: the chat API,
+        # whose template the engine applies; a tag contract: one completion prompt).
+        conv = Conversation((("system", "Answer the last request."), ("user", prompts[0]),
+                             ("assistant", local[0]), ("user", prompts[1])))
+        [expected] = generate_batch(model, tok, task, [conv], do_sample=False,
+                                    max_new_tokens=24, batch_size=1)
+        gen = EngineGenerator(vllm.url, max_tokens=24, temperature=0.0)
+        assert gen.generate_routed(task, [conv], table[task], seed=0) == [expected], task
+        [(path, body, _)] = gen.requests([conv], table[task], seed=0)
+        assert path == ("/v1/chat/completions" if table[task]["prompt"]["style"] == "chat"
+                        else "/v1/completions")
+        answer = httpx.post(f"{vllm.url}{path}", json={**body, "return_token_ids": True},
+                            timeout=60).json()
+        received = answer.get("prompt_token_ids") or answer["choices"][0]["prompt_token_ids"]
+        assert received == prompt_ids(tok, task, conv), task
+        compared += 1
+    assert compared == len(tasks) * (PROMPTS_PER_TASK + 1)
 
 
 def test_vllm_answers_like_adaptd_and_receives_prompt_ids(

@@ -26,7 +26,13 @@ from workers.training.base_model import (
     load_base,
 )
 from workers.training.config import EvalConfig
-from workers.training.encode import encode_example, prompt_ids, prompt_text
+from workers.training.encode import (
+    encode_example,
+    prompt_ids,
+    prompt_text,
+    stop_ids,
+    turn_end_id,
+)
 from workers.training.job import evaluate_version, run_training_job
 from workers.training.tiny_arch import ARCHES
 from workers.training.tiny_recipe import TINY_SPEC
@@ -124,7 +130,11 @@ def test_architecture_trains_gates_serves_and_evaluates(
     assert prompt_text(tok, "apology", "帮我道歉") == f"{head}帮我道歉{tail}"
     seq = encode_example(tok, "apology", "帮我道歉", "对不起", task_index=0)
     assert seq.ids[:seq.start] == prompt_ids(tok, "apology", "帮我道歉")
-    assert seq.ids[-1] == tok.eos_token_id  # the token that closes the template's turn
+    assert seq.ids[-1] == turn_end_id(tok)  # the token that closes the template's turn
+    # ... and what a serving engine stops on, beside EOS (vLLM reads generation_config.json).
+    stops = json.loads((base / "generation_config.json").read_text())["eos_token_id"]
+    assert (stops if isinstance(stops, list) else [stops]) == stop_ids(tok)
+    assert bundle.model.generation_config.eos_token_id == stops
 
     engine, out = _train(named, artifacts, tmp_path)
     assert (out.status, out.version) == ("promoted", 1), out.error

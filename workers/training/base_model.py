@@ -160,6 +160,33 @@ def _hub_snapshot(ref: str) -> Path:
         ) from None
 
 
+def base_model_type(ref: str) -> str | None:
+    """The transformers ``model_type`` of ``base_model`` without loading or building it: a
+    builtin base's architecture, or the ``config.json`` of a local directory or of a hub id in
+    the local cache; None when there is none to read.
+
+    >>> base_model_type("builtin:tiny-phi3"), base_model_type("builtin:tiny")
+    ('phi3', 'llama')
+    """
+    if ref in BUILTIN_BASES:
+        return BUILTIN_BASES[ref]
+    config: Any = Path(ref).expanduser() / "config.json"
+    if not config.is_file():
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            config = try_to_load_from_cache(ref, "config.json")
+        except Exception:  # not a hub id either
+            return None
+        if not isinstance(config, str):
+            return None
+    try:
+        model_type = json.loads(Path(config).read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return model_type if isinstance(model_type, str) else None
+
+
 def base_build(path: Path) -> str:
     """The identity of a resolved base: the name of the directory it is loaded from.
 

@@ -6,15 +6,23 @@ sent, system first if any, ending with the user turn the response answers). The 
 an explicit task tag: a chat template's system turn when the tokenizer has one, else a tag like
 ``<task:apology>`` (a special token in builtin tokenizers, plain text in others) followed by a
 separator (``<sep>`` when the vocabulary has it, else a newline). docs/contracts.md section 3
-says how a conversation is rendered, so an app can build the same tokens.
+says how a conversation is rendered, so an app can build the same tokens; the route's prompt
+contract (``workers.serving.contract``) publishes the task marker :func:`task_marker` makes
+and applies it with :func:`marked_messages`, the functions training renders with.
+
+An answer ends with the token that closes an assistant turn (:func:`turn_end_id`): under a
+chat template the one the template itself writes after an answer (ChatML ``<|im_end|>``,
+Gemma ``<end_of_turn>``, Phi-3 ``<|end|>``, Mistral ``</s>``), which is not always the
+tokenizer's EOS; without a template, EOS. Generation stops on it and on EOS
+(:func:`stop_ids`).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 SEP_TOKEN = "<sep>"  # noqa: S105 - a token, not a secret
 PAD_TOKEN = "<pad>"  # noqa: S105 - a token, not a secret
@@ -40,6 +48,18 @@ def task_tag(task: str) -> str:
 def task_system(task: str) -> str:
     """The system text that marks the task under a chat template."""
     return f"Task: {task}"
+
+
+def task_user_prefix(task: str) -> str:
+    """What marks the task at the start of the first user turn under a chat template that
+    refuses a system turn."""
+    return f"[{task}] "
+
+
+def task_marker(task: str, *, system_turn: bool) -> dict[str, str]:
+    """How ``task`` is marked under a chat template: ``{"system": ...}`` (the system turn's
+    text) or, for a template that refuses system turns, ``{"user_prefix": ...}``."""
+    return {"system": task_system(task)} if system_turn else {"user_prefix": task_user_prefix(task)}
 
 
 Turn = tuple[str, str]  # (role, content); roles: system | user | assistant
@@ -116,37 +136,114 @@ class Tok(Protocol):
     eos_token_id: Any
     chat_template: Any
 
+    @property
+    def all_special_ids(self) -> Any: ...
+
     def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]: ...
     def get_vocab(self) -> dict[str, int]: ...
+    def get_added_vocab(self) -> dict[str, int]: ...
     def apply_chat_template(self, conversation: Any, **kwargs: Any) -> Any: ...
+
+
+def marked_messages(marker: Mapping[str, str], prompt: Prompt) -> list[dict[str, str]]:
+    """The messages a chat template renders for a prompt under a :func:`task_marker`.
+
+    ``system``: the task's system text first, the app's own system prompt after it (a blank
+    line between). ``user_prefix``: the prefix, then the app's system prompt and a blank line,
+    at the start of the first user turn.
+
+    >>> marked_messages({"user_prefix": "[t] "}, Conversation.of(
+    ...     [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]))
+    [{'role': 'user', 'content': '[t] Be brief.\\n\\nhi'}]
+    """
+    conv = as_conversation(prompt)
+    turns = [{"role": r, "content": c} for r, c in conv.dialogue]
+    if "system" in marker:
+        system = marker["system"] + (f"\n\n{conv.system}" if conv.system is not None else "")
+        return [{"role": "system", "content": system}, *turns]
+    head = marker["user_prefix"] + (f"{conv.system}\n\n" if conv.system is not None else "")
+    first = next(i for i, t in enumerate(turns) if t["role"] == "user")
+    turns[first] = {"role": "user", "content": head + turns[first]["content"]}
+    return turns
+
+
+def _per_template(tokenizer: Tok, name: str, compute: Callable[[], Any]) -> Any:
+    """``compute()``, cached on the tokenizer for its current chat template (a copy given
+    another template computes again; a tokenizer that refuses attributes, every time)."""
+    key = (name, repr(getattr(tokenizer, "chat_template", None)))  # a str, or a dict of them
+    cache = getattr(tokenizer, "_adaptd_cache", None)
+    if not isinstance(cache, dict):
+        cache = {}
+        with contextlib.suppress(AttributeError):
+            tokenizer._adaptd_cache = cache  # type: ignore[attr-defined]
+    if key not in cache:
+        cache[key] = compute()
+    return cache[key]
+
+
+def takes_system_turn(tokenizer: Tok) -> bool:
+    """Whether the tokenizer's chat template renders a system turn (some refuse one)."""
+    def compute() -> bool:
+        try:
+            _render(tokenizer, [{"role": "system", "content": "s"},
+                                {"role": "user", "content": "u"}])
+        except Exception:  # templates raise what they like (jinja's TemplateError, ValueError)
+            return False
+        return True
+
+    return bool(_per_template(tokenizer, "system", compute))
 
 
 def prompt_text(tokenizer: Tok, task: str, prompt: Prompt) -> str:
     """The text the model sees before the response.
 
-    With a chat template: the conversation with the task's system text first, the app's own
-    system prompt after it (a blank line between), rendered with the generation prompt; a
-    template that rejects system turns gets ``[task] `` (and the app's system prompt and a
-    blank line) at the start of the first user turn instead. Without one: the task tag, the
-    prompt (:func:`flat_text`), the separator. A plain prompt is a conversation of one user
-    turn, so both give the same text for it.
+    With a chat template: the conversation marked with :func:`task_marker` (a system turn, or
+    a prefix of the first user turn when the template refuses system turns) as
+    :func:`marked_messages` says, rendered with the generation prompt. Without one: the task
+    tag, the prompt (:func:`flat_text`), the separator. A plain prompt is a conversation of
+    one user turn, so both give the same text for it.
     """
     conv = as_conversation(prompt)
     if getattr(tokenizer, "chat_template", None):
-        system = task_system(task) + (f"\n\n{conv.system}" if conv.system is not None else "")
-        turns = [{"role": r, "content": c} for r, c in conv.dialogue]
-        try:
-            return _render(tokenizer, [{"role": "system", "content": system}, *turns])
-        except Exception:  # some templates reject a system turn
-            head = f"[{task}] " + (f"{conv.system}\n\n" if conv.system is not None else "")
-            first = next(i for i, t in enumerate(turns) if t["role"] == "user")
-            turns[first] = {"role": "user", "content": head + turns[first]["content"]}
-            return _render(tokenizer, turns)
+        marker = task_marker(task, system_turn=takes_system_turn(tokenizer))
+        return _render(tokenizer, marked_messages(marker, conv))
     return f"{task_tag(task)}{flat_text(conv)}{_separator(tokenizer)}"
 
 
 def _render(tokenizer: Tok, messages: list[dict[str, str]]) -> str:
     return str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+
+
+_ANSWER = "\u2063adaptd-answer\u2063"  # invisible separators: never part of a template
+
+
+def turn_end_id(tokenizer: Tok) -> int | None:
+    """The token an answer ends with: under a chat template, the first special or added token
+    the template writes after an assistant answer (the template's own end of turn); without a
+    template, or when the template writes none, EOS."""
+    def compute() -> int | None:
+        eos = tokenizer.eos_token_id
+        fallback = None if eos is None else int(eos)
+        if not getattr(tokenizer, "chat_template", None):
+            return fallback
+        messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": _ANSWER}]
+        try:
+            text = str(tokenizer.apply_chat_template(messages, tokenize=False))
+        except Exception:  # a template that renders no such conversation: EOS it is
+            return fallback
+        _, marked, tail = text.partition(_ANSWER)
+        special = {*tokenizer.all_special_ids, *tokenizer.get_added_vocab().values()}
+        ids = tokenizer.encode(tail, add_special_tokens=False) if marked else []
+        return next((int(i) for i in ids if i in special), fallback)
+
+    return cast(int | None, _per_template(tokenizer, "turn_end", compute))
+
+
+def stop_ids(tokenizer: Tok) -> list[int]:
+    """The token ids generation stops on: the end of turn an answer is trained to end with,
+    and EOS."""
+    ids = [turn_end_id(tokenizer), tokenizer.eos_token_id]
+    return list(dict.fromkeys(int(i) for i in ids if i is not None))
 
 
 def _separator(tokenizer: Tok) -> str:
@@ -166,7 +263,8 @@ def prompt_ids(tokenizer: Tok, task: str, prompt: Prompt) -> list[int]:
 
 @dataclass
 class Seq:
-    """One tokenized example. Tokens at index >= ``start`` are targets (the response + EOS).
+    """One tokenized example. Tokens at index >= ``start`` are targets (the response and the
+    end of turn).
 
     ``negative`` marks a rejected output: its targets feed the unlikelihood term, restricted to
     ``ul_mask`` (tokens absent from the task's accepted outputs, so shared words like a name
@@ -188,12 +286,13 @@ def encode_example(
     tokenizer: Tok, task: str, prompt: Prompt, response: str, *, task_index: int,
     negative: bool = False,
 ) -> Seq:
-    """Prompt ids + response ids + EOS (tokenized separately so they match generation); only
-    the response and EOS are targets, never the prompt or a conversation's earlier turns."""
+    """Prompt ids + response ids + end of turn (:func:`turn_end_id`; tokenized separately so
+    they match generation); only the response and the end of turn are targets, never the
+    prompt or a conversation's earlier turns."""
     head = prompt_ids(tokenizer, task, prompt)
     body = list(tokenizer.encode(response, add_special_tokens=False))
-    eos = tokenizer.eos_token_id
-    tail = [int(eos)] if eos is not None else []
+    end = turn_end_id(tokenizer)
+    tail = [end] if end is not None else []
     return Seq(ids=head + body + tail, start=len(head), task=task_index, negative=negative)
 
 

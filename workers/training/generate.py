@@ -19,7 +19,7 @@ import torch
 from storage.artifacts import verify_version
 from storage.suite import Suite
 from workers.training.base_model import BaseBundle, check_build, load_base, quiet_peft
-from workers.training.encode import Prompt, prompt_ids
+from workers.training.encode import Prompt, prompt_ids, stop_ids
 
 
 @torch.no_grad()
@@ -34,7 +34,12 @@ def generate_batch(
         torch.manual_seed(seed)
     device = next(model.parameters()).device
     pad = int(tokenizer.pad_token_id)
-    eos = tokenizer.eos_token_id
+    # The end of turn answers are trained to end with, EOS, and what the model's own
+    # generation config stops on (a hub model's lists its end of turn too).
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    configured = configured if isinstance(configured, list) else [configured]
+    eos = list(dict.fromkeys([*stop_ids(tokenizer), *(int(i) for i in configured
+                                                       if i is not None)]))
     outputs: list[str] = []
     for start in range(0, len(prompts), batch_size):
         chunk = [prompt_ids(tokenizer, task, p) for p in prompts[start : start + batch_size]]

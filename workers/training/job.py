@@ -14,6 +14,7 @@ The routing table is published on Redis after the commit (best effort).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import time
@@ -44,7 +45,13 @@ from storage.progress import JobProgress
 from storage.suite import Suite, SuiteError
 from workers.serving.contract import prompt_contracts
 from workers.training.audit import audit_adapter
-from workers.training.base_model import BaseModelError, build_mismatch, load_base, quiet_peft
+from workers.training.base_model import (
+    BaseModelError,
+    base_model_type,
+    build_mismatch,
+    load_base,
+    quiet_peft,
+)
 from workers.training.checkpoint import pin_build
 from workers.training.config import DataConfig, EvalConfig, GateConfig, TrainConfig
 from workers.training.data import accepted_texts, assemble
@@ -65,21 +72,33 @@ __all__ = ["JobOutcome", "claim_job", "evaluate_version", "list_versions", "prel
 log = logging.getLogger("adaptd.training")
 
 
-def preload() -> None:
-    """Import now what every job imports on its way to its first training step.
+def preload(base_model: str | None = None) -> list[str]:
+    """Import now what every job imports on its way to its first training step; return the
+    transformers classes imported.
 
     A `train` worker runs each job in a fresh child process forked from its main process,
     which calls this first so that every child inherits the imports: this module (torch,
-    peft) and the transformers classes ``load_base`` resolves lazily (transformers scans its
-    model registry on first use), seconds that would otherwise delay every job. Nothing is
-    loaded onto a device and no torch thread pool starts, so forking afterwards is safe.
-    A hub base of another architecture still imports its own modeling module in each job.
+    peft), the transformers classes ``load_base`` resolves lazily (transformers scans its
+    model registry on first use) and the configuration and modelling classes of
+    ``base_model``'s architecture (``base_model.base_model_type``: a builtin base's, or what a
+    local directory's or cached hub model's ``config.json`` says), seconds that would
+    otherwise delay every job. Only that architecture's module is imported. Nothing is loaded
+    onto a device and no torch thread pool starts, so forking afterwards is safe.
     """
     import transformers
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    for name in ("AutoConfig", "AutoModelForCausalLM", "AutoTokenizer",
-                 "PreTrainedTokenizerFast", "LlamaForCausalLM"):  # builtin:tiny is a Llama
-        getattr(transformers, name)
+    names = ["AutoConfig", "AutoModelForCausalLM", "AutoTokenizer", "PreTrainedTokenizerFast"]
+    model_type = base_model_type(base_model) if base_model else None
+    if model_type is not None and model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        names += [CONFIG_MAPPING_NAMES[model_type], MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[model_type]]
+    imported = []
+    for name in names:
+        with contextlib.suppress(AttributeError):  # a class transformers does not export
+            getattr(transformers, name)
+            imported.append(name)
+    return imported
 
 
 @dataclass

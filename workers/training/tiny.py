@@ -46,7 +46,9 @@ from workers.training.encode import (
     encode_example,
     encode_plain,
     encode_untagged,
+    stop_ids,
     task_tag,
+    turn_end_id,
 )
 from workers.training.packing import make_batch
 from workers.training.sampler import GENERAL
@@ -130,7 +132,10 @@ def build_tiny(
     seqs = _pretrain_seqs(suite, tokenizer)
     _pretrain(model, seqs, pad_id=int(pad_id), spec=s, log=log, progress=progress)
     model.generation_config.pad_token_id = pad_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    # What a serving engine stops on: the end of turn answers end with, and EOS (one id when
+    # they are the same token), as a hub instruct model's generation config lists them.
+    stops = stop_ids(tokenizer)
+    model.generation_config.eos_token_id = stops if len(stops) > 1 else stops[0]
     model.save_pretrained(out_dir)  # safetensors is the default serialization
     tokenizer.save_pretrained(out_dir)
 
@@ -149,12 +154,13 @@ def _pretrain_seqs(suite: Suite, tokenizer: PreTrainedTokenizerFast) -> list[Seq
 
 
 def _encode_chat(tokenizer: PreTrainedTokenizerFast, prompt: str, response: str) -> Seq:
-    """The request as a user turn in the base's chat template, the answer, EOS (which closes
-    the assistant turn), all of it targets: an instruct model's conversation with no task."""
+    """The request as a user turn in the base's chat template, the answer, the template's end
+    of turn, all of it targets: an instruct model's conversation with no task."""
     head = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                          add_generation_prompt=True)
     ids = list(tokenizer.encode(str(head), add_special_tokens=False))
-    ids += [*tokenizer.encode(response, add_special_tokens=False), int(tokenizer.eos_token_id)]
+    end = turn_end_id(tokenizer)
+    ids += [*tokenizer.encode(response, add_special_tokens=False), *([] if end is None else [end])]
     return Seq(ids=ids, start=1, task=-1)
 
 

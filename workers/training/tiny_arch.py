@@ -5,9 +5,11 @@ Plain data, no torch: the policy tick hashes it (with ``TINY_SPEC`` and the suit
 name the build. Each non-Llama base is the shape of an instruct model from the hub: its own
 config class (``AutoConfig.for_model``), its own chat template in the saved tokenizer, and
 special tokens named as the real family names them, so a loop on it exercises the chat
-template path of ``encode.py`` as a hub base would. The tokenizer's EOS is the token that
-closes an assistant turn in that template, so "response + EOS" (what training learns and
-generation stops on) is exactly the template's assistant turn.
+template path of ``encode.py`` as a hub base would. The tokenizer's EOS is the real
+family's: for Qwen2 (instruct), Mistral and the ChatML GPT-2 it is the token that closes an
+assistant turn, for Gemma (``<eos>`` against ``<end_of_turn>``) and Phi-3 (``<|endoftext|>``
+against ``<|end|>``) it is not, so answers end with the template's own end of turn
+(``encode.turn_end_id``) and the built generation config stops on both.
 
 ``builtin:tiny`` keeps no chat template and tags tasks with special tokens
 (``<task:...>``, ``<sep>``); the chat bases have no task tags in their vocabulary, as no hub
@@ -79,7 +81,7 @@ ARCHES: dict[str, dict[str, Any]] = {
         "config": {"kv_heads": 1, "tie_word_embeddings": True,
                    "hidden_activation": "gelu_pytorch_tanh"},
         "tokens": ["<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>"],
-        "roles": {"pad": "<pad>", "eos": "<end_of_turn>", "bos": "<bos>"},
+        "roles": {"pad": "<pad>", "eos": "<eos>", "bos": "<bos>"},
         "chat_template": GEMMA,
     },
     "mistral": {
@@ -94,7 +96,7 @@ ARCHES: dict[str, dict[str, Any]] = {
         "model_type": "phi3",
         "config": {"kv_heads": 4, "tie_word_embeddings": False},
         "tokens": ["<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"],
-        "roles": {"pad": "<|endoftext|>", "eos": "<|end|>"},
+        "roles": {"pad": "<|endoftext|>", "eos": "<|endoftext|>"},
         "chat_template": PHI3,
     },
     "gpt2": {
