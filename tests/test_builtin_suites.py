@@ -31,6 +31,7 @@ _SLOT_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 EXPECTED: dict[str, tuple[int, list[set[str]], tuple[int, int]]] = {
     "festive-zh": (6, [{"greeting", "festival_wish"}, {"thanks", "praise"}], (12, 45)),
     "office-en": (5, [{"holiday_greeting", "welcome"}, {"thank_you", "kudos"}], (30, 120)),
+    "shop-en": (5, [{"flash_sale", "order_thanks"}], (40, 170)),
 }
 SUITE_NAMES = sorted(EXPECTED)
 
