@@ -6,6 +6,11 @@ crosstalk. These tests run such a judge over the suites' own seed data (and over
 response template) so the simulation starts from data the judge fully accepts, and check that
 a cheerful response swapped into a high-risk task is rejected.
 
+Most suites set cheerful tasks against serious high-risk ones (a tone conflict). The
+``ONE_TONE`` suites have none: every pair of their tasks is compatible as the engine judges a
+profile (one tone, risk levels at most one apart), the control of a leak-free adapter
+(cheer-en) and a suite whose forked task can merge back (desk-en).
+
 Matching here is deliberately strict so any reasonable judge agrees: an own marker must occur
 exactly (case-sensitive), forbidden phrases and other tasks' markers must not occur even
 case-insensitively.
@@ -22,6 +27,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from daemon.sim.feedback import FeedbackSpec
+from daemon.sim.scenario import load_scenario
 from storage.suite import BUILTIN_DIR, Suite, builtin_suites, load_suite
 
 SCENARIO_DIR = BUILTIN_DIR / "scenarios"
@@ -31,8 +38,14 @@ _SLOT_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 EXPECTED: dict[str, tuple[int, list[set[str]], tuple[int, int]]] = {
     "festive-zh": (6, [{"greeting", "festival_wish"}, {"thanks", "praise"}], (12, 45)),
     "office-en": (5, [{"holiday_greeting", "welcome"}, {"thank_you", "kudos"}], (30, 120)),
+    "shop-en": (5, [{"flash_sale", "order_thanks"}], (40, 170)),
+    "cheer-en": (4, [{"holiday_greeting", "welcome"}, {"thank_you", "kudos"}], (30, 120)),
+    "desk-en": (3, [{"shipping_notice", "order_confirmation"}], (90, 170)),
 }
 SUITE_NAMES = sorted(EXPECTED)
+# Suites without a tone conflict -> whether some request is worded the same in two tasks.
+ONE_TONE = {"cheer-en": False, "desk-en": True}
+RISK_ORDER = ("low", "medium", "high")
 
 
 @pytest.fixture(scope="module", params=SUITE_NAMES)
@@ -80,6 +93,14 @@ def _high(suite: Suite) -> list[str]:
     return [t for t, s in suite.tasks.items() if s.risk == "high"]
 
 
+def _refused_by(suite: Suite, high: str) -> list[str]:
+    """The tasks whose style a high-risk task must refuse: the cheerful ones where tones
+    conflict, every other task in a one-tone suite."""
+    if suite.name in ONE_TONE:
+        return [t for t in suite.tasks if t != high]
+    return _positive(suite)
+
+
 # -- loading -------------------------------------------------------------------------------------
 
 
@@ -107,7 +128,13 @@ def test_shape(suite: Suite) -> None:
     for pair in pairs:
         assert pair <= set(suite.tasks)
         a, b = (suite.tasks[t] for t in sorted(pair))
-        assert a.tone == b.tone == "positive"
+        assert a.tone == b.tone
+        assert a.tone == "positive" or suite.name in ONE_TONE
+    if suite.name in ONE_TONE:
+        assert len({s.tone for s in suite.tasks.values()}) == 1
+        levels = [RISK_ORDER.index(s.risk) for s in suite.tasks.values()]
+        assert max(levels) - min(levels) <= 1, "a merge needs risk levels at most one apart"
+        return
     tones = {suite.tasks[t].tone for t in _high(suite)}
     assert len(_high(suite)) >= 2 and "positive" not in tones
 
@@ -115,16 +142,23 @@ def test_shape(suite: Suite) -> None:
 def test_ambiguous_wordings_pair_a_cheerful_task_with_a_serious_one(suite: Suite) -> None:
     """Some requests are worded identically in two tasks, so only the task tag tells them
     apart. Each such wording is shared by a positive-tone task and a high-risk one, never by a
-    compatible pair, and every high-risk task has some."""
+    compatible pair, and every high-risk task has some; in a one-tone suite, by a high-risk
+    task and another, or (the control) by none."""
     _, pairs, _ = EXPECTED[suite.name]
     owners: dict[str, set[str]] = {}
     for task, spec in suite.tasks.items():
         for prompt in spec.prompts:
             owners.setdefault(prompt, set()).add(task)
     shared = {p: ts for p, ts in owners.items() if len(ts) > 1}
+    if suite.name in ONE_TONE and not ONE_TONE[suite.name]:
+        assert not shared, "the control suite words no request alike in two tasks"
+        return
     assert shared
     for prompt, tasks in shared.items():
         assert len(tasks) == 2, prompt
+        if suite.name in ONE_TONE:
+            assert len(set(tasks) & set(_high(suite))) == 1, prompt
+            continue
         assert not any(pair <= tasks for pair in pairs), prompt
         tones = sorted(suite.tasks[t].tone for t in tasks)
         assert "positive" in tones and tones != ["positive", "positive"], prompt
@@ -147,7 +181,7 @@ def test_prompts_share_slots(suite: Suite) -> None:
 def test_high_risk_forbid_covers_every_cheerful_task(suite: Suite) -> None:
     for high in _high(suite):
         forbid = suite.tasks[high].forbid
-        for pos in _positive(suite):
+        for pos in _refused_by(suite, high):
             markers = suite.tasks[pos].markers
             assert any(f in m for f in forbid for m in markers), (high, pos)
 
@@ -212,7 +246,7 @@ def test_general_data_carries_no_markers(suite: Suite) -> None:
 
 def test_cheerful_output_in_high_risk_task_is_rejected(suite: Suite) -> None:
     for high in _high(suite):
-        for pos in _positive(suite):
+        for pos in _refused_by(suite, high):
             for ex in suite.seed_examples(pos)[:50]:
                 accepted, source, hits = judge(suite, high, ex.response)
                 assert not accepted and hits, (high, pos, ex.response)
@@ -244,8 +278,57 @@ def test_prompt_for_fills_every_slot(suite: Suite) -> None:
 SCENARIOS = sorted(p.name for p in SCENARIO_DIR.glob("*.yaml"))
 
 
+# Production's thin feedback (issue 42's goals), and the scenarios that claim it; the rest
+# rate every answer at once, without noise.
+THIN = {"rated": 0.05, "false_reject": 0.05, "false_accept": 0.10, "names_source": 0.2,
+        "delay": 200, "post_unrated": True}
+THIN_SCENARIOS = {"holiday-en-thin.yaml", "holiday-zh-thin.yaml", "control-en.yaml"}
+
+
 def test_expected_scenarios_exist() -> None:
-    assert {"holiday-zh.yaml", "holiday-en.yaml", "smoke.yaml"} <= set(SCENARIOS)
+    assert {"holiday-zh.yaml", "holiday-en.yaml", "smoke.yaml", "sale-en.yaml",
+            "merge-en.yaml", *THIN_SCENARIOS} <= set(SCENARIOS)
+
+
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_scenario_loads_with_the_feedback_it_claims(name: str) -> None:
+    scenario, suite, _ = load_scenario(SCENARIO_DIR / name)
+    want = FeedbackSpec(**THIN) if name in THIN_SCENARIOS else FeedbackSpec()
+    assert scenario.feedback == want, name
+    assert scenario.total_events == sum(p.events for p in scenario.phases) > 0
+    assert all(set(p.traffic) <= set(suite.tasks) for p in scenario.phases)
+
+
+@pytest.mark.parametrize("base", ["holiday-en.yaml", "holiday-zh.yaml"])
+def test_thin_variant_keeps_the_mixes_and_is_longer(base: str) -> None:
+    """The thin-feedback variant replays the same phases, each longer."""
+    raw, _ = _load_scenario(base)
+    thin, _ = _load_scenario(base.replace(".yaml", "-thin.yaml"))
+    assert thin["suite"] == raw["suite"] and thin["seed"] == raw["seed"]
+    assert [p["name"] for p in thin["phases"]] == [p["name"] for p in raw["phases"]]
+    for short, long in zip(raw["phases"], thin["phases"], strict=True):
+        assert long["traffic"] == short["traffic"], long["name"]
+        assert long["events"] > short["events"], long["name"]
+
+
+def test_control_is_stable_traffic_over_compatible_tasks() -> None:
+    raw, suite = _load_scenario("control-en.yaml")
+    assert ONE_TONE.get(suite.name) is False
+    mixes = [p["traffic"] for p in raw["phases"]]
+    assert all(m == mixes[0] for m in mixes) and set(mixes[0]) == set(suite.tasks)
+
+
+def test_merge_scenario_surges_then_calms_over_one_tone() -> None:
+    """A rush floods a task that shares wordings with the high-risk one, then the first
+    phase's balanced mix comes back for longer than the rush."""
+    raw, suite = _load_scenario("merge-en.yaml")
+    assert ONE_TONE.get(suite.name) is True
+    steady, rush, calm = raw["phases"]
+    assert calm["traffic"] == steady["traffic"] and calm["events"] > rush["events"]
+    (high,) = _high(suite)
+    top = max(rush["traffic"], key=rush["traffic"].get)
+    assert rush["traffic"][top] >= 0.8 and top != high
+    assert set(suite.tasks[top].prompts) & set(suite.tasks[high].prompts)
 
 
 def _load_scenario(name: str) -> tuple[dict, Suite]:
@@ -275,11 +358,14 @@ def test_scenario_is_valid(name: str) -> None:
         assert math.isclose(sum(traffic.values()), 1.0, abs_tol=1e-6), (name, phase["name"])
 
 
-@pytest.mark.parametrize("name", ["holiday-zh.yaml", "holiday-en.yaml", "smoke.yaml"])
-def test_holiday_phase_floods_cheerful_pair(name: str) -> None:
+@pytest.mark.parametrize(("name", "surge"), [
+    ("holiday-zh.yaml", "holiday"), ("holiday-en.yaml", "holiday"), ("smoke.yaml", "holiday"),
+    ("holiday-zh-thin.yaml", "holiday"), ("holiday-en-thin.yaml", "holiday"),
+    ("sale-en.yaml", "sale")])
+def test_holiday_phase_floods_cheerful_pair(name: str, surge: str) -> None:
     raw, suite = _load_scenario(name)
     pair = EXPECTED[suite.name][1][0]
-    holiday = next(p for p in raw["phases"] if p["name"] == "holiday")
+    holiday = next(p for p in raw["phases"] if p["name"] == surge)
     traffic = holiday["traffic"]
     assert sum(traffic.get(t, 0.0) for t in pair) >= 0.8
     for high in _high(suite):
@@ -292,6 +378,9 @@ def test_scenario_sizes() -> None:
     total = {n: sum(p["events"] for p in _load_scenario(n)[0]["phases"]) for n in SCENARIOS}
     assert total["smoke.yaml"] <= 200
     assert total["holiday-zh.yaml"] <= 5000 and total["holiday-en.yaml"] <= 5000
+    # Thin feedback needs longer runs; each still fits a CPU run (the files' headers).
+    assert max(total[n] for n in THIN_SCENARIOS) <= 10_000
+    assert total["sale-en.yaml"] <= 5000 and total["merge-en.yaml"] <= 6000
 
 
 def test_scenario_suite_path_is_relative_to_the_scenario(tmp_path: Path, monkeypatch) -> None:
