@@ -72,7 +72,8 @@ class EngineGenerator:
         calls = [("/v1/chat/completions",
                   {**common, "messages": contract_messages(contract, prompts[i])}, [i])
                  for i in chat]
-        rest = [i for i in range(len(prompts)) if i not in set(chat)]
+        chosen = set(chat)
+        rest = [i for i in range(len(prompts)) if i not in chosen]
         if rest:
             calls.append(("/v1/completions", {
                 **common, "prompt": [build_prompt(contract, prompts[i]) for i in rest],
