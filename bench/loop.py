@@ -126,6 +126,27 @@ def parse_train(items: list[str]) -> dict[str, Any]:
     return train
 
 
+def parse_feedback(items: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` overrides of the scenario's ``feedback:`` block (VALUE in JSON), checked
+    against FeedbackSpec before any run starts.
+
+    >>> parse_feedback(["post_unrated=false", "rated=0.2"])
+    {'post_unrated': False, 'rated': 0.2}
+    """
+    from pydantic import ValidationError
+
+    from daemon.sim.feedback import FeedbackSpec
+
+    feedback = common.key_values("--feedback", items, known=FeedbackSpec.model_fields,
+                                 want=f"a feedback field and a JSON value "
+                                      f"(fields: {', '.join(FeedbackSpec.model_fields)})")
+    try:
+        FeedbackSpec.model_validate(feedback)
+    except ValidationError as exc:
+        raise SystemExit(f"error: --feedback: {exc}") from None
+    return feedback
+
+
 def parse_policy(items: list[str]) -> dict[str, Any]:
     """``KEY=VALUE`` PolicyConfig overrides (VALUE in JSON; ``risk`` and ``ratios`` take partial
     dicts), checked against PolicyConfig before any run starts.
@@ -282,6 +303,10 @@ def main() -> None:
                     help="a PolicyConfig override for every run (read by the engine, so it "
                          "matters to adaptive), VALUE in JSON (repeatable), e.g. "
                          "--policy 'risk={\"low\": {\"crosstalk_on\": 0.05}}'")
+    ap.add_argument("--feedback", action="append", default=[], metavar="KEY=VALUE",
+                    help="a field of the scenario's feedback block for every run, VALUE in JSON "
+                         "(repeatable), e.g. --feedback post_unrated=false: the same table "
+                         "without unrated answers posted")
     ap.add_argument("--runs-from", type=Path, default=None, metavar="RESULTS",
                     help="take the policies not re-run here from an earlier results file of the "
                          "same scenario and seeds (e.g. static/isolated, which do not use the "
@@ -294,14 +319,17 @@ def main() -> None:
     risk = {t: spec.risk for t, spec in suite.tasks.items()}
     train = parse_train(args.train)
     policy_cli = parse_policy(args.policy)
+    feedback = parse_feedback(args.feedback)
     t0 = time.monotonic()
     if args.gather:  # runs of several machines and settings: the files record those
         runs = gather(args.gather, args.scenario)
         about: dict[str, Any] = {"gathered_from": [str(p) for p in args.gather]}
     else:
         where = common.machine()
-        runs = run_all(args, risk, console, train=train, policy_cli=policy_cli, where=where)
-        about = {"machine": where, "train_overrides": train, "policy_overrides": policy_cli}
+        runs = run_all(args, risk, console, train=train, policy_cli=policy_cli,
+                       feedback=feedback, where=where)
+        about = {"machine": where, "train_overrides": train, "policy_overrides": policy_cli,
+                 "feedback_overrides": feedback}
     rows, goals = compare(runs, risk, console)
     out = {"scenario": args.scenario, "seeds": sorted({r["seed"] for rs in runs.values() for r in rs}),
            **about, "policies": rows, "goals": goals, "seconds": round(time.monotonic() - t0, 1)}
@@ -310,7 +338,7 @@ def main() -> None:
 
 
 def run_all(args: argparse.Namespace, risk: Mapping[str, str], console: Console, *,
-            train: dict[str, Any], policy_cli: dict[str, Any],
+            train: dict[str, Any], policy_cli: dict[str, Any], feedback: dict[str, Any],
             where: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     """Run (or, with ``--reuse``, read back) every policy on every seed: per policy, each
     run's summary with its seed."""
@@ -336,7 +364,7 @@ def run_all(args: argparse.Namespace, risk: Mapping[str, str], console: Console,
                                         report_path=work / "report.json", workdir=work / "state",
                                         console=console, base_cache=args.workdir / "base-cache",
                                         policy_overrides=policy_overrides,
-                                        train_overrides=train)
+                                        train_overrides=train, feedback_overrides=feedback)
             runs[policy].append({"seed": seed, **summarize(report, risk)})
     if args.runs_from is not None:
         earlier = json.loads(args.runs_from.read_text("utf-8"))

@@ -145,3 +145,12 @@ def test_gather_refuses_two_different_runs_of_one_seed_and_other_scenarios(
     assert bad.returncode != 0 and "not a bench/loop.py results file" in bad.stderr
     assert "Traceback" not in both.stderr + other.stderr + bad.stderr
     assert not (tmp_path / "x.json").exists()
+
+
+def test_a_bad_feedback_override_stops_the_bench_before_any_run(tmp_path: Path, scenario: str) -> None:
+    for item, said in (("rated=2", "between 0 and 1"), ("rate=0.1", "want KEY=VALUE"),
+                       ("post_unrated=maybe", "want KEY=VALUE")):
+        proc = _bench(scenario, "--feedback", item, "--workdir", tmp_path / "w", "--out", tmp_path / "x.json")
+        assert proc.returncode != 0 and said in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "w").exists() and not (tmp_path / "x.json").exists()

@@ -25,6 +25,7 @@ from rich.table import Table
 from daemon.live import LiveView
 from daemon.settings import Settings
 from daemon.sim.app import AppSimulator, Tally
+from daemon.sim.feedback import FeedbackSpec
 from daemon.sim.scenario import load_scenario
 from daemon.sim.serving import serving_plan
 from daemon.stack import LocalStack
@@ -73,6 +74,7 @@ def run_simulation(
     policy_overrides: dict[str, Any] | None = None, train_overrides: dict[str, Any] | None = None,
     on_decision: Callable[[dict[str, Any]], None] | None = None, seed: int | None = None,
     view: LiveView | None = None, serving: str = "inprocess", serving_url: str | None = None,
+    feedback_overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run ``scenario_ref`` under ``policy``; write the report JSON (+ PNG and HTML).
 
@@ -87,6 +89,9 @@ def run_simulation(
     scenario, suite, suite_ref = load_scenario(scenario_ref)
     if seed is not None:
         scenario = scenario.model_copy(update={"seed": seed})
+    if feedback_overrides:
+        feedback = FeedbackSpec.model_validate({**scenario.feedback.model_dump(), **feedback_overrides})
+        scenario = scenario.model_copy(update={"feedback": feedback})
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     if policy == "isolated":
