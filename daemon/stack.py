@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import time
@@ -18,6 +19,17 @@ import redis
 from daemon import procs
 from daemon.live import JobWatcher, LiveView
 from daemon.settings import Settings
+
+
+def fresh_key_prefix() -> str:
+    """A key prefix no other stack on the same Redis holds: stacks started together (a bench
+    running runs side by side) share the machine's Redis, and one whose prefix matched
+    another's would consume its Celery tasks and read its routing table.
+
+    >>> len({fresh_key_prefix() for _ in range(1000)})
+    1000
+    """
+    return f"adaptd-{secrets.token_hex(8)}:"
 
 
 class LocalStack:
@@ -78,7 +90,7 @@ class LocalStack:
             "ADAPTD_REDIS_URL": redis_url,
             "ADAPTD_DATABASE_URL": f"sqlite:///{self.workdir / 'adaptd.db'}",
             "ADAPTD_ARTIFACTS_DIR": str(artifacts),
-            "ADAPTD_KEY_PREFIX": f"adaptd-{int(time.time() * 1000) % 10**10}:",
+            "ADAPTD_KEY_PREFIX": fresh_key_prefix(),
             "ADAPTD_SUITE": self.suite,
             "ADAPTD_API_PORT": str(port),
             "ADAPTD_WEBHOOK_SECRET": self.settings.webhook_secret.get_secret_value(),
