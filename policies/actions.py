@@ -206,6 +206,11 @@ def apply_fork(
     name = isolated_adapter_name(st, task)
     src.tasks = [t for t in src.tasks if t != task]
     src.ratios = remove_task(src.ratios, task, config.ratios)
+    # A rejected version's wait for new data (``on_rejection``) was about a mixture that held
+    # the forked task; what the adapter trains next is another mixture, and a leak its served
+    # version keeps from the forked task must not wait for the feedback of thousands of
+    # requests when users rate a few percent of answers.
+    src.retry_at_data = None
     iso = AdapterState(tasks=[task], ratios=RatioState({task: 1.0}, 1))
     _start_training(iso, now, config)
     st.adapters[name] = iso

@@ -229,7 +229,8 @@ def on_rejection(state: PolicyState, adapter: str, *, now: float, config: Policy
     keeps asking for a rebalance must not become a loop of rejected jobs. (The fraction keeps
     a small adapter, e.g. a rare forked task, from waiting thousands of requests.)
     A rejected rebalance has had its chance: a task still in trouble may now be forked
-    (see the engine's ``fork_after_rebalances``). Rollbacks and forks are not held back.
+    (see the engine's ``fork_after_rebalances``). Rollbacks and forks are not held back, and
+    a fork out of the adapter lifts the wait: its next version is another mixture.
     """
     new = clear_pending(state, adapter)
     ad = new.adapters[adapter]

@@ -1,4 +1,5 @@
-"""The engine after a gate verdict: a rejected version waits for new data, a rejected
+"""The engine after a gate verdict: a rejected version waits for new data (unless a fork
+changes the adapter's mixture), a rejected
 rebalance leads to a fork (unless the leak's source has already left the adapter or is a
 compatible co-task), a task alone in its adapter is retrained."""
 
@@ -112,6 +113,27 @@ def _rejected_rounds(
             break
         st = on_rejection(st, "shared", now=T0 + 100 * i + 30, config=cfg)
     return seen
+
+
+def test_a_fork_lifts_the_rejection_wait_of_the_adapter_it_leaves() -> None:
+    # A rebalance for x is rejected (it hurt h); x is forked. The shared version still serving
+    # h learnt x's style, so h leaks x's: that is retrained now, not after min_new_examples
+    # more examples (at 5 % of answers rated, about 6,500 requests).
+    cfg = replace(CFG, cooldown_s=0, rebalance_patience_s=10**9)
+    st = make({"shared": ["h", "x", "g"]}, {"h": NEG_HIGH, "x": NEG_HIGH, "g": POS_LOW})
+    feed(st, "g", 300, 0.9)
+    feed(st, "x", 300, 0.9, source="g")
+    st, ds = run(st, T0, config=cfg)
+    assert acts(ds) == [("rebalance", "x", "applied")]
+    st = on_rejection(st, "shared", now=T0 + 30, config=cfg)
+    st, ds = run(st, T0 + 60, config=cfg)
+    assert acts(ds) == [("fork", "x", "applied")]
+    assert st.adapters["shared"].tasks == ["g", "h"]
+    assert st.adapters["shared"].retry_at_data is None
+    feed(st, "h", 300, 0.92, source="x")  # the served shared version answers h in x's style
+    st, ds = run(st, T0 + 120, config=cfg)
+    assert acts(ds) == [("rebalance", "h", "applied")] and ds[0].train == ("shared",)
+    assert "leaking 8.0% crosstalk from x" in ds[0].reason
 
 
 @pytest.mark.parametrize(("affinity", "forked"), [
