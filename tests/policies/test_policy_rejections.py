@@ -1,7 +1,7 @@
 """The engine after a gate verdict: a rejected version waits for new data (unless a fork
-changes the adapter's mixture), a rejected
-rebalance leads to a fork (unless the leak's source has already left the adapter or is a
-compatible co-task), a task alone in its adapter is retrained."""
+changes the adapter's mixture), a rejected rebalance leads to a fork (unless the leak's
+source has already left the adapter or is a compatible co-task), a task alone in its
+adapter is retrained."""
 
 from __future__ import annotations
 
