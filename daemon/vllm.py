@@ -47,9 +47,11 @@ class VLLMServer:
     ``start()`` again brings it back on the same port.
     """
 
+    MAX_MODEL_LEN = 512
+
     def __init__(self, venv: Path, model: Path, *, log_path: Path, port: int | None = None,
                  served_name: str = "base", max_lora_rank: int = 16, max_loras: int = 4,
-                 max_model_len: int = 512, dtype: str = "float32",
+                 max_model_len: int = MAX_MODEL_LEN, dtype: str = "float32",
                  extra_args: list[str] | None = None, extra_env: dict[str, str] | None = None):
         self.python = vllm_python(venv)
         self.model, self.log_path = Path(model), Path(log_path)

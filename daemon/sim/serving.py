@@ -38,13 +38,20 @@ class ServingPlan:
         from daemon.vllm import VLLMServer
         from storage.suite import load_suite
         from workers.training.base_model import ensure_base
+        from workers.training.tiny_recipe import TINY_SPEC
 
         # The base is built here if it is not yet (the train worker waits on its lock).
-        base = ensure_base(load_suite(stack.suite), stack.child.artifacts_dir)
+        suite = load_suite(stack.suite)
+        base = ensure_base(suite, stack.child.artifacts_dir)
         say(f"starting vLLM from {settings.vllm_venv} on {self.url} "
             f"(log: {stack.logs / 'vllm.log'})")
+        # A builtin base's whole context (a long chat suite's conversations and answers need
+        # it; its KV cache is small); another base keeps the server's default.
+        builtin = suite.base_model.startswith("builtin:")
         with VLLMServer(settings.vllm_venv, base, port=self.port,
-                        log_path=stack.logs / "vllm.log"):
+                        log_path=stack.logs / "vllm.log",
+                        max_model_len=int(TINY_SPEC["max_position_embeddings"]) if builtin
+                        else VLLMServer.MAX_MODEL_LEN):
             yield
 
     def generator(self, http: httpx.Client) -> EngineGenerator | None:

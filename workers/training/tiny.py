@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -164,6 +164,30 @@ def _encode_chat(tokenizer: PreTrainedTokenizerFast, prompt: str, response: str)
     return Seq(ids=ids, start=1, task=-1)
 
 
+def pretrain_batches(lengths: list[int], rng: random.Random, *, batch: int,
+                     tokens: int) -> Iterator[list[int]]:
+    """The indices of the sequences (of token counts ``lengths``) each pre-training step
+    trains on, endlessly: the next ones of an epoch-wise shuffle (each epoch a new
+    ``rng.shuffle`` of all of them, appended once fewer than ``batch`` are left), up to
+    ``batch`` of them and only as many as fit in ``tokens`` tokens (always at least one). A
+    step of short sequences takes ``batch`` of them; a step of long ones a few, so a step
+    costs about the same on a suite of long conversations as on one of short requests."""
+    order: list[int] = []
+    while True:
+        if len(order) < batch:
+            extra = list(range(len(lengths)))
+            rng.shuffle(extra)
+            order += extra
+        n, total = 0, 0
+        for i in order[:batch]:
+            total += lengths[i]
+            if n and total > tokens:
+                break
+            n += 1
+        yield order[:n]
+        del order[:n]
+
+
 def _pretrain(
     model: PreTrainedModel, seqs: list[Seq], *, pad_id: int, spec: dict[str, float],
     log: Callable[[str], None] | None,
@@ -179,14 +203,10 @@ def _pretrain(
     )
     model.train()
     t0 = time.monotonic()
-    order: list[int] = []
+    batches = pretrain_batches([len(s.ids) for s in seqs], rng, batch=bsz,
+                               tokens=int(spec["pretrain_tokens"]))
     for step in range(steps):
-        if len(order) < bsz:  # epoch-wise shuffling
-            extra = list(range(len(seqs)))
-            rng.shuffle(extra)
-            order += extra
-        picked = [seqs[i] for i in order[:bsz]]
-        del order[:bsz]
+        picked = [seqs[i] for i in next(batches)]
         batch = make_batch(picked, pad_id=pad_id, pack_len=64)
         loss = batch_loss(model, batch, per_task=False).total
         opt.zero_grad(set_to_none=True)

@@ -17,9 +17,18 @@ TINY_SPEC = {
     "intermediate_size": 256,
     "num_hidden_layers": 2,
     "num_attention_heads": 4,
-    "max_position_embeddings": 512,
+    # Room for the longest builtin conversation: helpdesk-en's longest seed conversation with
+    # its answer (about 700 tokens; its scenario trains on up to 768) and its longest prompt
+    # (about 170) with the 600 new tokens its app allows. A serving engine refuses a request
+    # longer than this.
+    "max_position_embeddings": 1024,
     "pretrain_steps": 1000,
+    # A pre-training step takes up to pretrain_batch sequences, only as many as fit in
+    # pretrain_tokens: 32 x 48 tokens, the longest pre-training sequence of the short builtin
+    # suites (desk-en), so those train on full batches of 32 and a suite of long chat answers
+    # (helpdesk-en) on a few per step, at about the same cost per step.
     "pretrain_batch": 32,
+    "pretrain_tokens": 1536,
     "pretrain_lr": 3e-3,
     "seed": 1234,
 }
