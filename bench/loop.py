@@ -34,6 +34,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.table import Table
 
@@ -105,6 +106,19 @@ def final_chunks(report: dict[str, Any]) -> dict[str, list[list[int]]]:
     return out
 
 
+def _checked(flag: str, items: list[str], model: type[BaseModel], what: str) -> dict[str, Any]:
+    """``KEY=VALUE`` items (VALUE in JSON) naming fields of ``model``, validated against it
+    before any run starts: a typo stops the bench, not an hour of runs later."""
+    values = common.key_values(flag, items, known=model.model_fields,
+                               want=f"{what} and a JSON value "
+                                    f"(fields: {', '.join(model.model_fields)})")
+    try:
+        model.model_validate(values)
+    except ValidationError as exc:
+        raise SystemExit(f"error: {flag}: {exc}") from None
+    return values
+
+
 def parse_train(items: list[str]) -> dict[str, Any]:
     """``KEY=VALUE`` TrainConfig overrides (VALUE in JSON), checked against TrainConfig here so
     a typo stops the bench before an hour of runs, not inside the first training job.
@@ -112,18 +126,9 @@ def parse_train(items: list[str]) -> dict[str, Any]:
     >>> parse_train(["unlikelihood_weight=1.0", "steps=80"])
     {'unlikelihood_weight': 1.0, 'steps': 80}
     """
-    from pydantic import ValidationError
-
     from workers.training.config import TrainConfig
 
-    train = common.key_values("--train", items, known=TrainConfig.model_fields,
-                        want=f"a TrainConfig field and a JSON value "
-                             f"(fields: {', '.join(TrainConfig.model_fields)})")
-    try:
-        TrainConfig.model_validate(train)
-    except ValidationError as exc:
-        raise SystemExit(f"error: --train: {exc}") from None
-    return train
+    return _checked("--train", items, TrainConfig, "a TrainConfig field")
 
 
 def parse_feedback(items: list[str]) -> dict[str, Any]:
@@ -133,18 +138,9 @@ def parse_feedback(items: list[str]) -> dict[str, Any]:
     >>> parse_feedback(["post_unrated=false", "rated=0.2"])
     {'post_unrated': False, 'rated': 0.2}
     """
-    from pydantic import ValidationError
-
     from daemon.sim.feedback import FeedbackSpec
 
-    feedback = common.key_values("--feedback", items, known=FeedbackSpec.model_fields,
-                                 want=f"a feedback field and a JSON value "
-                                      f"(fields: {', '.join(FeedbackSpec.model_fields)})")
-    try:
-        FeedbackSpec.model_validate(feedback)
-    except ValidationError as exc:
-        raise SystemExit(f"error: --feedback: {exc}") from None
-    return feedback
+    return _checked("--feedback", items, FeedbackSpec, "a feedback field")
 
 
 def parse_policy(items: list[str]) -> dict[str, Any]:
