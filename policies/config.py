@@ -129,8 +129,9 @@ class PolicyConfig:
     healthy_reset_s: float = 3 * 86400.0
     # An isolated task must be compatible with its old adapter this long before a merge,
     # and isolated at least min_isolation_s. Compatible: same tone, similar risk, affinity
-    # measured both ways beyond affinity_noise; the merge itself also waits until the task's
-    # own answers prove it clean (leak rate's upper bound at fork_leak_z below crosstalk_on).
+    # measured both ways and neither negative beyond affinity_noise (the bar that lets a pair
+    # share at bootstrap); the merge itself also waits until the task's own answers prove it
+    # clean (leak rate's upper bound at fork_leak_z below crosstalk_on).
     merge_after_s: float = 7 * 86400.0
     min_isolation_s: float = 86400.0
     # Retrain an adapter once its tasks have buffered this many new examples.
@@ -182,9 +183,10 @@ class PolicyConfig:
     regression_z: float = 1.64
     # Warm-up events to estimate a baseline when none is given at promotion.
     warmup: int = 500
-    # Co-existence: affinity needed to call a pair compatible, risk gap allowed (a merge
-    # needs affinity beyond affinity_noise as well).
-    min_affinity_for_merge: float = 0.0
+    # A non-high-risk task leaking the style of a co-task is left to the mixture, not forked,
+    # when the pair is compatible: same tone, risk levels at most max_risk_gap apart, and
+    # affinity of at least partner_min_affinity both ways (sharing measurably does not hurt).
+    partner_min_affinity: float = 0.0
     max_risk_gap: int = 1
     # Measured affinity within this distance of 0 is the measurement's noise, never negative
     # transfer: one run's TAG estimate (three lookahead probes on 8 examples per task) scatters

@@ -1,9 +1,13 @@
 """Merging an isolated task back: whether it is compatible with the adapter it left, and
 whether its answers prove it clean enough to go back now.
 
-A merge undone by the next leak costs two training runs and a period of leaking answers, so
-both need evidence: affinity measured in both directions beyond the measurement's noise, and
-the task's own answers bounding its leak rate below the rate that counts as a leak.
+Sharing is the default the engine starts from: at bootstrap a pair shares unless its
+measured affinity is negative beyond the measurement's noise. A merge asks the same of the
+pair, measured in both directions, so an isolated task goes back to the state the engine would
+choose for it from scratch; a task forked on negative transfer stays out, because affinity is
+measured only while tasks share. What a merge risks is guarded elsewhere: the task's own
+answers must bound its leak rate below the rate that counts as a leak, and the merged version
+is promoted only if the gate finds no task worse beyond its tolerance.
 """
 
 from __future__ import annotations
@@ -24,19 +28,17 @@ def compatible_with_origin(
     st: PolicyState, task: str, config: PolicyConfig, aff: Mapping[tuple[str, str], float]
 ) -> bool:
     """May an isolated ``task`` go back to the adapter it was forked from? Same tone and
-    similar risk as every task there, and affinity measured in both directions beyond the
-    measurement's noise (``affinity_noise``): an estimate within it is no evidence that
-    sharing helps, and a merge undone by the next leak costs two training runs."""
+    similar risk as every task there, and affinity measured in both directions, neither
+    negative beyond the measurement's noise (``affinity_noise``): within it an estimate is no
+    evidence of harm, and on small models that is where most estimates fall."""
     ts = st.tasks[task]
     target = st.adapters.get(ts.forked_from or "")
     if target is None or not target.tasks or len(st.adapters[ts.adapter].tasks) != 1:
         return False
-    floor = max(config.min_affinity_for_merge, config.affinity_noise)
     for o in target.tasks:
-        measured = [aff.get((task, o)), aff.get((o, task))]
-        if any(v is None or v <= config.affinity_noise for v in measured):
+        if aff.get((task, o)) is None or aff.get((o, task)) is None:
             return False
-        if not compatible(st, task, o, config, aff, min_positive=floor):
+        if not compatible(st, task, o, config, aff, min_positive=-config.affinity_noise):
             return False
     return True
 
@@ -46,12 +48,12 @@ def compatible(
     *, min_positive: float | None = None,
 ) -> bool:
     """Same tone, similar risk and measured affinity of at least ``min_positive`` (default
-    ``min_affinity_for_merge``)."""
+    ``partner_min_affinity``)."""
     profiles = {t: st.tasks[t].profile for t in (a, b)}
     return pair_verdict(
         a, b, profiles, aff,
         max_negative=config.max_negative(),
-        min_positive=config.min_affinity_for_merge if min_positive is None else min_positive,
+        min_positive=config.partner_min_affinity if min_positive is None else min_positive,
         max_risk_gap=config.max_risk_gap,
     ).verdict == "compatible"  # fmt: skip
 
@@ -73,7 +75,7 @@ def merge_candidate(
         return None
     reason = (
         f"compatible with {', '.join(st.adapters[ts.forked_from].tasks)} for "
-        f"{duration(compatible_for)} (same tone, similar risk, affinity beyond noise)"
+        f"{duration(compatible_for)} (same tone, similar risk, no negative affinity beyond noise)"
     )
     # No crosstalk, proven: the leak rate's upper bound (z = fork_leak_z, false flags
     # discounted) below the rate that counts as a leak, over the task's window or, for a

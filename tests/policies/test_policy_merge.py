@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import pytest
+
 from daemon.sim.run import SIM_POLICY, SIM_SECONDS_PER_EVENT
 from policies import (
     Decision,
@@ -73,8 +75,15 @@ def test_sim_merge_window_is_a_surge_long() -> None:
     assert CFG.merge_after_s / SIM_SECONDS_PER_EVENT == PHASES[1][1]
 
 
-def test_a_task_forked_in_a_surge_merges_back_after_it() -> None:
-    st, log = run_surge({("sorry", "notice"): 0.04, ("notice", "sorry"): 0.03})
+@pytest.mark.parametrize("affinity", [
+    {("sorry", "notice"): 0.04, ("notice", "sorry"): 0.03},
+    # Within affinity_noise (0.02) of 0: no evidence of harm, the bar bootstrap shares on.
+    {("sorry", "notice"): -0.015, ("notice", "sorry"): 0.005},
+])
+def test_a_task_forked_in_a_surge_merges_back_after_it(
+    affinity: dict[tuple[str, str], float],
+) -> None:
+    st, log = run_surge(affinity)
     moves = structural(log)
     surge_end = PHASES[0][1] + PHASES[1][1]
     assert [(a, t) for _, a, t in moves] == [("fork", "sorry"), ("merge", "sorry")], moves
@@ -88,7 +97,15 @@ def test_a_task_forked_in_a_surge_merges_back_after_it() -> None:
     assert not st.tasks["sorry"].window.leaking  # and it stays clean in the shared adapter
 
 
-def test_affinity_within_noise_never_merges() -> None:
-    st, log = run_surge({("sorry", "notice"): 0.015, ("notice", "sorry"): 0.03})
+def test_affinity_measured_one_way_only_never_merges() -> None:
+    st, log = run_surge({("sorry", "notice"): 0.04})
     assert [(a, t) for _, a, t in structural(log)] == [("fork", "sorry")]
+    assert st.tasks["sorry"].adapter == "sorry" and st.tasks["sorry"].compatible_since is None
+
+
+def test_negative_transfer_beyond_the_noise_forks_at_once_and_never_merges() -> None:
+    st, log = run_surge({("sorry", "notice"): 0.01, ("notice", "sorry"): -0.03})
+    moves = structural(log)
+    assert [(a, t) for _, a, t in moves] == [("fork", "sorry")], moves
+    assert moves[0][0] == CHUNK  # on the first tick, before any leak
     assert st.tasks["sorry"].adapter == "sorry" and st.tasks["sorry"].compatible_since is None
