@@ -178,11 +178,18 @@ def per_task_table(runs: dict[str, list[dict[str, Any]]]) -> Table:
     return table
 
 
-def gather(paths: list[Path], scenario: str) -> dict[str, list[dict[str, Any]]]:
+# What a results file records of the settings its runs were made with; one table compares
+# runs of one setting, so a gathered file keeps them (and refuses files that differ).
+OVERRIDES = ("train_overrides", "policy_overrides", "feedback_overrides")
+
+
+def gather(paths: list[Path], scenario: str) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any]]:
     """The runs of earlier results files of ``scenario``, each tagged with its seed, per
-    policy in seed order. A policy need not have run on every seed; a (policy, seed) found in
-    two files must be the same run (e.g. a file regathered with ``--reuse``)."""
+    policy in seed order, and the overrides they all ran with. A policy need not have run on
+    every seed; a (policy, seed) found in two files must be the same run (e.g. a file
+    regathered with ``--reuse``)."""
     found: dict[str, dict[int, dict[str, Any]]] = {}
+    settings: dict[str, Any] | None = None
     for path in paths:
         try:
             data = json.loads(path.read_text("utf-8"))
@@ -192,6 +199,13 @@ def gather(paths: list[Path], scenario: str) -> dict[str, list[dict[str, Any]]]:
         if data.get("scenario") != scenario:
             raise SystemExit(f"error: --gather {path}: scenario {data.get('scenario')!r}, "
                              f"not {scenario!r} (pass --scenario)")
+        these = {k: data.get(k, {}) for k in OVERRIDES}
+        if settings is not None and these != settings:
+            differ = ", ".join(f"{k} {these[k]} against {settings[k]}"
+                               for k in OVERRIDES if these[k] != settings[k])
+            raise SystemExit(f"error: --gather {path}: ran with other settings than the files "
+                             f"before it ({differ}); one table compares runs of one setting")
+        settings = these
         for policy, row in policies.items():
             # a gathered file's policies carry their own seeds (not every policy ran every seed)
             for seed, run in zip(row.get("seeds", seeds), row["runs"], strict=True):
@@ -200,7 +214,8 @@ def gather(paths: list[Path], scenario: str) -> dict[str, list[dict[str, Any]]]:
                 if earlier != run:
                     raise SystemExit(f"error: --gather: {policy} on seed {seed} differs between "
                                      f"files; keep one of them")
-    return {p: [by_seed[s] for s in sorted(by_seed)] for p, by_seed in found.items()}
+    runs = {p: [by_seed[s] for s in sorted(by_seed)] for p, by_seed in found.items()}
+    return runs, settings or {}
 
 
 def compare(runs: dict[str, list[dict[str, Any]]], risk: Mapping[str, str],
@@ -318,8 +333,8 @@ def main() -> None:
     feedback = parse_feedback(args.feedback)
     t0 = time.monotonic()
     if args.gather:  # runs of several machines and settings: the files record those
-        runs = gather(args.gather, args.scenario)
-        about: dict[str, Any] = {"gathered_from": [str(p) for p in args.gather]}
+        runs, settings = gather(args.gather, args.scenario)
+        about: dict[str, Any] = {"gathered_from": [str(p) for p in args.gather], **settings}
     else:
         where = common.machine()
         runs = run_all(args, risk, console, train=train, policy_cli=policy_cli,

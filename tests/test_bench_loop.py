@@ -50,7 +50,7 @@ def _bench(scenario: str, *args: str | Path) -> subprocess.CompletedProcess[str]
 
 
 def _reused(scenario: str, workdir: Path, out: Path, seeds: list[int],
-            reports: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+            reports: dict[str, list[dict[str, Any]]], *args: str) -> dict[str, Any]:
     """The bench's results for ``reports`` (per policy, one per seed) left in ``workdir`` as
     earlier runs, read back with ``--reuse`` (nothing is simulated)."""
     for policy, rs in reports.items():
@@ -58,7 +58,7 @@ def _reused(scenario: str, workdir: Path, out: Path, seeds: list[int],
             (workdir / f"{policy}-{seed}").mkdir(parents=True)
             (workdir / f"{policy}-{seed}" / "report.json").write_text(json.dumps(report))
     proc = _bench(scenario, "--reuse", "--workdir", workdir, "--seeds", *map(str, seeds),
-                  "--policies", *reports, "--out", out)
+                  "--policies", *reports, "--out", out, *args)
     assert proc.returncode == 0, proc.stderr
     assert "final phase per task" in proc.stdout  # the tables
     data: dict[str, Any] = json.loads(out.read_text())
@@ -154,3 +154,24 @@ def test_a_bad_feedback_override_stops_the_bench_before_any_run(tmp_path: Path, 
         assert proc.returncode != 0 and said in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr
     assert not (tmp_path / "w").exists() and not (tmp_path / "x.json").exists()
+
+
+def test_gathered_files_keep_their_overrides_and_refuse_to_mix_them(
+        tmp_path: Path, scenario: str) -> None:
+    thin = ("--feedback", "rated=0.05", "--feedback", "post_unrated=true")
+    _reused(scenario, tmp_path / "w1", tmp_path / "a.json", [1], {"adaptive": [_report([(50, 49)])]},
+            *thin)
+    _reused(scenario, tmp_path / "w2", tmp_path / "b.json", [2], {"adaptive": [_report([(50, 48)])]},
+            *thin)
+    _reused(scenario, tmp_path / "w3", tmp_path / "c.json", [3], {"adaptive": [_report([(50, 47)])]})
+    ok = _bench(scenario, "--gather", tmp_path / "a.json", tmp_path / "b.json",
+                "--out", tmp_path / "ab.json")
+    assert ok.returncode == 0, ok.stderr
+    gathered = json.loads((tmp_path / "ab.json").read_text())
+    assert gathered["feedback_overrides"] == {"rated": 0.05, "post_unrated": True}
+    assert gathered["seeds"] == [1, 2]
+    mixed = _bench(scenario, "--gather", tmp_path / "ab.json", tmp_path / "c.json",
+                   "--out", tmp_path / "x.json")
+    assert mixed.returncode != 0 and "ran with other settings" in mixed.stderr, mixed.stderr
+    assert "feedback_overrides {} against {'rated': 0.05, 'post_unrated': True}" in mixed.stderr
+    assert "Traceback" not in mixed.stderr and not (tmp_path / "x.json").exists()
