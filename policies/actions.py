@@ -211,7 +211,6 @@ def apply_fork(
     # version keeps from the forked task must not wait for the feedback of thousands of
     # requests when users rate a few percent of answers.
     src.retry_at_data = None
-    src.forked_out[task] = now
     iso = AdapterState(tasks=[task], ratios=RatioState({task: 1.0}, 1))
     _start_training(iso, now, config)
     st.adapters[name] = iso

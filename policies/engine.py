@@ -24,7 +24,7 @@
    - retrain: the adapter's tasks buffered ``min_new_examples`` (half that when one of
      them is degraded), or one task buffered its risk level's own ``min_new_examples``
      (by default high risk: 100, so a rare high-risk task's fork keeps learning from its
-     feedback), or a task was forked out since its served version was trained;
+     feedback);
 3. gates: cool-downs, an adapter still waiting for its last job's promotion, a rebalance of
    tasks never forked after rebalances that would move less than ``RatioConfig.min_move`` of
    the mix (its tasks sit at their ratio bounds), the job cap and one action per adapter per
@@ -395,10 +395,6 @@ def _retrains(st: PolicyState, signals: Mapping[str, TaskSignals], config: Polic
         elif own is not None:
             primary, risk, limit = own
             reason = f"{new[primary]} new examples for {primary} ({risk}-risk threshold {limit})"
-        elif ad.forked_out:
-            primary = sorted(ad.tasks, key=_higher_risk_first(st))[0]
-            reason = (f"{name}'s served version was trained with "
-                      f"{', '.join(sorted(ad.forked_out))}, forked out since")
         else:
             continue
         if degraded:

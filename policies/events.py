@@ -150,11 +150,6 @@ def on_promotion(
     else:
         ad.probation = None
     ad.version = version
-    # The forks this version's job knew of: those before the job started (a promotion
-    # without a job of the engine's, an operator's say, is taken to know them all).
-    started = ad.pending_since
-    ad.forked_out = {t: at for t, at in ad.forked_out.items()
-                     if started is not None and at > started}
     ad.pending_since = None
     ad.retry_at_data = None
     ad.last_promotion_at = now

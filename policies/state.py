@@ -186,11 +186,6 @@ class AdapterState:
     # (retraining on the same data mostly re-draws the same verdict).
     retry_at_data: int | None = None
     rejected_at: float | None = None  # when the gate last turned a version down
-    # Task -> when it was forked out, for tasks the served version was trained with: that
-    # version still answers in their styles, so the adapter retrains as soon as the job cap
-    # allows, not once its remaining tasks buffered min_new_examples (thousands of requests
-    # at 5 % rated). A promoted job started after a fork clears that fork.
-    forked_out: dict[str, float] = field(default_factory=dict)
 
     def data_size(self, tasks: Mapping[str, TaskState]) -> int:
         return sum(tasks[t].data_size for t in self.tasks if t in tasks)
@@ -206,7 +201,6 @@ class AdapterState:
             "probation": None if self.probation is None else self.probation.to_dict(),
             "retry_at_data": self.retry_at_data,
             "rejected_at": self.rejected_at,
-            "forked_out": dict(self.forked_out),
         }
 
     @classmethod
@@ -222,7 +216,6 @@ class AdapterState:
             probation=None if prob is None else Probation.from_dict(prob),
             retry_at_data=_opt_int(data.get("retry_at_data")),  # absent in older states
             rejected_at=_opt_float(data.get("rejected_at")),
-            forked_out={str(t): float(at) for t, at in data.get("forked_out", {}).items()},
         )
 
 
