@@ -11,7 +11,8 @@
 Goals (issue "Close the loop"): for adaptive, final-phase crosstalk <= 2% on every high-risk
 task, acceptance on every task within 2 points of isolated, fewer adapters than tasks,
 compatible tasks still sharing; static must show the problem (high-risk crosstalk >= 3x
-adaptive's). Prints mean and spread over seeds; writes one JSON (``--out``). Rates are the
+adaptive's), and where static never lets a high-risk task leak (<= 2 % in every phase of every
+seed) adaptive must fork nothing. Prints mean and spread over seeds; writes one JSON (``--out``). Rates are the
 judge's over every answer served (the report's ``truth``), whatever share of them users rated.
 
 Each goal on rates is judged twice: on every seed alone, and on the seeds' final phases
@@ -70,6 +71,7 @@ def summarize(report: dict[str, Any], risk: Mapping[str, str]) -> dict[str, Any]
     high = [t for t, r in risk.items() if r == "high" and t in last]
     return {
         "high_risk_crosstalk": max((last[t]["crosstalk_rate"] or 0.0) for t in high) if high else 0.0,
+        "high_risk_crosstalk_by_phase": worst_high_risk_by_phase(report, risk),
         "acceptance": {t: r["acceptance"] for t, r in last.items()},
         "events": {t: r["events"] for t, r in last.items()},
         "crosstalk": {t: r["crosstalk_rate"] for t, r in last.items()},
@@ -83,6 +85,24 @@ def summarize(report: dict[str, Any], risk: Mapping[str, str]) -> dict[str, Any]
         "final_chunks": final_chunks(report),
         "rated_share": rated_share(report),
     }
+
+
+def worst_high_risk_by_phase(report: dict[str, Any], risk: Mapping[str, str]) -> dict[str, float]:
+    """Per phase, the worst high-risk task's crosstalk on every answer served: whether a
+    policy ever let a high-risk task leak, not only at the end.
+
+    >>> row = lambda rate: {"truth": {"events": 50, "crosstalk_rate": rate}}
+    >>> worst_high_risk_by_phase({"phases": [
+    ...     {"name": "steady", "tasks": {"h": row(0.01), "g": row(0.3)}},
+    ...     {"name": "surge", "tasks": {"g": row(0.2)}}]}, {"h": "high", "g": "low"})
+    {'steady': 0.01, 'surge': 0.0}
+    """
+    out: dict[str, float] = {}
+    for phase in report["phases"]:
+        rows = {t: row.get("truth", row) for t, row in phase["tasks"].items()}
+        out[phase["name"]] = max((rows[t]["crosstalk_rate"] or 0.0 for t in rows
+                                  if risk.get(t) == "high"), default=0.0)
+    return out
 
 
 def rated_share(report: dict[str, Any]) -> float:
@@ -284,6 +304,15 @@ def compare(runs: dict[str, list[dict[str, Any]]], risk: Mapping[str, str],
             s = statistics.mean(r["high_risk_crosstalk"] for r in s_runs)
             goals["static_shows_problem_3x"] = s >= 3 * max(a, 1e-9) and s > 0
             goals["static_over_adaptive_high_risk"] = round(s / a, 1) if a > 0 else None
+            # "No fork that buys nothing": where static never lets a high-risk task leak in
+            # any phase of any seed, adaptive forks nothing either (judged only there).
+            if all("high_risk_crosstalk_by_phase" in r for r in s_runs):
+                never = all(v <= 0.02 for r in s_runs
+                            for v in r["high_risk_crosstalk_by_phase"].values())
+                goals["static_never_lets_high_risk_leak"] = never
+                if never:
+                    goals["adaptive_no_fork_where_static_never_leaks"] = all(
+                        r["forks"] == 0 for r in a_runs)
     console.print(goals)
     return rows, goals
 

@@ -175,3 +175,20 @@ def test_gathered_files_keep_their_overrides_and_refuse_to_mix_them(
     assert mixed.returncode != 0 and "ran with other settings" in mixed.stderr, mixed.stderr
     assert "feedback_overrides {} against {'rated': 0.05, 'post_unrated': True}" in mixed.stderr
     assert "Traceback" not in mixed.stderr and not (tmp_path / "x.json").exists()
+
+
+def test_a_fork_where_static_never_leaks_is_judged_only_there(tmp_path: Path, scenario: str) -> None:
+    fork = {"at_event": 0, "action": "fork", "task": "apology", "adapter": "apology",
+            "reason": "negative transfer", "status": "applied"}
+    forked = {**_report([(50, 50)]), "decisions": [fork]}
+    clean = _reused(scenario, tmp_path / "w1", tmp_path / "a.json", [1, 2], {
+        "adaptive": [forked, _report([(50, 50)])], "static": [_report([(50, 50)], 1)] * 2})
+    # static's worst phase: 1 leak in 50 answers, 2 %, on the line: never leaked
+    assert clean["policies"]["static"]["runs"][0]["high_risk_crosstalk_by_phase"] == {
+        "steady": 0.0, "after": 0.02}
+    assert clean["goals"]["static_never_lets_high_risk_leak"] is True
+    assert clean["goals"]["adaptive_no_fork_where_static_never_leaks"] is False
+    leaky = _reused(scenario, tmp_path / "w2", tmp_path / "b.json", [1], {
+        "adaptive": [forked], "static": [_report([(50, 50)], 2)]})
+    assert leaky["goals"]["static_never_lets_high_risk_leak"] is False
+    assert "adaptive_no_fork_where_static_never_leaks" not in leaky["goals"]
