@@ -12,8 +12,9 @@ Goals (issue "Close the loop"): for adaptive, final-phase crosstalk <= 2% on eve
 task, acceptance on every task within 2 points of isolated, fewer adapters than tasks,
 compatible tasks still sharing; static must show the problem (high-risk crosstalk >= 3x
 adaptive's), and where static never lets a high-risk task leak (<= 2 % in every phase of every
-seed) adaptive must fork nothing. Prints mean and spread over seeds; writes one JSON (``--out``). Rates are the
-judge's over every answer served (the report's ``truth``), whatever share of them users rated.
+seed) adaptive must fork nothing. Prints mean and spread over seeds; writes one JSON
+(``--out``). Rates are the judge's over every answer served (the report's ``truth``),
+whatever share of them users rated.
 
 Each goal on rates is judged twice: on every seed alone, and on the seeds' final phases
 pooled per task (``bench/loop_stats.py``: crosstalk with a Wilson interval, adaptive vs
