@@ -69,10 +69,10 @@ def final_phase(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def summarize(report: dict[str, Any], risk: Mapping[str, str]) -> dict[str, Any]:
     last = final_phase(report)
-    high = [t for t, r in risk.items() if r == "high" and t in last]
+    by_phase = worst_high_risk_by_phase(report, risk)
     return {
-        "high_risk_crosstalk": max((last[t]["crosstalk_rate"] or 0.0) for t in high) if high else 0.0,
-        "high_risk_crosstalk_by_phase": worst_high_risk_by_phase(report, risk),
+        "high_risk_crosstalk": by_phase[report["phases"][-1]["name"]],
+        "high_risk_crosstalk_by_phase": by_phase,
         "acceptance": {t: r["acceptance"] for t, r in last.items()},
         "events": {t: r["events"] for t, r in last.items()},
         "crosstalk": {t: r["crosstalk_rate"] for t, r in last.items()},

@@ -10,6 +10,7 @@ from dataclasses import replace
 import pytest
 
 from policies import (
+    Decision,
     PolicyConfig,
     PolicyState,
     TaskProfile,
@@ -54,17 +55,25 @@ def test_rejected_version_waits_for_new_data_instead_of_looping() -> None:
     assert st.adapters["shared"].retry_at_data is None
 
 
+def _rebalance_rejected_then_forked(
+    st: PolicyState, task: str, cfg: PolicyConfig
+) -> tuple[PolicyState, Decision]:
+    """``task``'s rebalance of ``shared`` is decided at T0 and rejected; then it is forked."""
+    st, ds = run(st, T0, config=cfg)
+    assert acts(ds) == [("rebalance", task, "applied")]
+    st = on_rejection(st, "shared", now=T0 + 30, config=cfg)
+    st, ds = run(st, T0 + 60, config=cfg)
+    assert acts(ds) == [("fork", task, "applied")]
+    return st, ds[0]
+
+
 def test_rejected_rebalance_of_a_high_risk_task_leads_to_its_fork() -> None:
     cfg = replace(CFG, cooldown_s=0, rebalance_patience_s=10**9)  # patience never runs out
     st = make({"shared": ["h", "g"]}, {"h": NEG_HIGH, "g": POS_LOW})
     feed(st, "g", 300, 0.9)
     feed(st, "h", 300, 0.95, source="g")
-    st, ds = run(st, T0, config=cfg)
-    assert acts(ds) == [("rebalance", "h", "applied")]
-    st = on_rejection(st, "shared", now=T0 + 30, config=cfg)
-    st, ds = run(st, T0 + 60, config=cfg)
-    assert acts(ds) == [("fork", "h", "applied")]
-    assert "still leaking 5.0% crosstalk from g after 1 rebalance" in ds[0].reason
+    _, fork = _rebalance_rejected_then_forked(st, "h", cfg)
+    assert "still leaking 5.0% crosstalk from g after 1 rebalance" in fork.reason
 
 
 def test_leak_in_a_single_task_adapter_retrains_that_adapter() -> None:
@@ -123,11 +132,7 @@ def test_a_fork_lifts_the_rejection_wait_of_the_adapter_it_leaves() -> None:
     st = make({"shared": ["h", "x", "g"]}, {"h": NEG_HIGH, "x": NEG_HIGH, "g": POS_LOW})
     feed(st, "g", 300, 0.9)
     feed(st, "x", 300, 0.9, source="g")
-    st, ds = run(st, T0, config=cfg)
-    assert acts(ds) == [("rebalance", "x", "applied")]
-    st = on_rejection(st, "shared", now=T0 + 30, config=cfg)
-    st, ds = run(st, T0 + 60, config=cfg)
-    assert acts(ds) == [("fork", "x", "applied")]
+    st, _ = _rebalance_rejected_then_forked(st, "x", cfg)
     assert st.adapters["shared"].tasks == ["g", "h"]
     assert st.adapters["shared"].retry_at_data is None
     feed(st, "h", 300, 0.92, source="x")  # the served shared version answers h in x's style
