@@ -10,6 +10,7 @@ from policies.decision import ACTIONS, Action, Decision, Status, TaskSignals
 from policies.detectors import DEFAULT_THRESHOLD, DegradationDetector
 from policies.engine import decide
 from policies.events import clear_pending, observe, on_promotion, on_rejection, record_eval
+from policies.merge import observed_tasks
 from policies.ratios import RatioConfig, RatioState, prior_ratios, update_ratios
 from policies.signals import (
     RISK_LEVELS,
@@ -67,6 +68,7 @@ __all__ = [
     "init_state",
     "live_regression",
     "observe",
+    "observed_tasks",
     "on_promotion",
     "on_rejection",
     "override",

@@ -4,10 +4,13 @@ whether its answers prove it clean enough to go back now.
 Sharing is the default the engine starts from: at bootstrap a pair shares unless its
 measured affinity is negative beyond the measurement's noise. A merge asks the same of the
 pair, measured in both directions, so an isolated task goes back to the state the engine would
-choose for it from scratch; a task forked on negative transfer stays out, because affinity is
-measured only while tasks share. What a merge risks is guarded elsewhere: the task's own
-answers must bound its leak rate below the rate that counts as a leak, and the merged version
-is promoted only if the gate finds no task worse beyond its tolerance.
+choose for it from scratch. The measurement goes on after a fork: every training run of the
+adapter a task left probes the task too (``observed_tasks``; its examples join the lookahead
+probes, never a training batch), so a fork made on an early estimate, such as the first run's
+on an untrained adapter, is revisited as the adapter learns. What a merge risks is guarded
+elsewhere: the task's own answers must bound its leak rate below the rate that counts as a
+leak, and the merged version is promoted only if the gate finds no task worse beyond its
+tolerance.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from policies.mixture import tally_key
 from policies.signals import leak_bounds, pair_verdict
 from policies.state import PolicyState
 
-__all__ = ["compatible", "compatible_with_origin", "merge_candidate"]
+__all__ = ["compatible", "compatible_with_origin", "merge_candidate", "observed_tasks"]
 
 
 def compatible_with_origin(
@@ -41,6 +44,28 @@ def compatible_with_origin(
         if not compatible(st, task, o, config, aff, min_positive=-config.affinity_noise):
             return False
     return True
+
+
+def observed_tasks(st: PolicyState, adapter: str) -> list[str]:
+    """The isolated tasks forked out of ``adapter``: its training runs measure their affinity
+    with its tasks (``compatible_with_origin`` reads it), without training on them.
+
+    >>> from policies.signals import TaskProfile
+    >>> from policies.state import AdapterState, init_state
+    >>> from policies.ratios import RatioState
+    >>> st = init_state({"shared": ["a", "b"]}, {"a": TaskProfile(), "b": TaskProfile()},
+    ...                 PolicyConfig())
+    >>> st.adapters["b"] = AdapterState(tasks=["b"], ratios=RatioState({"b": 1.0}, 1))
+    >>> st.adapters["shared"].tasks = ["a"]
+    >>> st.tasks["b"].adapter, st.tasks["b"].forked_from = "b", "shared"
+    >>> observed_tasks(st, "shared"), observed_tasks(st, "b")
+    (['b'], [])
+    """
+    return sorted(
+        t for t, ts in st.tasks.items()
+        if ts.forked_from == adapter and ts.adapter != adapter and ts.adapter in st.adapters
+        and len(st.adapters[ts.adapter].tasks) == 1
+    )  # fmt: skip
 
 
 def compatible(

@@ -171,6 +171,16 @@ def test_measured_affinity_reaches_the_engine(settings: Settings, engine: Engine
     with Session(engine) as session:
         row = session.get(PolicyStateRow, 1)
         assert row is not None and ["greeting", "apology", -0.08] in row.state["meta"]["affinity"]
+    # The adapter apology left keeps measuring it: its next run probes apology, trains without.
+    for job_id in sent[1:]:
+        finish(engine, job_id)
+    feed(settings, engine, [event(f"n{i}", "greeting") for i in range(60)])
+    retrains = [d for d in tick(settings, engine, sent, now=3000.0) if d["adapter"] == "shared"]
+    assert [d["action"] for d in retrains] == ["retrain"], retrains
+    with Session(engine) as session:
+        job = session.get(TrainingJob, sent[-1])
+        assert job is not None and job.adapter == "shared"
+        assert job.params["observe"] == ["apology"] and "apology" not in job.params["tasks"]
 
 
 @pytest.mark.parametrize("margin", [2.0, None], ids=["auto-detector", "user-flags-only"])

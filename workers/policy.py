@@ -107,13 +107,16 @@ def _apply(session: Session, state: PolicyState, d: Decision, result: TickResult
 
 def _engine_job(state: PolicyState, d: Decision, adapter_name: str) -> dict[str, Any]:
     """An engine decision's job: the adapter's tasks and the ratios the decision set (else its
-    current ones), what it targets and which tasks its self-audit must cover."""
+    current ones), what it targets, which tasks its self-audit must cover and which tasks
+    forked out of it its affinity probes observe."""
     params: dict[str, Any] = {"targeted": list(d.signals.get("targeted") or [d.task]),
                               "audit": list(d.signals.get("audit") or [])}
     ad = state.adapters.get(adapter_name)
     if ad is not None:
         params["tasks"] = list(ad.tasks)
         params["ratios"] = dict(d.ratios) if d.ratios else dict(ad.ratios.weights)
+    if observed := policies.observed_tasks(state, adapter_name):
+        params["observe"] = observed
     return params
 
 

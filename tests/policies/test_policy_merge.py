@@ -23,6 +23,7 @@ from policies import (
     decide,
     init_state,
     observe,
+    observed_tasks,
     on_promotion,
 )
 from tests.policies.test_policy_engine import roundtrip
@@ -34,7 +35,13 @@ PHASES = (("steady", 600, 0.3), ("surge", 1200, 0.1), ("after", 1800, 0.3))
 CHUNK = 50
 
 
-def run_surge(affinity: Mapping[tuple[str, str], float]) -> tuple[PolicyState, list[tuple[int, Decision]]]:
+Affinity = Mapping[tuple[str, str], float]
+
+
+def run_surge(affinity: Affinity, *, remeasured: Affinity | None = None,
+              ) -> tuple[PolicyState, list[tuple[int, Decision]]]:
+    """``remeasured``: the estimate from the surge on, as the runs of the adapter a forked
+    task left measure it (``observed_tasks``)."""
     st = init_state({"shared": ["notice", "sorry"]}, PROFILES, CFG,
                     data_sizes=dict.fromkeys(PROFILES, 1000),
                     baselines=dict.fromkeys(PROFILES, 0.9))
@@ -59,8 +66,8 @@ def run_surge(affinity: Mapping[tuple[str, str], float]) -> tuple[PolicyState, l
                 observe(st, task, not leak and i % 10 != 9,
                         crosstalk_source="notice" if leak else None, origin="auto")
                 event += 1
-            st, ds = decide(st, {}, now=event * SIM_SECONDS_PER_EVENT, config=CFG,
-                            affinity=affinity)
+            aff = affinity if remeasured is None or phase == "steady" else remeasured
+            st, ds = decide(st, {}, now=event * SIM_SECONDS_PER_EVENT, config=CFG, affinity=aff)
             st = roundtrip(st)
             log += [(event, d) for d in ds]
             training = [a for d in ds for a in d.train if a in st.adapters]
@@ -109,3 +116,16 @@ def test_negative_transfer_beyond_the_noise_forks_at_once_and_never_merges() -> 
     assert [(a, t) for _, a, t in moves] == [("fork", "sorry")], moves
     assert moves[0][0] == CHUNK  # on the first tick, before any leak
     assert st.tasks["sorry"].adapter == "sorry" and st.tasks["sorry"].compatible_since is None
+    assert observed_tasks(st, "shared") == ["sorry"]  # still measured, so it can change
+
+
+def test_a_fork_on_negative_transfer_merges_once_remeasured_within_the_noise() -> None:
+    st, log = run_surge({("sorry", "notice"): 0.01, ("notice", "sorry"): -0.03},
+                        remeasured={("sorry", "notice"): 0.0, ("notice", "sorry"): -0.012})
+    moves = structural(log)
+    assert [(a, t) for _, a, t in moves] == [("fork", "sorry"), ("merge", "sorry")], moves
+    (forked, _, _), (merged, _, _) = moves
+    assert forked == CHUNK
+    # Compatible from the first tick that reads the new estimate, merged a window later.
+    assert (merged - PHASES[0][1] - CHUNK) * SIM_SECONDS_PER_EVENT >= CFG.merge_after_s
+    assert st.tasks["sorry"].adapter == "shared" and observed_tasks(st, "shared") == []

@@ -121,10 +121,12 @@ def test_promote_then_reject_and_read_side(engine: Any, suite: Suite, artifacts:
     assert set(report["eval"]["tasks"]) == set(suite.tasks)
     assert report["eval"]["general_loss"] is not None
     # 5. apology was forked out of shared: shared's next version must not continue from
-    #    v1's weights, which learnt apology's style, but start fresh on what is left.
-    job3 = _job(engine, tasks=["greeting"])
+    #    v1's weights, which learnt apology's style, but start fresh on what is left. Its
+    #    affinity probes still observe apology, which it does not train.
+    job3 = _job(engine, tasks=["greeting"], observe=["apology"])
     out3 = run_training_job(job3, gate_config=LENIENT_GATE, **kwargs)
     assert out3.version == 3, (out3.error, out3)
+    assert set(out3.affinity) == {"greeting", "apology"} and "apology" not in out3.eval["train"]["drawn"]
     with Session(engine) as session:
         v3 = session.execute(select(AdapterVersion).where(col(AdapterVersion.version) == 3)).scalar_one()
     meta3 = read_meta(Path(v3.path))

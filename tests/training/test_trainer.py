@@ -83,6 +83,27 @@ def test_logs_ratios_and_affinity(suite: Suite, base_root: Path, train_cfg: Any)
     assert result.tokens > 0
 
 
+def test_observed_tasks_join_the_affinity_probes_only(suite: Suite, base_root: Path,
+                                                       train_cfg: Any) -> None:
+    from workers.training.config import Stage
+
+    cfg = train_cfg(steps=6, affinity_measurements=1, stages=[Stage(kind="mixed", fraction=1.0)])
+    bundle = load_base(suite, base_root, device="cpu")
+    data = assemble(suite, ["greeting", "thanks"])
+    apology = assemble(suite, ["apology"]).tasks["apology"].train
+    result = train_adapter(bundle, data, ratios={"greeting": 0.5, "thanks": 0.5}, config=cfg,
+                           general_share=0.25, observe={"apology": apology})
+    assert set(result.affinity) == {"greeting", "thanks", "apology"}
+    assert all(set(row) == set(result.affinity) for row in result.affinity.values())
+    assert "apology" not in result.drawn and "apology" not in result.task_loss
+    # The same run without the observer trains the same weights: probes restore them.
+    plain = train_adapter(load_base(suite, base_root, device="cpu"), data,
+                          ratios={"greeting": 0.5, "thanks": 0.5}, config=cfg,
+                          general_share=0.25)
+    w1, w2 = _lora_weights(result.model), _lora_weights(plain.model)
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
+
+
 def test_gradient_accumulation_draws_more_per_step(suite: Suite, base_root: Path,
                                                    train_cfg: Any) -> None:
     one = _run(suite, base_root, train_cfg(steps=3, grad_accum=1, affinity_measurements=0))

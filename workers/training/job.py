@@ -218,6 +218,8 @@ def _run(
             gcfg = GateConfig.model_validate({**gcfg.model_dump(), **params["gate"]})
         # 3. Data: SQL rows + suite seeds, cleaned and split; the style detector's texts.
         data = assemble(suite, tasks, session=session, cfg=dcfg)
+        observed = _observed(params, suite, tasks)
+        probe_only = assemble(suite, observed, session=session, cfg=dcfg) if observed else None
         detector = build_detector(suite, accepted_texts(session, list(suite.tasks)))
         _, all_routes = routing_table(session)
         routes = {t: r for t, r in all_routes.items() if t in tasks}
@@ -246,6 +248,7 @@ def _run(
             bundle, data, ratios=ratios, config=tcfg, general_share=general_share,
             init_adapter=init, checkpoint_dir=work,
             progress=progress.phase("train"), should_stop=should_stop,
+            observe={t: d.train for t, d in probe_only.tasks.items()} if probe_only else None,
         )
         # 4c. Self-audit: high-risk tasks and the ones the engine flagged (their users saw
         #     them leak) answer fresh requests; their leaks are trained away.
@@ -327,6 +330,14 @@ def _tasks(params: Mapping[str, Any], row: Adapter | None, suite: Suite, adapter
     if unknown:
         raise ValueError(f"adapter {adapter!r} lists tasks not in the suite: {unknown}")
     return sorted(tasks)
+
+
+def _observed(params: Mapping[str, Any], suite: Suite, tasks: list[str]) -> list[str]:
+    """The tasks the engine asked this run to probe for affinity only (``observe``)."""
+    observed = sorted(set(params.get("observe") or ()) - set(tasks))
+    if unknown := [t for t in observed if t not in suite.tasks]:
+        raise ValueError(f"the job asks to observe tasks not in the suite: {unknown}")
+    return observed
 
 
 def _ratios(params: Mapping[str, Any], row: Adapter | None, sizes: Mapping[str, int],

@@ -113,8 +113,11 @@ def train_adapter(
     bundle: BaseBundle, data: DataBundle, *, ratios: Mapping[str, float], config: TrainConfig,
     general_share: float, init_adapter: Path | None = None, checkpoint_dir: Path | None = None,
     progress: Progress | None = None, should_stop: Callable[[], bool] | None = None,
-    show_bar: bool = False,
+    show_bar: bool = False, observe: Mapping[str, list[Sample]] | None = None,
 ) -> TrainResult:
+    """Train ``data``'s tasks at ``ratios``. ``observe``: tasks outside this adapter (forked
+    out of it) whose examples only join the affinity probes, never a training batch, so the
+    run measures how they and its tasks would affect each other if they shared again."""
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
     t_start = time.monotonic()
@@ -148,8 +151,10 @@ def train_adapter(
         hard, resumed = ckpt.meta["hard"], ckpt.step
         log.info("resumed from checkpoint at step %d", step)
     plan = _stage_plan(config)
-    probe_steps = _probe_steps(config, plan, len(task_ratios))
-    probe_batches = _probe_batches(pools, task_ratios, bundle) if probe_steps else {}
+    observed = _observed_pools(bundle.tokenizer, observe or {}, config.max_len, skip=task_ratios)
+    probe_steps = _probe_steps(config, plan, len(task_ratios) + len(observed))
+    probe_batches = (_probe_batches({**pools, **observed}, [*task_ratios, *observed], bundle)
+                     if probe_steps else {})
     bar = _Bar(config.steps, show_bar, done=step)
     pad_id = int(bundle.tokenizer.pad_token_id)
     # 5. Attention per example of a packed row, bf16 autocast on CUDA, and gradient
@@ -345,12 +350,25 @@ def _probe_steps(config: TrainConfig, plan: list[tuple[Any, int, int]], n_tasks:
 
 
 def _probe_batches(
-    pools: Mapping[str, list[Seq]], task_ratios: Mapping[str, float], bundle: BaseBundle
+    pools: Mapping[str, list[Seq]], tasks: list[str], bundle: BaseBundle
 ) -> dict[str, Batch]:
     """Fixed probe batches: the first 8 examples of every task pool."""
     pad = int(bundle.tokenizer.pad_token_id)
     return {t: make_batch(pools[t][:8], pad_id=pad, pack_len=256).to(bundle.device)
-            for t in task_ratios if pools[t]}
+            for t in tasks if pools[t]}
+
+
+def _observed_pools(tokenizer: Any, observe: Mapping[str, list[Sample]], max_len: int, *,
+                    skip: Mapping[str, float]) -> dict[str, list[Seq]]:
+    """Probe-only pools of the observed tasks (none of the trained ones), tagged as their
+    own tasks; task index -1 keeps them out of the per-task loss accounting."""
+    out: dict[str, list[Seq]] = {}
+    for task in sorted(set(observe) - set(skip)):
+        seqs = [encode_example(tokenizer, task, s.prompt, s.response, task_index=-1)
+                for s in observe[task]]
+        if kept := [s for s in seqs if len(s.ids) <= max_len]:
+            out[task] = kept
+    return out
 
 
 class _Bar:
