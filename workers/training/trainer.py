@@ -44,6 +44,7 @@ from workers.training.sampler import (
 )
 
 log = logging.getLogger("adaptd.training")
+PROBE_EXAMPLES = 8  # per task in a TAG probe batch (PolicyConfig.affinity_noise)
 Progress = Callable[[dict[str, Any]], None]
 
 
@@ -352,21 +353,27 @@ def _probe_steps(config: TrainConfig, plan: list[tuple[Any, int, int]], n_tasks:
 def _probe_batches(
     pools: Mapping[str, list[Seq]], tasks: list[str], bundle: BaseBundle
 ) -> dict[str, Batch]:
-    """Fixed probe batches: the first 8 examples of every task pool."""
+    """Fixed probe batches: the first ``PROBE_EXAMPLES`` examples of every task pool."""
     pad = int(bundle.tokenizer.pad_token_id)
-    return {t: make_batch(pools[t][:8], pad_id=pad, pack_len=256).to(bundle.device)
+    return {t: make_batch(pools[t][:PROBE_EXAMPLES], pad_id=pad, pack_len=256).to(bundle.device)
             for t in tasks if pools[t]}
 
 
 def _observed_pools(tokenizer: Any, observe: Mapping[str, list[Sample]], max_len: int, *,
                     skip: Mapping[str, float]) -> dict[str, list[Seq]]:
-    """Probe-only pools of the observed tasks (none of the trained ones), tagged as their
-    own tasks; task index -1 keeps them out of the per-task loss accounting."""
+    """Probe-only pools of the observed tasks (none of the trained ones): as many examples
+    as a probe batch takes, tagged as their own tasks; task index -1 keeps them out of the
+    per-task loss accounting."""
     out: dict[str, list[Seq]] = {}
     for task in sorted(set(observe) - set(skip)):
-        seqs = [encode_example(tokenizer, task, s.prompt, s.response, task_index=-1)
-                for s in observe[task]]
-        if kept := [s for s in seqs if len(s.ids) <= max_len]:
+        kept: list[Seq] = []
+        for s in observe[task]:
+            seq = encode_example(tokenizer, task, s.prompt, s.response, task_index=-1)
+            if len(seq.ids) <= max_len:
+                kept.append(seq)
+            if len(kept) == PROBE_EXAMPLES:
+                break
+        if kept:
             out[task] = kept
     return out
 
