@@ -81,6 +81,8 @@ def summarize(report: dict[str, Any], risk: Mapping[str, str]) -> dict[str, Any]
         "mean_acceptance": statistics.mean(r["acceptance"] for r in last.values()),
         "adapters": len(report["adapters"]),
         "forks": sum(d["action"] == "fork" for d in report["decisions"]),
+        "merges": sum(d["action"] == "merge" for d in report["decisions"]),
+        "merged_back": merged_back(report),
         "training_runs": len(report["training_runs"]),
         "seconds": report["seconds"],
         "final_chunks": final_chunks(report),
@@ -104,6 +106,22 @@ def worst_high_risk_by_phase(report: dict[str, Any], risk: Mapping[str, str]) ->
         out[phase["name"]] = max((rows[t]["crosstalk_rate"] or 0.0 for t in rows
                                   if risk.get(t) == "high"), default=0.0)
     return out
+
+
+def merged_back(report: dict[str, Any]) -> list[str]:
+    """The tasks a merge moved back that the run ends serving from the adapter they merged
+    into: a merged version the gate rejected, or a later fork, leaves a task out.
+
+    >>> merge = {"action": "merge", "task": "a", "adapter": "shared", "status": "applied"}
+    >>> merged_back({"decisions": [merge], "adapters": {"shared": {"tasks": ["a", "b"]}}})
+    ['a']
+    >>> merged_back({"decisions": [merge],
+    ...              "adapters": {"shared": {"tasks": ["b"]}, "a": {"tasks": ["a"]}}})
+    []
+    """
+    ends = {t: name for name, a in report["adapters"].items() for t in a["tasks"]}
+    return sorted({d["task"] for d in report["decisions"] if d["action"] == "merge"
+                   and d.get("status") == "applied" and ends.get(d["task"]) == d["adapter"]})
 
 
 def rated_share(report: dict[str, Any]) -> float:
@@ -246,7 +264,7 @@ def compare(runs: dict[str, list[dict[str, Any]]], risk: Mapping[str, str],
     seeds = sorted({r["seed"] for rs in runs.values() for r in rs})
     table = Table(title=f"seeds {seeds} (final phase; mean ± spread)")
     for col in ("policy", "seeds", "high-risk crosstalk", "mean acceptance",
-                "min Δacc vs isolated", "adapters", "forks", "runs", "seconds"):
+                "min Δacc vs isolated", "adapters", "forks", "merges", "runs", "seconds"):
         table.add_column(col, justify="left" if col == "policy" else "right")
 
     def ms(values: list[float], pct: bool = True) -> str:
@@ -270,6 +288,8 @@ def compare(runs: dict[str, list[dict[str, Any]]], risk: Mapping[str, str],
                       ms([r["mean_acceptance"] for r in rs]), ms(gaps) if gaps else "-",
                       ms([float(r["adapters"]) for r in rs], pct=False),
                       ms([float(r["forks"]) for r in rs], pct=False),
+                      ms([float(r["merges"]) for r in rs], pct=False)
+                      if all("merges" in r for r in rs) else "-",
                       ms([float(r["training_runs"]) for r in rs], pct=False),
                       ms([float(r["seconds"]) for r in rs], pct=False))
     console.print(table)

@@ -192,3 +192,20 @@ def test_a_fork_where_static_never_leaks_is_judged_only_there(tmp_path: Path, sc
         "adaptive": [forked], "static": [_report([(50, 50)], 2)]})
     assert leaky["goals"]["static_never_lets_high_risk_leak"] is False
     assert "adaptive_no_fork_where_static_never_leaks" not in leaky["goals"]
+
+
+def test_a_merge_counts_as_back_only_where_the_run_ends_serving_it_there(
+    tmp_path: Path, scenario: str,
+) -> None:
+    def decision(at: int, action: str, adapter: str) -> dict[str, Any]:
+        return {"at_event": at, "action": action, "task": "apology", "adapter": adapter,
+                "reason": action, "status": "applied"}
+
+    back = {**_report([(50, 50)]),
+            "decisions": [decision(0, "fork", "apology"), decision(50, "merge", "shared")]}
+    out = {**back, "decisions": [*back["decisions"], decision(100, "fork", "apology")],
+           "adapters": {"shared": {"tasks": []}, "apology": {"tasks": ["apology"]}}}
+    data = _reused(scenario, tmp_path / "w", tmp_path / "m.json", [1, 2], {"adaptive": [back, out]})
+    runs = data["policies"]["adaptive"]["runs"]
+    assert [(r["forks"], r["merges"], r["merged_back"]) for r in runs] == [
+        (1, 1, ["apology"]), (2, 1, [])]
