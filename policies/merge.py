@@ -4,9 +4,9 @@ whether its answers prove it clean enough to go back now.
 Sharing is the default the engine starts from: at bootstrap a pair shares unless its
 measured affinity is negative beyond the measurement's noise. A merge asks the same of the
 pair, measured in both directions, so an isolated task goes back to the state the engine would
-choose for it from scratch. The measurement goes on after a fork: every training run of the
-adapter a task left probes the task too (``observed_tasks``; its examples join the lookahead
-probes, never a training batch), so a fork made on an early estimate, such as the first run's
+choose for it from scratch. The measurement goes on after a fork: every training run the
+engine starts for the adapter a task left probes the task too (``observed_tasks``; its
+examples join the lookahead probes, never a training batch), so a fork made on an early estimate, such as the first run's
 on an untrained adapter, is revisited as the adapter learns. What a merge risks is guarded
 elsewhere: the task's own answers must bound its leak rate below the rate that counts as a
 leak, and the merged version is promoted only if the gate finds no task worse beyond its
