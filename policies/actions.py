@@ -255,8 +255,9 @@ def apply_merge(
     ad.ratios = add_task(ad.ratios, task, share, config.ratios)
     _start_training(ad, now, config)
     # The isolated adapter keeps serving until ``target`` is retrained and promoted; the
-    # policy no longer manages it.
-    del st.adapters[old]
+    # policy no longer manages it, but keeps it to go back to if the gate rejects the merge.
+    ad.merging[task] = {"adapter": old, "state": st.adapters.pop(old).to_dict(),
+                        "isolated_since": ts.isolated_since, "rejected": False}
     ts.adapter = target
     ts.forked_from = None
     ts.isolated_since = None

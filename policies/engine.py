@@ -2,7 +2,8 @@
 
 ``decide`` is meant to run on a schedule (Celery beat).  Each run:
 
-1. housekeeping: finished probations expire, healthy tasks forget old failed rebalances,
+1. a merge whose merged version the gate rejected is undone (``policies.merge.unmerge``);
+   housekeeping: finished probations expire, healthy tasks forget old failed rebalances,
    isolated tasks track how long they have been compatible with their old adapter;
 2. candidates, in priority order rollback > fork > rebalance > merge > retrain (higher risk
    first, then by name, so the result never depends on dict order):
@@ -50,7 +51,7 @@ from policies.actions import task_numbers
 from policies.config import PolicyConfig
 from policies.decision import Action, Decision, TaskSignals
 from policies.gates import STRUCTURAL, TRAINING, Candidate
-from policies.merge import compatible, compatible_with_origin, merge_candidate
+from policies.merge import compatible, compatible_with_origin, merge_candidate, unmerge
 from policies.mixture import rebalanced_leak
 from policies.signals import RISK_LEVELS, leak_bounds, live_regression, pair_verdict
 from policies.state import PolicyState, TaskState
@@ -80,6 +81,7 @@ def decide(
     for t, s in signals.items():
         if t in st.tasks and s.data_size is not None:
             st.tasks[t].data_size = int(s.data_size)
+    decisions: list[Decision] = unmerge(st, now, config)
     _housekeeping(st, now, config, aff)
     cands = [
         *_rollbacks(st, now, config),
@@ -87,7 +89,6 @@ def decide(
         *_retrains(st, signals, config),
     ]
     cands.sort(key=lambda c: c.sort_key(st))
-    decisions: list[Decision] = []
     slots = config.max_concurrent_jobs - running_jobs
     touched: set[str] = set()  # adapters acted on in this run
     acted: set[str] = set()  # tasks with an applied or proposed decision in this run

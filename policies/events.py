@@ -151,6 +151,7 @@ def on_promotion(
         ad.probation = None
     ad.version = version
     ad.pending_since = None
+    ad.merging = {}  # a merged version serves: the merges are done
     ad.retry_at_data = None
     ad.last_promotion_at = now
     ad.cooldown_until = max(ad.cooldown_until, now + config.cooldown_s)
@@ -230,7 +231,8 @@ def on_rejection(state: PolicyState, adapter: str, *, now: float, config: Policy
     a small adapter, e.g. a rare forked task, from waiting thousands of requests.)
     A rejected rebalance has had its chance: a task still in trouble may now be forked
     (see the engine's ``fork_after_rebalances``). Rollbacks and forks are not held back, and
-    a fork out of the adapter lifts the wait: its next version is another mixture.
+    a fork out of the adapter lifts the wait: its next version is another mixture. A task
+    merged in by the rejected version's job goes back to the adapter it left.
     """
     new = clear_pending(state, adapter)
     ad = new.adapters[adapter]
@@ -238,4 +240,6 @@ def on_rejection(state: PolicyState, adapter: str, *, now: float, config: Policy
     ad.retry_at_data = size + min(config.min_new_examples,
                                   max(1, math.ceil(config.retry_growth * size)))
     ad.rejected_at = now
+    for parked in ad.merging.values():
+        parked["rejected"] = True  # the engine undoes the merge (policies.merge.unmerge)
     return new

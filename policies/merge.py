@@ -6,11 +6,12 @@ measured affinity is negative beyond the measurement's noise. A merge asks the s
 pair, measured in both directions, so an isolated task goes back to the state the engine would
 choose for it from scratch. The measurement goes on after a fork: every training run the
 engine starts for the adapter a task left probes the task too (``observed_tasks``; its
-examples join the lookahead probes, never a training batch), so a fork made on an early estimate, such as the first run's
-on an untrained adapter, is revisited as the adapter learns. What a merge risks is guarded
-elsewhere: the task's own answers must bound its leak rate below the rate that counts as a
-leak, and the merged version is promoted only if the gate finds no task worse beyond its
-tolerance.
+examples join the lookahead probes, never a training batch), so a fork made on an early
+estimate, such as the first run's on an untrained adapter, is revisited as the adapter
+learns. What a merge risks is guarded elsewhere: the task's own answers must bound its leak
+rate below the rate that counts as a leak, and the merged version is promoted only if the
+gate finds no task worse beyond its tolerance; if the gate rejects it, the merge is undone
+(``unmerge``) and the task goes back to the adapter that still serves it.
 """
 
 from __future__ import annotations
@@ -18,13 +19,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from policies.actions import audit_flags, task_numbers
 from policies.config import PolicyConfig
+from policies.decision import Decision
 from policies.gates import Candidate
 from policies.mixture import tally_key
+from policies.ratios import remove_task
 from policies.signals import leak_bounds, pair_verdict
-from policies.state import PolicyState
+from policies.state import AdapterState, PolicyState
 
-__all__ = ["compatible", "compatible_with_origin", "merge_candidate", "observed_tasks"]
+__all__ = ["compatible", "compatible_with_origin", "merge_candidate", "observed_tasks", "unmerge"]
 
 
 def compatible_with_origin(
@@ -118,6 +122,39 @@ def merge_candidate(
                 f"upper bound {upper:.1%} >= {win.high:.1%}")
     return Candidate("merge", task, ts.adapter, reason, sig, [task],
                       ts.profile.risk == "high", target=ts.forked_from, wait=wait)  # fmt: skip
+
+
+def unmerge(st: PolicyState, now: float, config: PolicyConfig) -> list[Decision]:
+    """Undo, in place, every merge whose merged version the gate rejected: the task goes back
+    to the adapter it left, which never stopped serving it, so nothing trains (a fork of
+    fresh weights would throw that adapter away). Applied at once, whatever the cool-downs:
+    it restores what serves. Its pair must be compatible for another ``merge_after_s``
+    before the next merge."""
+    out: list[Decision] = []
+    for target, ad in sorted(st.adapters.items()):
+        for task, parked in sorted(ad.merging.items()):
+            if not parked["rejected"]:
+                continue
+            del ad.merging[task]
+            name = str(parked["adapter"])
+            ad.tasks = [t for t in ad.tasks if t != task]
+            ad.ratios = remove_task(ad.ratios, task, config.ratios)
+            ad.retry_at_data = None  # its next version is another mixture (as after a fork)
+            st.adapters[name] = iso = AdapterState.from_dict(parked["state"])
+            ts = st.tasks[task]
+            ts.adapter, ts.forked_from = name, target
+            ts.isolated_since = parked["isolated_since"]
+            ts.compatible_since = None
+            ts.regressions = 0
+            out.append(Decision(
+                st.next_seq(), now, "fork", task, name,
+                f"the gate rejected the version of {target} that merged {task} back: "
+                f"{task} returns to {name}, which still serves it",
+                {"tasks": {task: task_numbers(st, task)}, "from_adapter": target,
+                 "unmerge": True, "audit": audit_flags(st, name, config)},
+                ratios=dict(iso.ratios.weights), ratio_version=iso.ratios.version,
+            ))  # fmt: skip
+    return out
 
 
 def duration(seconds: float) -> str:

@@ -186,6 +186,10 @@ class AdapterState:
     # (retraining on the same data mostly re-draws the same verdict).
     retry_at_data: int | None = None
     rejected_at: float | None = None  # when the gate last turned a version down
+    # Tasks merged in whose merged version is not promoted yet: task -> the adapter it left
+    # ("adapter", its state as a dict, "isolated_since") and whether the gate rejected the
+    # merged version ("rejected"), so the merge can be undone (``policies.merge.unmerge``).
+    merging: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def data_size(self, tasks: Mapping[str, TaskState]) -> int:
         return sum(tasks[t].data_size for t in self.tasks if t in tasks)
@@ -201,6 +205,7 @@ class AdapterState:
             "probation": None if self.probation is None else self.probation.to_dict(),
             "retry_at_data": self.retry_at_data,
             "rejected_at": self.rejected_at,
+            "merging": {t: dict(m) for t, m in sorted(self.merging.items())},
         }
 
     @classmethod
@@ -216,6 +221,7 @@ class AdapterState:
             probation=None if prob is None else Probation.from_dict(prob),
             retry_at_data=_opt_int(data.get("retry_at_data")),  # absent in older states
             rejected_at=_opt_float(data.get("rejected_at")),
+            merging={str(t): dict(m) for t, m in (data.get("merging") or {}).items()},
         )
 
 

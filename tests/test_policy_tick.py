@@ -441,3 +441,17 @@ def test_the_adapter_table_is_the_engines_membership_and_ratios(settings: Settin
     rows, engine_adapters = _adapters(engine)
     assert "thanks" in rows["shared"][0] and rows["thanks"] == ([], {}, "retired")
     assert {n: r for n, r in rows.items() if r[2] == "active"} == engine_adapters
+    # The gate rejects the merged version: the merge is undone onto the adapter still serving.
+    jobs = len(sent)
+    finish(engine, sent[-1], promote=False)
+    decisions = tick(settings, engine, sent, now=4000.0)
+    back = [d for d in decisions if d["action"] == "fork"]
+    assert [d["task"] for d in back] == ["thanks"] and "rejected" in back[0]["reason"]
+    assert len(sent) == jobs  # nothing trains
+    rows, engine_adapters = _adapters(engine)
+    assert rows["thanks"] == (["thanks"], {"thanks": 1.0}, "active")
+    assert "thanks" not in rows["shared"][0]
+    assert {n: r for n, r in rows.items() if r[2] == "active"} == engine_adapters
+    with Session(engine) as session:
+        _, routes = crud.routing_table(session)
+    assert routes["thanks"]["adapter"] == "thanks"

@@ -25,6 +25,7 @@ from policies import (
     observe,
     observed_tasks,
     on_promotion,
+    on_rejection,
 )
 from tests.policies.test_policy_engine import roundtrip
 
@@ -39,24 +40,28 @@ Affinity = Mapping[tuple[str, str], float]
 
 
 def run_surge(affinity: Affinity, *, remeasured: Affinity | None = None,
-              ) -> tuple[PolicyState, list[tuple[int, Decision]]]:
+              reject_merges: bool = False) -> tuple[PolicyState, list[tuple[int, Decision]]]:
     """``remeasured``: the estimate from the surge on, as the runs of the adapter a forked
-    task left measure it (``observed_tasks``)."""
+    task left measure it (``observed_tasks``). ``reject_merges``: the gate rejects every
+    version a merge trains."""
     st = init_state({"shared": ["notice", "sorry"]}, PROFILES, CFG,
                     data_sizes=dict.fromkeys(PROFILES, 1000),
                     baselines=dict.fromkeys(PROFILES, 0.9))
     st = on_promotion(st, "shared", version=1, now=0.0, config=CFG)
     versions = {"shared": 1}
-    training: list[str] = []
+    training: list[tuple[str, str]] = []
     log: list[tuple[int, Decision]] = []
     served = {"sorry": 0, "notice": 0}
     event = 0
     for phase, length, share in PHASES:
         for _ in range(length // CHUNK):
-            for a in training:  # the job finished before the next requests: promoted by
-                versions[a] = versions.get(a, 0) + 1  # the tick after the one that decided it
-                st = on_promotion(st, a, version=versions[a],
-                                  now=(event + 1) * SIM_SECONDS_PER_EVENT, config=CFG)
+            for a, action in training:  # the job finished before the next requests: promoted
+                done = (event + 1) * SIM_SECONDS_PER_EVENT  # by the tick after the one that
+                if reject_merges and action == "merge":  # decided it (or rejected)
+                    st = on_rejection(st, a, now=done, config=CFG)
+                    continue
+                versions[a] = versions.get(a, 0) + 1
+                st = on_promotion(st, a, version=versions[a], now=done, config=CFG)
             for j in range(CHUNK):
                 task = "sorry" if j < round(CHUNK * share) else "notice"
                 i = served[task]
@@ -70,7 +75,7 @@ def run_surge(affinity: Affinity, *, remeasured: Affinity | None = None,
             st, ds = decide(st, {}, now=event * SIM_SECONDS_PER_EVENT, config=CFG, affinity=aff)
             st = roundtrip(st)
             log += [(event, d) for d in ds]
-            training = [a for d in ds for a in d.train if a in st.adapters]
+            training = [(a, d.action) for d in ds for a in d.train if a in st.adapters]
     return st, log
 
 
@@ -98,6 +103,7 @@ def test_a_task_forked_in_a_surge_merges_back_after_it(
     assert PHASES[0][1] < forked < surge_end < merged  # forked in the surge, merged after it
     assert (merged - forked) * SIM_SECONDS_PER_EVENT >= CFG.merge_after_s
     assert list(st.adapters) == ["shared"] and st.adapters["shared"].tasks == ["notice", "sorry"]
+    assert st.adapters["shared"].merging == {}  # the merged version serves
     merge = next(d for _, d in log if d.action == "merge")
     assert merge.adapter == "shared" and merge.signals["from_adapter"] == "sorry"
     assert merge.signals["crosstalk"][0] == 0 and merge.signals["leak_upper"] < 0.02
@@ -129,3 +135,21 @@ def test_a_fork_on_negative_transfer_merges_once_remeasured_within_the_noise() -
     # Compatible from the first tick that reads the new estimate, merged a window later.
     assert (merged - PHASES[0][1] - CHUNK) * SIM_SECONDS_PER_EVENT >= CFG.merge_after_s
     assert st.tasks["sorry"].adapter == "shared" and observed_tasks(st, "shared") == []
+
+
+def test_a_merge_the_gate_rejects_is_undone_onto_the_adapter_that_still_serves() -> None:
+    st, log = run_surge({("sorry", "notice"): 0.04, ("notice", "sorry"): 0.03},
+                        reject_merges=True)
+    moves = [(at, d) for at, d in log if d.action in ("fork", "merge")]
+    assert [d.action for _, d in moves][:3] == ["fork", "merge", "fork"], moves
+    (_, fork), (merged_at, _), (back_at, back) = moves[:3]
+    assert back_at == merged_at + CHUNK  # the tick after the rejection
+    assert back.signals["unmerge"] and back.train == () and back.adapter == fork.adapter
+    # Every further merge waits a whole merge_after_s again, and is undone again.
+    assert all(d.action == ("merge", "fork")[i % 2] for i, (_, d) in enumerate(moves[1:]))
+    again = [at for at, d in moves[3:] if d.action == "merge"]
+    assert all((at - back_at) * SIM_SECONDS_PER_EVENT >= CFG.merge_after_s for at in again)
+    assert st.adapters["shared"].tasks == ["notice"] and st.adapters["shared"].merging == {}
+    iso = st.adapters[fork.adapter]
+    assert iso.tasks == ["sorry"] and iso.version == 1  # its first version, never replaced
+    assert st.tasks["sorry"].forked_from == "shared" and observed_tasks(st, "shared") == ["sorry"]
