@@ -26,7 +26,8 @@
      them is degraded), or one task buffered its risk level's own ``min_new_examples``
      (by default high risk: 100, so a rare high-risk task's fork keeps learning from its
      feedback);
-3. gates: cool-downs, an adapter still waiting for its last job's promotion, a rebalance of
+3. gates: cool-downs, an adapter still waiting for its last job's promotion (for a merge,
+   either adapter), a rebalance of
    tasks never forked after rebalances that would move less than ``RatioConfig.min_move`` of
    the mix (its tasks sit at their ratio bounds), the job cap and one action per adapter per
    run; a blocked candidate becomes a ``hold`` (logged once per

@@ -65,6 +65,10 @@ def blocked(
         if until > now:
             return ("task-cooldown", f"cool-down of {c.task} for another {until - now:.0f}s")
     adapter = c.target or c.adapter
+    if c.action == "merge" and (since := st.adapters[c.adapter].pending_since) is not None:
+        # The isolated adapter's job would route its version after the task left it.
+        return ("pending", f"{c.adapter} still waiting for the job started at t={since:.0f} "
+                "to be promoted")
     if c.action != "fork":
         ad = st.adapters[adapter]
         if ad.pending_since is not None:

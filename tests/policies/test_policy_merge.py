@@ -153,3 +153,16 @@ def test_a_merge_the_gate_rejects_is_undone_onto_the_adapter_that_still_serves()
     iso = st.adapters[fork.adapter]
     assert iso.tasks == ["sorry"] and iso.version == 1  # its first version, never replaced
     assert st.tasks["sorry"].forked_from == "shared" and observed_tasks(st, "shared") == ["sorry"]
+
+
+def test_a_merge_waits_for_the_isolated_adapters_running_job() -> None:
+    st, log = run_surge({("sorry", "notice"): 0.04, ("notice", "sorry"): 0.03},
+                        reject_merges=True)
+    aff = {("sorry", "notice"): 0.04, ("notice", "sorry"): 0.03}
+    now = log[-1][0] * SIM_SECONDS_PER_EVENT + 10 * CFG.merge_after_s
+    st.adapters["sorry"].pending_since = now  # a retrain of the isolated adapter is running
+    st, ds = decide(st, {}, now=now, config=CFG, affinity=aff)
+    assert [d.action for d in ds] == ["hold"] and "sorry still waiting" in ds[0].reason, ds
+    st.adapters["sorry"].pending_since = None
+    st, ds = decide(st, {}, now=now + 2, config=CFG, affinity=aff)
+    assert [(d.action, d.task) for d in ds] == [("merge", "sorry")], ds
