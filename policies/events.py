@@ -185,7 +185,8 @@ def record_eval(
     Returns the updated copy and ``{task: drop}`` for the adapter's tasks the retrain made
     worse beyond their risk level's tolerance although it was not aimed at them
     (``targeted``: the decision's ``signals["targeted"]``).  Such a task's consecutive
-    regression count grows (enough of them fork it); a clean eval resets it.  With ``se``
+    regression count grows (enough of them fork it); a clean eval resets it; the eval of a
+    version that merges a task in changes no count.  With ``se``
     (per task, standard error of the paired score difference) a drop must also be
     significant, ``config.regression_z`` standard errors (see ``eval_regressions``).
     """
@@ -202,6 +203,11 @@ def record_eval(
         se=se,
         z=config.regression_z,
     )
+    if ad.merging:
+        # The version that merges a task in: what it costs the tasks already there is the
+        # merge's cost, judged by the gate, and an undone merge (``unmerge``) must not leave
+        # them a step closer to a fork of their own.
+        return new, regressed
     for t in ad.tasks:
         if t in targeted or t not in before or t not in after:
             continue

@@ -26,6 +26,7 @@ from policies import (
     observed_tasks,
     on_promotion,
     on_rejection,
+    record_eval,
 )
 from tests.policies.test_policy_engine import roundtrip
 
@@ -166,3 +167,22 @@ def test_a_merge_waits_for_the_isolated_adapters_running_job() -> None:
     st.adapters["sorry"].pending_since = None
     st, ds = decide(st, {}, now=now + 2, config=CFG, affinity=aff)
     assert [(d.action, d.task) for d in ds] == [("merge", "sorry")], ds
+
+
+def test_a_rejected_merge_brings_the_tasks_already_there_no_closer_to_a_fork() -> None:
+    aff = {("sorry", "notice"): 0.04, ("notice", "sorry"): 0.03}
+    st, log = run_surge(aff, reject_merges=True)
+    now = log[-1][0] * SIM_SECONDS_PER_EVENT + 10 * CFG.merge_after_s
+    for _ in range(CFG.risk["medium"].fork_after_regressions or 2):
+        st, ds = decide(st, {}, now=now, config=CFG, affinity=aff)
+        assert [(d.action, d.task) for d in ds] == [("merge", "sorry")], ds
+        # The merged version hurts notice in its eval, and the gate rejects it.
+        st, regressed = record_eval(st, "shared", before={"notice": 0.9, "sorry": 0.9},
+                                    after={"notice": 0.6, "sorry": 0.9}, config=CFG,
+                                    targeted=["sorry"])
+        assert set(regressed) == {"notice"} and st.tasks["notice"].regressions == 0
+        st = on_rejection(st, "shared", now=now + 1, config=CFG)
+        st, ds = decide(st, {}, now=now + 2, config=CFG, affinity=aff)
+        assert [d.signals.get("unmerge") for d in ds] == [True], ds
+        now += 2 * CFG.merge_after_s + 10
+    assert st.adapters["shared"].tasks == ["notice"]
