@@ -1,91 +1,32 @@
 """The policy tick against real SQL and Redis: feedback in, decisions and jobs out.
 
 Training is stood in for here by writing what a finished job writes (a promoted version and
-its routes); tests/test_loop.py runs the real trainer.
+its routes: tests/support/policy_tick.py); tests/test_loop.py runs the real trainer. The
+engine's adapters (first versions, rebuilds, overrides, the Adapter table):
+tests/test_policy_tick_adapters.py.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
-from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from daemon.settings import Settings
 from policies import PolicyConfig
 from storage import crud
-from storage.db import session_scope
-from storage.events import FeedbackEventV1
 from storage.models import (
     Adapter,
-    AdapterVersion,
     FeedbackEvent,
     PolicyDecision,
     PolicyStateRow,
-    TrainingExample,
     TrainingJob,
 )
-from storage.stream import FeedbackStream
 from storage.suite import load_suite
 from tests.helpers import event
-from workers.ingest import drain_once
-from workers.policy import policy_tick
-
-FAST = PolicyConfig.from_dict({"cooldown_s": 0, "structural_cooldown_s": 0,
-                               "min_new_examples": 50, "max_concurrent_jobs": 2,
-                               "probation_min_events": 10**9})
-
-
-def feed(settings: Settings, engine: Engine, events: list[dict[str, Any]]) -> None:
-    client = redis.Redis.from_url(settings.redis_url)
-    stream = FeedbackStream(client, settings.key_prefix, dedupe_ttl=600, replay_ttl=600)
-    stream.append([(e["id"], json.dumps(FeedbackEventV1.model_validate(e).to_stream()))
-                   for e in events])
-    while drain_once(client=client, engine=engine, prefix=settings.key_prefix, consumer="t").read:
-        pass
-
-
-def finish(engine: Engine, job_id: int, *, promote: bool = True,
-           eval_result: dict[str, Any] | None = None, build_in: Path | None = None,
-           build: str = "") -> None:
-    """What the trainer writes when a job ends (with ``build_in``: a real version directory
-    whose ``adaptd.json`` records base build ``build``)."""
-    with session_scope(engine) as session:
-        job = session.get(TrainingJob, job_id)
-        assert job is not None
-        version = 1 + len(crud.list_versions(session, adapter=job.adapter))
-        tasks = job.params.get("tasks") or []
-        path = f"/a/{version}"
-        if build_in is not None:
-            (build_in / job.adapter / f"v{version}").mkdir(parents=True)
-            path = str(build_in / job.adapter / f"v{version}")
-            (Path(path) / "adaptd.json").write_text(json.dumps({"base_build": build}))
-        session.add(AdapterVersion(adapter=job.adapter, version=version, path=path,
-                                   sha256="0" * 64, status="promoted" if promote else "rejected",
-                                   job_id=job_id, promoted_at=1.0, eval=eval_result or {}))
-        job.status, job.result_version = ("succeeded" if promote else "rejected"), version
-        job.started_at, job.finished_at = 1.0, 2.0
-        session.execute(update(TrainingExample).where(col(TrainingExample.trained_in).is_(None))
-                        .values(trained_in=f"{job.adapter}@{version}"))
-        if promote:
-            crud.set_routes(session, reason="test", routes={t: {
-                "adapter": job.adapter, "version": version, "path": path,
-                "sha256": "0" * 64} for t in tasks})
-
-
-def tick(settings: Settings, engine: Engine, sent: list[int], now: float,
-         mode: str = "adaptive", config: PolicyConfig = FAST,
-         base_build: str | None = None) -> list[dict[str, Any]]:
-    client = redis.Redis.from_url(settings.redis_url)
-    result = policy_tick(engine=engine, client=client, prefix=settings.key_prefix,
-                         suite=load_suite(settings.suite), config=config, mode=mode, now=now,
-                         enqueue=sent.append, base_build=base_build)
-    return result.decisions
+from tests.support.policy_tick import FAST, feed, finish, tick
 
 
 def test_bootstrap_then_quiet(settings: Settings, engine: Engine) -> None:
@@ -230,81 +171,6 @@ def test_static_mode_retrains_on_schedule_and_never_forks(settings: Settings,
     assert len(ratios) == len(suite.tasks)
 
 
-def test_operator_override_is_applied_by_the_tick(settings: Settings, engine: Engine) -> None:
-    sent: list[int] = []
-    tick(settings, engine, sent, now=1000.0)
-    finish(engine, sent[0])
-    with session_scope(engine) as session:
-        crud.record_decision(session, action="fork", task="thanks", reason="operator override",
-                             status="requested", origin="operator")
-    decisions = tick(settings, engine, sent, now=2000.0)
-    assert [d["action"] for d in decisions] == ["fork"]
-    with Session(engine) as session:
-        row = session.execute(select(PolicyDecision).where(
-            PolicyDecision.origin == "operator")).scalars().one()
-        assert row.status == "applied"
-        job = session.get(TrainingJob, sent[-1])
-        assert job is not None and job.kind == "fork"
-
-
-def test_a_first_version_the_gate_keeps_rejecting_is_not_retried_forever(
-        settings: Settings, engine: Engine) -> None:
-    sent: list[int] = []
-    for i in range(5):
-        decisions = tick(settings, engine, sent, now=1000.0 + i)
-        if i < 3:
-            assert [d["reason"].split(":")[0] for d in decisions] == ["bootstrap"]
-            finish(engine, sent[-1], promote=False)
-    assert len(sent) == 3
-    with Session(engine) as session:
-        holds = [d for d in crud.list_decisions(session) if d.action == "hold"]
-    assert len(holds) == 1 and holds[0].reason.startswith("hold bootstrap: 3 first versions")
-
-
-@pytest.mark.parametrize("mode", ["adaptive", "static"])
-def test_adapters_serving_another_base_build_retrain_once_each(
-        settings: Settings, engine: Engine, tmp_path: Path, mode: str) -> None:
-    sent: list[int] = []
-    tick(settings, engine, sent, now=1000.0, mode=mode, base_build="tiny-old")
-    finish(engine, sent[0], build_in=tmp_path, build="tiny-old")
-    # Same build: nothing to do.
-    assert tick(settings, engine, sent, now=1010.0, mode=mode, base_build="tiny-old") == []
-    # The base was rebuilt: one retrain of the served adapter, saying why.
-    decisions = tick(settings, engine, sent, now=1020.0, mode=mode, base_build="tiny-new")
-    assert [(d["action"], d["adapter"]) for d in decisions] == [("retrain", "shared")]
-    assert decisions[0]["reason"].startswith("base rebuilt: shared serves v1, trained on base "
-                                             "build 'tiny-old'; the base is now 'tiny-new'")
-    with Session(engine) as session:
-        job = session.get(TrainingJob, sent[-1])
-        assert job is not None and job.params["rebuild"] == "tiny-new"
-        assert job.params["tasks"] == sorted(load_suite(settings.suite).tasks)
-    # While it runs, no second job; once promoted on the new build, quiet again.
-    assert tick(settings, engine, sent, now=1030.0, mode=mode, base_build="tiny-new") == []
-    finish(engine, sent[-1], build_in=tmp_path, build="tiny-new")
-    assert tick(settings, engine, sent, now=1040.0, mode=mode, base_build="tiny-new") == []
-    assert len(sent) == 2
-
-
-def test_a_rebuild_retrain_the_gate_keeps_rejecting_gives_up_with_a_hold(
-        settings: Settings, engine: Engine, tmp_path: Path) -> None:
-    sent: list[int] = []
-    tick(settings, engine, sent, now=1000.0)
-    finish(engine, sent[0], build_in=tmp_path, build="tiny-old")
-    seeds = []
-    for i in range(5):
-        tick(settings, engine, sent, now=1010.0 + i, base_build="tiny-new")
-        if i < 3:
-            with Session(engine) as session:
-                job = session.get(TrainingJob, sent[-1])
-                assert job is not None
-                seeds.append((job.params.get("train") or {}).get("seed"))
-            finish(engine, sent[-1], promote=False)
-    assert len(sent) == 4 and seeds == [None, 1, 2]  # each retry draws its own batches
-    with Session(engine) as session:
-        holds = [d for d in crud.list_decisions(session) if d.action == "hold"]
-    assert len(holds) == 1 and holds[0].reason.startswith("hold rebuild: 3 versions of shared")
-
-
 def _eval_side(tasks: list[str], scores: dict[str, list[float]]) -> dict[str, Any]:
     """One side of a version's eval record: per task the quality and per-answer scores."""
     same = [1.0] * 90 + [0.0] * 10
@@ -400,58 +266,3 @@ def test_an_event_clock_measures_the_engines_times_in_events(settings: Settings,
         decision = session.execute(select(PolicyDecision).order_by(
             col(PolicyDecision.id).desc())).scalars().first()
     assert decision is not None and decision.at == 1011.0 + 86400  # rows keep wall time
-
-
-def _request(engine: Engine, action: str, task: str) -> None:
-    with session_scope(engine) as session:
-        crud.record_decision(session, action=action, task=task, reason="operator override",
-                             status="requested", origin="operator")
-
-
-def _adapters(engine: Engine) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The Adapter table and the engine's adapters, as (tasks, ratios, status)."""
-    with Session(engine) as session:
-        rows = {a.name: (sorted(a.tasks), a.ratios, a.status) for a in crud.list_adapters(session)}
-        row = session.get(PolicyStateRow, 1)
-        assert row is not None
-        engine_adapters = {n: (sorted(a["tasks"]), a["ratios"]["weights"], "active")
-                           for n, a in row.state["engine"]["adapters"].items()}
-    return rows, engine_adapters
-
-
-def test_the_adapter_table_is_the_engines_membership_and_ratios(settings: Settings,
-                                                                engine: Engine) -> None:
-    sent: list[int] = []
-    tick(settings, engine, sent, now=1000.0)
-    finish(engine, sent[0])
-    _request(engine, "fork", "thanks")
-    tick(settings, engine, sent, now=2000.0)
-    rows, engine_adapters = _adapters(engine)
-    assert rows == engine_adapters
-    shared_tasks, shared_ratios, _ = rows["shared"]
-    assert "thanks" not in shared_tasks and rows["thanks"][:2] == (["thanks"], {"thanks": 1.0})
-    # The shared adapter's ratios lost the forked task the moment it left, not at its next run.
-    assert set(shared_ratios) == set(shared_tasks) and abs(sum(shared_ratios.values()) - 1) < 1e-9
-    with Session(engine) as session:
-        fork = session.get(Adapter, "thanks")
-        assert fork is not None and fork.parent == "shared"
-    finish(engine, sent[-1])
-    _request(engine, "merge", "thanks")
-    tick(settings, engine, sent, now=3000.0)
-    rows, engine_adapters = _adapters(engine)
-    assert "thanks" in rows["shared"][0] and rows["thanks"] == ([], {}, "retired")
-    assert {n: r for n, r in rows.items() if r[2] == "active"} == engine_adapters
-    # The gate rejects the merged version: the merge is undone onto the adapter still serving.
-    jobs = len(sent)
-    finish(engine, sent[-1], promote=False)
-    decisions = tick(settings, engine, sent, now=4000.0)
-    back = [d for d in decisions if d["action"] == "fork"]
-    assert [d["task"] for d in back] == ["thanks"] and "rejected" in back[0]["reason"]
-    assert len(sent) == jobs  # nothing trains
-    rows, engine_adapters = _adapters(engine)
-    assert rows["thanks"] == (["thanks"], {"thanks": 1.0}, "active")
-    assert "thanks" not in rows["shared"][0]
-    assert {n: r for n, r in rows.items() if r[2] == "active"} == engine_adapters
-    with Session(engine) as session:
-        _, routes = crud.routing_table(session)
-    assert routes["thanks"]["adapter"] == "thanks"

@@ -2,7 +2,7 @@
 
 Generation is the model server's edge: a scripted generator answers every request with one
 of the task's own seed responses, so every answer is good and whatever the engine sees
-besides is the users' noise. Training is stood in for as in tests/test_policy_tick.py
+besides is the users' noise. Training is stood in for as in tests/support/policy_tick.py
 (tests/test_loop.py runs the real trainer).
 """
 
@@ -30,7 +30,7 @@ from storage.models import FeedbackEvent, PolicyStateRow, TrainingExample
 from storage.suite import Suite, load_suite
 from tests.conftest import LiveServer
 from tests.helpers import SECRET
-from tests.test_policy_tick import finish, tick
+from tests.support.policy_tick import finish, tick
 from workers.ingest import drain_once
 
 STRUCTURAL = {"fork", "merge", "rebalance", "rollback"}

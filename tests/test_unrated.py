@@ -17,7 +17,7 @@ from policies import PolicyConfig
 from storage import crud
 from storage.models import PolicyStateRow, TrainingExample
 from tests.helpers import event
-from tests.test_policy_tick import FAST, feed, finish, tick
+from tests.support.policy_tick import FAST, feed, finish, tick
 
 CHEERFUL_APOLOGY = "王总，新年好！非常抱歉~"
 
