@@ -27,6 +27,7 @@ from storage.models import (
 from storage.suite import load_suite
 from tests.helpers import event
 from tests.support.policy_tick import FAST, feed, finish, tick
+from workers.policy_inputs import stored_observed
 
 
 def test_bootstrap_then_quiet(settings: Settings, engine: Engine) -> None:
@@ -112,7 +113,11 @@ def test_measured_affinity_reaches_the_engine(settings: Settings, engine: Engine
     with Session(engine) as session:
         row = session.get(PolicyStateRow, 1)
         assert row is not None and ["greeting", "apology", -0.08] in row.state["meta"]["affinity"]
-    # The adapter apology left keeps measuring it: its next run probes apology, trains without.
+    # The adapter apology left keeps measuring it: its next run probes apology, trains without
+    # (an operator's `adaptd train` job reads the same list from the stored state).
+    with Session(engine) as session:
+        assert stored_observed(session, "shared") == ["apology"]
+        assert stored_observed(session, forks[0]["adapter"]) == []
     for job_id in sent[1:]:
         finish(engine, job_id)
     feed(settings, engine, [event(f"n{i}", "greeting") for i in range(60)])

@@ -48,6 +48,16 @@ def load_state(session: Session, config: PolicyConfig,
     return state, TickState.from_dict(row.state.get("meta") or {})
 
 
+def stored_observed(session: Session, adapter: str) -> list[str]:
+    """The tasks a job of ``adapter`` observes (``policies.observed_tasks``) as the stored
+    engine state has them, for a job started outside a tick (``adaptd train``); none before
+    the first tick."""
+    row = session.get(PolicyStateRow, 1)
+    if row is None or not row.state.get("engine"):
+        return []
+    return policies.observed_tasks(PolicyState.from_dict(row.state["engine"]), adapter)
+
+
 def state_adapters(state: PolicyState) -> dict[str, list[str]]:
     return {name: list(ad.tasks) for name, ad in state.adapters.items()}
 
