@@ -71,6 +71,7 @@ bench: venv system-deps
 	$(BIN)/python -m bench.detect --quick
 	$(BIN)/python -m bench.train --quick
 	$(BIN)/python -m bench.retention --quick
+	$(BIN)/python -m bench.mixture --quick
 	$(BIN)/python -m bench.loop --quick --workdir .adaptd/bench-loop
 	$(BIN)/python -m bench.final_versions --workdir .adaptd/bench-loop --scenario builtin:smoke \
 	  --seeds 7 --requests 50
