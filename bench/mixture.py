@@ -84,6 +84,7 @@ def run_seed(suite: Suite, scenario: Scenario, mixes: Mapping[str, Mapping[str, 
     from workers.training.trainer import train_adapter
 
     tasks = sorted(suite.adapters["shared"])
+    high = [t for t in tasks if suite.tasks[t].risk == "high"]
     bundle = load_base(suite, artifacts, device="auto")
     data = assemble(suite, tasks)
     cfg = TrainConfig(**{**SIM_TRAIN, **scenario.train, **train, "seed": seed}).for_tasks(len(tasks))
@@ -119,7 +120,6 @@ def run_seed(suite: Suite, scenario: Scenario, mixes: Mapping[str, Mapping[str, 
             bundle.model = model.unload()  # the plain base again for the next arm
             out[arm] = {"tasks": judged, "train_seconds": round(trained, 1),
                         "seconds": round(time.monotonic() - t0, 1)}
-            high = [t for t in tasks if suite.tasks[t].risk == "high"]
             k = sum(judged[t]["crosstalk"] for t in high)
             n = sum(judged[t]["n"] for t in high)
             log(f"seed {seed} {arm:<10} high-risk crosstalk {k}/{n} "

@@ -75,12 +75,11 @@ def train(
     params: dict[str, Any] = {"tasks": tasks, "targeted": list(weights or tasks)}
     if weights:
         params["ratios"] = weights
-    with Session(engine) as session:
+    with session_scope(engine) as session:
         # Tasks forked out of this adapter keep being measured against it, as in the
         # engine's own jobs, so a merge back can be judged on this run's affinity too.
         if observed := stored_observed(session, adapter):
             params["observe"] = observed
-    with session_scope(engine) as session:
         job = crud.create_job(session, adapter=adapter, kind="retrain", params=params)
         job_id = int(job.id or 0)
     import redis as redis_lib
