@@ -6,7 +6,8 @@ bench measures it at the trainer, without the loop's feedback: the scenario's su
 ``shared`` adapter, the suite's seed data, and the simulation's trainer (``SIM_TRAIN``, ``SIM_EVAL`` and the
 scenario's overrides, the self-audit included). Per seed, four versions:
 
-    balanced    fresh LoRA weights, the base phase's traffic as ratios
+    balanced    fresh LoRA weights, the base phase's traffic as ratios (with
+                ``--warmup-runs N``, N more runs at those ratios: a mature adapter)
     control     balanced + one run at the same ratios (as much training, the same mix)
     skewed      balanced + one run at the surge phase's traffic as ratios (what
                 data-proportional retraining converges to in a long surge)
@@ -21,6 +22,7 @@ surge's mix cause a leak?) and rebalanced − skewed (does the rebalance undo it
 
     python -m bench.mixture                       # holiday-en, seeds 0 1 2 (about 13 minutes)
     python -m bench.mixture --scenario builtin:holiday-zh --seeds 0
+    python -m bench.mixture --warmup-runs 4       # the arms branch off a five-run adapter
     python -m bench.mixture --quick               # a smoke run, not a measurement
 """
 
@@ -73,8 +75,10 @@ def phase_mix(scenario: Scenario, name: str | None, index: int, tasks: Sequence[
 
 def run_seed(suite: Suite, scenario: Scenario, mixes: Mapping[str, Mapping[str, float]], *,
              seed: int, requests: int, artifacts: Path, train: Mapping[str, Any],
-             log: Any) -> dict[str, Any]:
-    """Train the four arms on ``seed`` and judge each on ``requests`` requests per task."""
+             warmup: int = 0, log: Any) -> dict[str, Any]:
+    """Train the four arms on ``seed`` and judge each on ``requests`` requests per task;
+    ``balanced`` is trained ``1 + warmup`` times, each run from the last and audited as the
+    loop audits every version."""
     from daemon.sim.run import SIM_EVAL, SIM_TRAIN
     from workers.training.audit import audit_adapter
     from workers.training.base_model import load_base
@@ -99,11 +103,19 @@ def run_seed(suite: Suite, scenario: Scenario, mixes: Mapping[str, Mapping[str, 
             parent, mix = PLAN[arm]
             t0 = time.monotonic()
             ratios = mixes[mix]
-            result = train_adapter(bundle, data, ratios=ratios, config=cfg, general_share=share,
-                                   init_adapter=saved[parent] if parent else None)
-            model, _ = audit_adapter(bundle, result.model, data, suite=suite, ratios=ratios,
-                                     config=cfg, general_share=share, detector=detector,
-                                     ecfg=audit_eval)
+            init = saved[parent] if parent else None
+            runs = 1 + (warmup if arm == "balanced" else 0)
+            for run in range(runs):
+                result = train_adapter(bundle, data, ratios=ratios, config=cfg,
+                                       general_share=share, init_adapter=init)
+                model, _ = audit_adapter(bundle, result.model, data, suite=suite, ratios=ratios,
+                                         config=cfg, general_share=share, detector=detector,
+                                         ecfg=audit_eval)
+                if run + 1 < runs:  # a warm-up run: the next one continues from it
+                    init = Path(scratch) / f"warmup-{run + 1}"
+                    model.save_pretrained(str(init), selected_adapters=["default"],
+                                          safe_serialization=True)
+                    bundle.model = model.unload()
             trained = time.monotonic() - t0
             model.eval()
             judged: dict[str, dict[str, int]] = {}
@@ -118,7 +130,7 @@ def run_seed(suite: Suite, scenario: Scenario, mixes: Mapping[str, Mapping[str, 
             model.save_pretrained(str(saved[arm]), selected_adapters=["default"],
                                   safe_serialization=True)
             bundle.model = model.unload()  # the plain base again for the next arm
-            out[arm] = {"tasks": judged, "train_seconds": round(trained, 1),
+            out[arm] = {"tasks": judged, "runs": runs, "train_seconds": round(trained, 1),
                         "seconds": round(time.monotonic() - t0, 1)}
             k = sum(judged[t]["crosstalk"] for t in high)
             n = sum(judged[t]["n"] for t in high)
@@ -163,6 +175,10 @@ def main() -> None:
                     "(default: the second)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--requests", type=int, default=200, help="requests judged per task and arm")
+    ap.add_argument("--warmup-runs", type=int, default=0, metavar="N",
+                    help="N more runs at the base mix in `balanced` before the arms branch: the "
+                         "skew then meets a mature adapter, as in a loop that has retrained "
+                         "several times before a surge (default: 0, fresh weights)")
     ap.add_argument("--artifacts", type=Path, default=common.OUT_DIR / "mixture-artifacts",
                     help="where the base model is built and cached")
     ap.add_argument("--train", nargs="*", default=[], metavar="KEY=VALUE",
@@ -174,6 +190,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.requests < 1:
         ap.error("--requests must be at least 1")
+    if args.warmup_runs < 0:
+        ap.error("--warmup-runs must be 0 or more")
     train = common.key_values("--train", args.train, known=None, want="a JSON value")
     if args.quick:
         args.seeds, args.requests = args.seeds[:1], min(args.requests, 16)
@@ -201,12 +219,14 @@ def main() -> None:
 
     t0 = time.monotonic()
     runs = {seed: run_seed(suite, scenario, mixes, seed=seed, requests=args.requests,
-                           artifacts=args.artifacts, train=train, log=log)
+                           artifacts=args.artifacts, train=train, warmup=args.warmup_runs,
+                           log=log)
             for seed in args.seeds}
     result = pooled(runs, high)
     common.write_json(args.out, {
         "command": common.command("mixture"), "machine": common.machine(),
         "scenario": args.scenario, "seeds": args.seeds, "requests": args.requests,
+        "warmup_runs": args.warmup_runs,
         "train_overrides": train,
         "mixes": {k: {t: round(w, 4) for t, w in v.items()} for k, v in mixes.items()},
         "pooled": result, "runs": {str(s): r for s, r in runs.items()},
@@ -222,7 +242,9 @@ def main() -> None:
         lo, hi = e["interval"]
         rows.append([name, "", f"{100 * e['difference']:+.1f} pts",
                      f"[{100 * lo:+.1f}, {100 * hi:+.1f}]"])
-    common.print_table(f"high-risk crosstalk ({', '.join(high)}), seeds {args.seeds} pooled",
+    mature = f", balanced after {1 + args.warmup_runs} runs" if args.warmup_runs else ""
+    common.print_table(f"high-risk crosstalk ({', '.join(high)}), seeds {args.seeds} pooled"
+                       f"{mature}",
                        ["arm", "answers", "crosstalk", "95 %"], rows)
     print(f"wrote {args.out}")
 

@@ -42,7 +42,8 @@ def test_each_arm_is_judged_on_the_same_requests_at_its_phase_mix(
     os.symlink(base_root / "_base", artifacts / "_base")
     out = tmp_path / "mixture.json"
     proc = _cli("--scenario", str(_scenario(tmp_path)), "--seeds", "3", "--requests", "6",
-                "--artifacts", str(artifacts), "--out", str(out), "--train", *FAST, timeout=900)
+                "--artifacts", str(artifacts), "--out", str(out), "--warmup-runs", "1",
+                "--train", *FAST, timeout=900)
     assert proc.returncode == 0, proc.stderr
     assert "skewed − control" in proc.stdout and "rebalanced − skewed" in proc.stdout
     result: dict[str, Any] = json.loads(out.read_text())
@@ -51,6 +52,9 @@ def test_each_arm_is_judged_on_the_same_requests_at_its_phase_mix(
     assert result["mixes"]["surge"] == {"apology": 0.1, "greeting": 0.8, "thanks": 0.1}
     run = result["runs"]["3"]
     assert list(run) == ["balanced", "control", "skewed", "rebalanced"]
+    # The warm-up run matures `balanced` only; every other arm is one run from its parent.
+    assert [arm["runs"] for arm in run.values()] == [2, 1, 1, 1]
+    assert result["warmup_runs"] == 1 and "balanced after 2 runs" in " ".join(proc.stdout.split())
     for arm in run.values():
         assert {t: r["n"] for t, r in arm["tasks"].items()} == {
             "apology": 6, "greeting": 6, "thanks": 6}
@@ -76,3 +80,5 @@ def test_a_bad_phase_or_override_is_a_clear_error(tmp_path: Path) -> None:
     assert override.returncode == 2 and "--train: stepz: Extra inputs" in override.stderr
     requests = _cli("--scenario", scenario, "--requests", "0")
     assert requests.returncode == 2 and "--requests must be at least 1" in requests.stderr
+    warmup = _cli("--scenario", scenario, "--warmup-runs", "-1")
+    assert warmup.returncode == 2 and "--warmup-runs must be 0 or more" in warmup.stderr
