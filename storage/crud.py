@@ -125,6 +125,17 @@ def buffered_counts(session: Session) -> dict[str, int]:
     return {task: int(n) for task, n in session.execute(stmt)}
 
 
+def newest_examples(session: Session, *, task: str, limit: int,
+                    kinds: Sequence[str] | None = None) -> list[TrainingExample]:
+    """The newest ``limit`` training examples of ``task``, newest first (of ``kinds`` only,
+    or of every kind)."""
+    stmt = select(TrainingExample).where(col(TrainingExample.task) == task)
+    if kinds is not None:
+        stmt = stmt.where(col(TrainingExample.kind).in_(list(kinds)))
+    stmt = stmt.order_by(col(TrainingExample.id).desc()).limit(limit)
+    return list(session.execute(stmt).scalars())
+
+
 def routing_table(session: Session) -> tuple[int, dict[str, dict[str, Any]]]:
     """The current routing revision and routes (task -> adapter version)."""
     revision = session.execute(select(func.max(RoutingRevision.id))).scalar() or 0

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
 from policies.serving import (
     Candidate,
@@ -36,6 +36,7 @@ from policies.serving import (
 from storage import crud
 from storage import serving as store
 from storage.models import AdapterVersion, ServingRollout, Task
+from storage.tick import get_version
 from workers.serving.backends import Backend, Unreachable
 from workers.training.promote import route_of
 
@@ -181,9 +182,7 @@ def _route(session: Session, rollout: ServingRollout, at: float, why: str) -> in
 
 def _refuse(session: Session, rollout: ServingRollout, at: float, why: str) -> None:
     store.finish_rollout(session, rollout=rollout, status="refused", reason=why, at=at)
-    version = session.execute(select(AdapterVersion).where(
-        col(AdapterVersion.adapter) == rollout.adapter,
-        col(AdapterVersion.version) == rollout.version)).scalars().first()
+    version = get_version(session, adapter=rollout.adapter, version=rollout.version)
     if version is not None:
         version.reason = f"{version.reason}; not served: {why}"[:4000]
         session.add(version)

@@ -18,9 +18,9 @@ import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import select
-from sqlmodel import Session, col
+from sqlmodel import Session
 
+from storage.crud import newest_examples
 from storage.models import TrainingExample
 from storage.suite import Example, Suite
 from workers.training.config import DataConfig
@@ -164,16 +164,7 @@ def row_prompt(row: TrainingExample) -> Prompt:
 
 def sql_rows(session: Session, tasks: Sequence[str], limit: int) -> list[TrainingExample]:
     """The newest ``limit`` rows per task (all kinds)."""
-    rows: list[TrainingExample] = []
-    for task in tasks:
-        stmt = (
-            select(TrainingExample)
-            .where(col(TrainingExample.task) == task)
-            .order_by(col(TrainingExample.id).desc())
-            .limit(limit)
-        )
-        rows.extend(session.execute(stmt).scalars())
-    return rows
+    return [row for task in tasks for row in newest_examples(session, task=task, limit=limit)]
 
 
 def assemble(
@@ -223,14 +214,7 @@ def assemble(
 
 def accepted_texts(session: Session, tasks: Sequence[str], limit: int = 500) -> dict[str, list[str]]:
     """Newest accepted outputs and corrections per task (style detector training data)."""
-    out: dict[str, list[str]] = {}
-    for task in tasks:
-        stmt = (
-            select(col(TrainingExample.response))
-            .where(col(TrainingExample.task) == task)
-            .where(col(TrainingExample.kind).in_(["accepted", "correction"]))
-            .order_by(col(TrainingExample.id).desc())
-            .limit(limit)
-        )
-        out[task] = [r for r in session.execute(stmt).scalars() if r]
-    return out
+    return {task: [r.response for r in newest_examples(session, task=task, limit=limit,
+                                                       kinds=("accepted", "correction"))
+                   if r.response]
+            for task in tasks}

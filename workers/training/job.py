@@ -23,10 +23,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col
+from sqlmodel import Session
 
 from policies.ratios import RatioConfig
 from storage.artifacts import (
@@ -43,6 +42,7 @@ from storage.crud import routing_table
 from storage.models import Adapter, AdapterVersion, TrainingJob
 from storage.progress import JobProgress
 from storage.suite import Suite, SuiteError
+from storage.versions import highest_version, job_candidates, recorded_versions
 from workers.serving.contract import prompt_contracts
 from workers.training.audit import audit_adapter
 from workers.training.base_model import (
@@ -355,12 +355,7 @@ def _adoptable(
     session: Session, artifacts_dir: Path, adapter: str, job_id: int, build: str
 ) -> tuple[int, int, Path] | None:
     """A complete version an earlier attempt of this job wrote on base ``build``, if any."""
-    rows = session.execute(
-        select(AdapterVersion).where(col(AdapterVersion.adapter) == adapter)
-        .where(col(AdapterVersion.job_id) == job_id)
-        .where(col(AdapterVersion.status) == "candidate")
-    ).scalars().all()
-    for r in rows:
+    for r in job_candidates(session, adapter=adapter, job_id=job_id):
         try:
             verify_version(Path(r.path), r.sha256)
             if why := build_mismatch(Path(r.path), build):
@@ -371,8 +366,7 @@ def _adoptable(
             log.warning("job %s: discarding unusable candidate v%s: %s", job_id, r.version, exc)
             r.status, r.reason = "rejected", f"unusable: {exc}"
             session.commit()
-    known = set(session.execute(select(col(AdapterVersion.version))
-                                .where(col(AdapterVersion.adapter) == adapter)).scalars())
+    known = recorded_versions(session, adapter=adapter)
     for v in disk_versions(artifacts_dir, adapter):
         path = adapter_dir(artifacts_dir, adapter) / f"v{v}"
         if v in known:
@@ -399,11 +393,8 @@ def _adoptable(
 def _next_version(engine: Engine, artifacts_dir: Path, adapter: str) -> int:
     """The number the adapter's next version gets (above every recorded and written one)."""
     with Session(engine) as session:
-        top = session.execute(
-            select(func.max(col(AdapterVersion.version)))
-            .where(col(AdapterVersion.adapter) == adapter)
-        ).scalar() or 0
-    return max([int(top), *disk_versions(artifacts_dir, adapter)]) + 1
+        top = highest_version(session, adapter=adapter)
+    return max([top, *disk_versions(artifacts_dir, adapter)]) + 1
 
 
 def _write_candidate(

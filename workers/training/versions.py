@@ -5,26 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col
+from sqlmodel import Session
 
 from storage.artifacts import ArtifactError, read_meta, verify_version, version_dir
+from storage.crud import list_versions as list_rows
 from storage.crud import routing_table
-from storage.models import AdapterVersion
 from storage.suite import Suite
+from storage.tick import get_version
 from workers.training.config import EvalConfig
 
 
 def list_versions(engine: Engine, adapter: str | None = None) -> list[dict[str, Any]]:
     """Every recorded version (newest first per adapter) with the tasks routed to it."""
     with Session(engine) as session:
-        stmt = select(AdapterVersion).order_by(
-            col(AdapterVersion.adapter), col(AdapterVersion.version).desc()
-        )
-        if adapter is not None:
-            stmt = stmt.where(col(AdapterVersion.adapter) == adapter)
-        rows = list(session.execute(stmt).scalars())
+        rows = sorted(list_rows(session, adapter=adapter), key=lambda r: (r.adapter, -r.version))
         _, routes = routing_table(session)
     out = []
     for r in rows:
@@ -57,10 +52,7 @@ def evaluate_version(
 
     path = version_dir(artifacts_dir, adapter, version)
     with Session(engine) as session:
-        row = session.execute(
-            select(AdapterVersion).where(col(AdapterVersion.adapter) == adapter)
-            .where(col(AdapterVersion.version) == version)
-        ).scalar_one_or_none()
+        row = get_version(session, adapter=adapter, version=version)
         sha = verify_version(Path(row.path) if row else path, row.sha256 if row else None)
         if row is not None:
             path = Path(row.path)
