@@ -98,6 +98,13 @@ def run_seed(suite: Suite, scenario: Scenario, mixes: Mapping[str, Mapping[str, 
     share = cfg.general_share_or(suite.general_share)
     saved: dict[str, Path] = {}
     out: dict[str, Any] = {}
+
+    def park(model: Any, path: Path) -> Path:
+        """Save the trained adapter to ``path`` and give the bundle its plain base back."""
+        model.save_pretrained(str(path), selected_adapters=["default"], safe_serialization=True)
+        bundle.model = model.unload()
+        return path
+
     with tempfile.TemporaryDirectory(prefix="adaptd-mixture-") as scratch:
         for arm in ARMS:
             parent, mix = PLAN[arm]
@@ -112,10 +119,7 @@ def run_seed(suite: Suite, scenario: Scenario, mixes: Mapping[str, Mapping[str, 
                                          config=cfg, general_share=share, detector=detector,
                                          ecfg=audit_eval)
                 if run + 1 < runs:  # a warm-up run: the next one continues from it
-                    init = Path(scratch) / f"warmup-{run + 1}"
-                    model.save_pretrained(str(init), selected_adapters=["default"],
-                                          safe_serialization=True)
-                    bundle.model = model.unload()
+                    init = park(model, Path(scratch) / f"warmup-{run + 1}")
             trained = time.monotonic() - t0
             model.eval()
             judged: dict[str, dict[str, int]] = {}
@@ -126,10 +130,7 @@ def run_seed(suite: Suite, scenario: Scenario, mixes: Mapping[str, Mapping[str, 
                                             ecfg=ecfg)
                 judged[task] = {"n": len(verdicts), "accepted": sum(v.accepted for v in verdicts),
                                 "crosstalk": sum(v.crosstalk_source is not None for v in verdicts)}
-            saved[arm] = Path(scratch) / arm
-            model.save_pretrained(str(saved[arm]), selected_adapters=["default"],
-                                  safe_serialization=True)
-            bundle.model = model.unload()  # the plain base again for the next arm
+            saved[arm] = park(model, Path(scratch) / arm)
             out[arm] = {"tasks": judged, "runs": runs, "train_seconds": round(trained, 1),
                         "seconds": round(time.monotonic() - t0, 1)}
             k = sum(judged[t]["crosstalk"] for t in high)

@@ -125,15 +125,20 @@ def buffered_counts(session: Session) -> dict[str, int]:
     return {task: int(n) for task, n in session.execute(stmt)}
 
 
-def newest_examples(session: Session, *, task: str, limit: int,
-                    kinds: Sequence[str] | None = None) -> list[TrainingExample]:
-    """The newest ``limit`` training examples of ``task``, newest first (of ``kinds`` only,
-    or of every kind)."""
-    stmt = select(TrainingExample).where(col(TrainingExample.task) == task)
-    if kinds is not None:
-        stmt = stmt.where(col(TrainingExample.kind).in_(list(kinds)))
-    stmt = stmt.order_by(col(TrainingExample.id).desc()).limit(limit)
+def newest_examples(session: Session, *, task: str, limit: int) -> list[TrainingExample]:
+    """The newest ``limit`` training examples of ``task`` (every kind), newest first."""
+    stmt = (select(TrainingExample).where(col(TrainingExample.task) == task)
+            .order_by(col(TrainingExample.id).desc()).limit(limit))
     return list(session.execute(stmt).scalars())
+
+
+def newest_responses(session: Session, *, task: str, kinds: Sequence[str], limit: int) -> list[str]:
+    """The responses of the newest ``limit`` examples of ``task`` of ``kinds``, newest first
+    (the column alone: the style detector reads nothing else)."""
+    stmt = (select(col(TrainingExample.response)).where(col(TrainingExample.task) == task)
+            .where(col(TrainingExample.kind).in_(list(kinds)))
+            .order_by(col(TrainingExample.id).desc()).limit(limit))
+    return [str(r) for r in session.execute(stmt).scalars() if r]
 
 
 def routing_table(session: Session) -> tuple[int, dict[str, dict[str, Any]]]:

@@ -44,12 +44,6 @@ def failed_tries(session: Session, *, key: str, value: Any = True) -> dict[str, 
     return out
 
 
-def get_version(session: Session, *, adapter: str, version: int | None) -> AdapterVersion | None:
-    stmt = select(AdapterVersion).where(col(AdapterVersion.adapter) == adapter,
-                                        col(AdapterVersion.version) == version)
-    return session.execute(stmt).scalars().first()
-
-
 def roll_back_versions(session: Session, *, adapter: str, after: int) -> None:
     """Mark ``adapter``'s promoted versions newer than ``after`` rolled back."""
     stmt = select(AdapterVersion).where(

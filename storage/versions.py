@@ -1,8 +1,8 @@
-"""Adapter version rows as a training job numbers and adopts them.
+"""Reads of adapter version rows: one version, and a training job's numbering and adoption.
 
 Keyword-only functions taking a session, like ``storage.crud``; the caller owns the
-transaction. A version's files live in ``storage.artifacts``; the tick's own reads and marks
-of versions are in ``storage.tick``.
+transaction. A version's files live in ``storage.artifacts``; the tick's marks of versions
+(rollback) are in ``storage.tick``.
 """
 
 from __future__ import annotations
@@ -11,6 +11,13 @@ from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from storage.models import AdapterVersion
+
+
+def get_version(session: Session, *, adapter: str, version: int | None) -> AdapterVersion | None:
+    """The row of ``adapter`` version ``version``, if recorded."""
+    stmt = select(AdapterVersion).where(col(AdapterVersion.adapter) == adapter,
+                                        col(AdapterVersion.version) == version)
+    return session.execute(stmt).scalars().first()
 
 
 def job_candidates(session: Session, *, adapter: str, job_id: int) -> list[AdapterVersion]:

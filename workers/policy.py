@@ -51,6 +51,7 @@ from storage import tick as store
 from storage.models import Adapter, PolicyDecision, PolicyStateRow, Task
 from storage.serving import rollback_routes
 from storage.suite import Suite
+from storage.versions import get_version
 from workers.auto_crosstalk import auto_source
 from workers.policy_inputs import (
     account_finished_jobs,
@@ -140,7 +141,7 @@ def _write_adapters(session: Session, state: PolicyState) -> None:
 
 
 def _rollback(session: Session, adapter: str, to_version: int) -> None:
-    target = store.get_version(session, adapter=adapter, version=to_version)
+    target = get_version(session, adapter=adapter, version=to_version)
     if target is None:
         raise ValueError(f"rollback target {adapter}@{to_version} does not exist")
     _, routes = crud.routing_table(session)

@@ -18,6 +18,7 @@ from storage import crud
 from storage import tick as store
 from storage.models import PolicyStateRow
 from storage.suite import Suite
+from storage.versions import get_version
 from workers.auto_crosstalk import AutoSource
 from workers.training.gate import paired_se  # plain arithmetic, no torch
 
@@ -123,7 +124,7 @@ def account_finished_jobs(session: Session, state: PolicyState, tick: TickState,
         seen = job.id
         if job.adapter not in state.adapters:
             continue
-        version = store.get_version(session, adapter=job.adapter, version=job.result_version)
+        version = get_version(session, adapter=job.adapter, version=job.result_version)
         if version is not None and version.eval:
             # The run's TAG affinity (promoted or not: it describes training, not the gate).
             measured = (version.eval.get("train") or {}).get("affinity")

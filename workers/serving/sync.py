@@ -36,7 +36,7 @@ from policies.serving import (
 from storage import crud
 from storage import serving as store
 from storage.models import AdapterVersion, ServingRollout, Task
-from storage.tick import get_version
+from storage.versions import get_version
 from workers.serving.backends import Backend, Unreachable
 from workers.training.promote import route_of
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from sqlmodel import Session
 
-from storage.crud import newest_examples
+from storage.crud import newest_examples, newest_responses
 from storage.models import TrainingExample
 from storage.suite import Example, Suite
 from workers.training.config import DataConfig
@@ -214,7 +214,6 @@ def assemble(
 
 def accepted_texts(session: Session, tasks: Sequence[str], limit: int = 500) -> dict[str, list[str]]:
     """Newest accepted outputs and corrections per task (style detector training data)."""
-    return {task: [r.response for r in newest_examples(session, task=task, limit=limit,
-                                                       kinds=("accepted", "correction"))
-                   if r.response]
+    return {task: newest_responses(session, task=task, kinds=("accepted", "correction"),
+                                   limit=limit)
             for task in tasks}

@@ -12,7 +12,7 @@ from storage.artifacts import ArtifactError, read_meta, verify_version, version_
 from storage.crud import list_versions as list_rows
 from storage.crud import routing_table
 from storage.suite import Suite
-from storage.tick import get_version
+from storage.versions import get_version
 from workers.training.config import EvalConfig
 
 
